@@ -1,0 +1,361 @@
+"""Decoding, frame picking and the audio envelope: everything about the medium lives here.
+
+A clip is the first T = 48 frames at 12 fps (4.0 s) of a video: frames resized, centre-cropped and
+normalised for the 3D CNN, and the loudness envelope of its first audio channel (the target).
+Read top to bottom: constants, `load_clip` (path -> Clip), then the array-level steps it uses
+(`pick_frames`, `preprocess_frames`, `audio_envelope`), each usable on already-decoded data.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import oaconvolve
+
+# --- constants of the data contract (DESIGN.md) ---------------------------------------------
+FPS = 12                      # clip frame rate (frames per second)
+FRAMES = 48                   # T: frames per clip -> CLIP_SECONDS = FRAMES / FPS = 4.0 s
+SIZE = 224                    # shorter side resized to SIZE, then centre crop SIZE x SIZE
+MIN_FRAMES = 12               # fewer real frames than this (1 s) is a faulty video
+MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, RGB
+STD = (0.229, 0.224, 0.225)
+SIGMA_SAMPLES = 200           # Gaussian smoothing sigma of the seed, in samples at ...
+SIGMA_RATE = 44100            # ... 44.1 kHz: 200 / 44100 s = 4.54 ms, scaled to the real rate
+REDUCES = ("max", "mean", "sample")  # per-frame window reduction; "sample" = the seed's decimation
+SILENCE = 1e-4                # |x| peak below this (-80 dBFS) over the clip: silent_audio
+AUDIO_MARGIN_S = 0.05         # decode this much audio past the clip so smoothing has no edge there
+
+# Reasons a video is faulty (DESIGN.md); the cache's failures.jsonl uses these words.
+REASONS = ("missing", "unreadable", "no_video_stream", "no_audio_stream", "decode_error",
+           "too_short", "silent_audio")
+
+# Integer sample formats are scaled to [-1, 1] like torchaudio's old Scale() (int16 / 32768).
+_INT_SCALE = {"u8": (128.0, 128.0), "s16": (0.0, 2.0**15), "s32": (0.0, 2.0**31), "s64": (0.0, 2.0**63)}
+
+
+class FaultyVideo(Exception):
+    """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Clip:
+    frames: torch.Tensor     # float32 [3, T, size, size], normalised (or uint8-range floats if normalize=False)
+    envelope: np.ndarray     # float32 [T] in [0, 1] on real frames, 0 on padding
+    length: int              # real frames, <= T
+    source_fps: float        # frame rate of the source video (median frame interval)
+    sample_rate: int
+    channels: int
+
+
+def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, size: int = SIZE,
+              reduce: str = "max", normalize: bool = True, threads: int = 0) -> Clip:
+    """Decode the first `frames / fps` seconds of a video into a Clip.
+
+    frames: picked by timestamp, for t_i = i / fps the decoded frame nearest to t_i, so 25/30 fps and
+    millisecond-rounded (WebM) sources work. Decoding stops after the last needed frame.
+    envelope: `audio_envelope` of the first audio channel, on the container's timeline.
+    threads: PyAV decoder threads (0 = FFmpeg's choice); DataLoader workers pass 1.
+    Raises FaultyVideo for any bad input; no other exception escapes for a bad file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FaultyVideo("missing", str(path))
+    try:
+        return _load_clip(path, frames, fps, size, reduce, normalize, threads)
+    except FaultyVideo:
+        raise
+    except PermissionError as e:
+        raise FaultyVideo("unreadable", f"{type(e).__name__}: {e}") from None
+    except (av.FFmpegError, ValueError, RuntimeError, OSError, EOFError, IndexError, ZeroDivisionError) as e:
+        raise FaultyVideo("decode_error", f"{type(e).__name__}: {e}") from None
+
+
+def _load_clip(path, frames, fps, size, reduce, normalize, threads) -> Clip:
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except PermissionError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise FaultyVideo("unreadable", f"{type(e).__name__}: {e}") from None
+    with container:
+        if not container.streams.video:
+            raise FaultyVideo("no_video_stream", f"streams: {[s.type for s in container.streams]}")
+        if not container.streams.audio:
+            raise FaultyVideo("no_audio_stream", "the file has video but no audio stream")
+        vstream, astream = container.streams.video[0], container.streams.audio[0]
+        vstream.thread_type = "AUTO"
+        if threads:
+            vstream.thread_count = threads
+        origin = _stream_start(vstream)
+        targets = np.arange(frames) / fps                       # [T] seconds after the first frame
+        audio_end = frames / fps + AUDIO_MARGIN_S
+        picker = _FramePicker(targets, size)
+        audio = _AudioCollector(origin)
+        video_done = audio_done = False
+        # demux yields an empty packet per stream at EOF: decoding it flushes held-back frames
+        for packet in container.demux(vstream, astream):
+            if packet.stream.type == "video" and not video_done:
+                for frame in packet.decode():
+                    t = _frame_time(frame, picker.count, vstream) - origin
+                    video_done = picker.offer(frame, t)
+                    if video_done:
+                        break
+            elif packet.stream.type == "audio" and not audio_done:
+                for frame in packet.decode():
+                    audio_done = audio.add(frame) >= audio_end
+            if video_done and audio_done:
+                break
+        header_duration = _header_duration(container, vstream)
+
+    if picker.count == 0:
+        raise FaultyVideo("decode_error", "no video frame could be decoded")
+    length = picker.real_frames()
+    decoded_end = picker.last_time + 1.0 / max(picker.source_fps(), 1e-6)
+    expected_end = min(header_duration, frames / fps) if header_duration else None
+    if expected_end is not None and decoded_end < expected_end - 2.0 / max(picker.source_fps(), 1.0) \
+            and length < frames:
+        raise FaultyVideo("decode_error", f"video stops at {decoded_end:.2f} s but the header says "
+                                          f"{header_duration:.2f} s (truncated file?)")
+    if length < MIN_FRAMES:
+        raise FaultyVideo("too_short", f"{length} real frames at {fps} fps (< {MIN_FRAMES})")
+    samples, sample_rate, channels = audio.first_channel()
+    if samples.size == 0:
+        raise FaultyVideo("decode_error", "no audio samples could be decoded")
+    if not np.all(np.isfinite(samples)):
+        raise FaultyVideo("decode_error", f"{int((~np.isfinite(samples)).sum())} non-finite audio samples")
+    clip_samples = samples[: int(round(length / fps * sample_rate))]
+    if clip_samples.size == 0 or np.abs(clip_samples).max() < SILENCE:
+        raise FaultyVideo("silent_audio", f"peak |x| < {SILENCE} over the clip's {length / fps:.2f} s")
+    envelope = audio_envelope(samples, sample_rate, frames=frames, fps=fps, reduce=reduce, length=length)
+    video = picker.stack()                                      # [T, 3, size, size] float, 0..255
+    return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
+                envelope=envelope, length=length, source_fps=picker.source_fps(),
+                sample_rate=sample_rate, channels=channels)
+
+
+def _stream_start(stream) -> float:
+    """Time zero of the clip: the video stream's start (containers may not start at 0)."""
+    if stream.start_time is not None and stream.time_base is not None:
+        return float(stream.start_time * stream.time_base)
+    return 0.0
+
+
+def _frame_time(frame, index: int, stream) -> float:
+    if frame.time is not None:
+        return float(frame.time)
+    rate = float(stream.average_rate or stream.guessed_rate or FPS)
+    return index / rate
+
+
+def _header_duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+class _FramePicker:
+    """Keeps, for each target time, the nearest decoded frame (already resized: never a full clip
+    of full-resolution frames in memory, whatever the source size)."""
+
+    def __init__(self, targets: np.ndarray, size: int):
+        self.targets = targets
+        self.size = size
+        self.best_dist = np.full(len(targets), np.inf)
+        self.best = [None] * len(targets)
+        self.count = 0
+        self.times: list[float] = []
+        self.last_time = 0.0
+
+    def offer(self, frame, t: float) -> bool:
+        """Consider one decoded frame at clip time t (s). Returns True once no later frame can help."""
+        self.count += 1
+        self.times.append(t)
+        self.last_time = max(self.last_time, t)
+        dist = np.abs(self.targets - t)
+        better = dist < self.best_dist
+        if better.any():
+            image = resize_short_side(frame.to_ndarray(format="rgb24"), self.size)
+            self.best_dist[better] = dist[better]
+            for i in np.flatnonzero(better):
+                self.best[i] = image
+        # every later frame is farther from every target than this one
+        return t >= self.targets[-1]
+
+    def source_fps(self) -> float:
+        if len(self.times) < 2:
+            return float(FPS)
+        steps = np.diff(np.sort(self.times))
+        steps = steps[steps > 0]
+        return float(1.0 / np.median(steps)) if steps.size else float(FPS)
+
+    def real_frames(self) -> int:
+        """Targets covered by the video: up to half a source frame past the last frame's time."""
+        end = self.last_time + 0.5 / self.source_fps() + 1e-3
+        return int(min(len(self.targets), np.count_nonzero(self.targets < end)))
+
+    def stack(self) -> torch.Tensor:
+        return torch.stack(self.best)                           # padding repeats the last frame
+
+
+def resize_short_side(image: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """[H, W, 3] uint8 RGB -> [3, size, size] float32 in 0..255.
+
+    Shorter side to `size` with antialiased bilinear interpolation (torchvision's rounding:
+    long side = int(size * long / short)), then the centre crop (torchvision's offsets).
+    """
+    x = torch.as_tensor(image).permute(2, 0, 1).float()[None]   # [1, 3, H, W]
+    h, w = x.shape[-2:]
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return x[0, :, top:top + size, left:left + size].contiguous()
+
+
+def preprocess_frames(frames: np.ndarray | torch.Tensor, size: int = SIZE, normalize: bool = True,
+                      resized: bool = False) -> torch.Tensor:
+    """Decoded frames -> the network's input [3, T, size, size] float32.
+
+    frames: [T, H, W, 3] uint8 RGB (decoded), or [T, 3, size, size] 0..255 floats with resized=True.
+    The same steps as load_clip, so a test can check a file and its decoded frames agree.
+    """
+    if not resized:
+        frames = torch.stack([resize_short_side(f, size) for f in frames])
+    x = torch.as_tensor(frames, dtype=torch.float32).permute(1, 0, 2, 3).contiguous()  # [3, T, S, S]
+    return normalize_frames(x, channel_dim=0) if normalize else x
+
+
+def normalize_frames(x: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """0..255 frames -> ImageNet-normalised float32, on x's device (GPU-side when x is there).
+
+    x: [3, T, S, S] (channel_dim=0) or [B, 3, T, S, S] (channel_dim=1).
+    """
+    shape = [1] * x.dim()
+    shape[channel_dim] = 3
+    mean = torch.tensor(MEAN, device=x.device).view(shape) * 255.0
+    inv_std = 1.0 / (torch.tensor(STD, device=x.device).view(shape) * 255.0)
+    return x.float().sub(mean).mul_(inv_std)
+
+
+class _AudioCollector:
+    """Decoded audio as float32 [channels, samples] in [-1, 1], placed on the video's timeline."""
+
+    def __init__(self, origin: float):
+        self.origin = origin
+        self.chunks: list[np.ndarray] = []
+        self.start: float | None = None
+        self.sample_rate = 0
+        self.n = 0
+
+    def add(self, frame) -> float:
+        """Append one AudioFrame; returns the clip time (s) decoded so far."""
+        data = audio_frame_to_float(frame)                      # [C, n]
+        if self.start is None:
+            self.start = (float(frame.time) if frame.time is not None else 0.0) - self.origin
+            self.sample_rate = frame.sample_rate
+        self.chunks.append(data)
+        self.n += data.shape[1]
+        return self.start + self.n / self.sample_rate
+
+    def first_channel(self) -> tuple[np.ndarray, int, int]:
+        if not self.chunks:
+            return np.zeros(0, np.float32), 0, 0
+        channels = min(c.shape[0] for c in self.chunks)
+        samples = np.concatenate([c[0] for c in self.chunks]).astype(np.float32)
+        shift = int(round(self.start * self.sample_rate))       # audio may start before/after the video
+        if shift > 0:
+            samples = np.concatenate([np.zeros(shift, np.float32), samples])
+        elif shift < 0:
+            samples = samples[-shift:]
+        return samples, self.sample_rate, channels
+
+
+def audio_frame_to_float(frame) -> np.ndarray:
+    """PyAV AudioFrame -> float32 [channels, samples]; integers scaled (int16 / 32768 etc.)."""
+    fmt = frame.format
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not fmt.is_planar:                                      # packed: [1, samples * channels]
+        data = data.reshape(-1, channels).T
+    base = fmt.name.rstrip("p")
+    if base in _INT_SCALE:
+        offset, scale = _INT_SCALE[base]
+        return ((data.astype(np.float64) - offset) / scale).astype(np.float32)
+    return data.astype(np.float32)
+
+
+def audio_envelope(samples: np.ndarray, sample_rate: int, frames: int = FRAMES, fps: float = FPS,
+                   reduce: str = "max", length: int | None = None) -> np.ndarray:
+    """Loudness envelope of a mono signal, one value per video frame: float32 [frames].
+
+    samples: 1-D, the first channel, in [-1, 1] (integers already scaled). Steps (the seed's):
+    |x| -> Gaussian smoothing, sigma = 200 samples at 44.1 kHz (4.54 ms, scaled to sample_rate)
+    -> each frame's window [i/fps, (i+1)/fps) reduced by max | mean | sample (the window's first
+    sample: the seed's literal decimation) -> min-max scaled to [0, 1] over the `length` real
+    frames; the rest (padding) and windows with no audio are 0.
+    """
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
+    length = frames if length is None else int(length)
+    x = np.abs(np.asarray(samples, dtype=np.float64).reshape(-1))
+    sigma = SIGMA_SAMPLES * sample_rate / SIGMA_RATE
+    smooth = gaussian_smooth(x, sigma)
+    bounds = np.round(np.arange(frames + 1) * sample_rate / fps).astype(np.int64)
+    env = np.zeros(frames, np.float64)
+    for i in range(min(length, frames)):
+        lo, hi = bounds[i], min(bounds[i + 1], smooth.size)
+        if lo >= hi:
+            continue                                            # audio shorter than video
+        window = smooth[lo:hi]
+        env[i] = window.max() if reduce == "max" else window.mean() if reduce == "mean" else window[0]
+    valid = env[:length]
+    if valid.size:
+        lo, hi = valid.min(), valid.max()
+        env[:length] = (valid - lo) / (hi - lo) if hi > lo else 0.0
+    env[length:] = 0.0
+    return env.astype(np.float32)
+
+
+def gaussian_smooth(x: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d(x, sigma) (mode 'reflect', same kernel), by FFT convolution:
+    ~20x faster for sigma ~200 samples, equal to 1e-12."""
+    radius = int(truncate * float(sigma) + 0.5)
+    if x.size <= 2 * radius:
+        return gaussian_filter1d(x, sigma=sigma, truncate=truncate)
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    padded = np.pad(x, radius, mode="symmetric")                # ndimage 'reflect' == numpy 'symmetric'
+    return oaconvolve(padded, k / k.sum(), mode="valid")
+
+
+def envelope_params(reduce: str = "max", frames: int = FRAMES, fps: float = FPS) -> dict:
+    """Every parameter of the envelope, for the cache's config and fingerprint."""
+    return {"channel": 0, "int_scale": "int16/32768 (and u8, s32, s64 alike)", "abs": True,
+            "sigma_samples": SIGMA_SAMPLES, "sigma_rate": SIGMA_RATE,
+            "sigma_seconds": SIGMA_SAMPLES / SIGMA_RATE, "smoothing": "scipy.ndimage.gaussian_filter1d(mode=reflect, truncate=4)",
+            "reduce": reduce, "window": "[i/fps, (i+1)/fps)", "scale": "min-max over real frames",
+            "frames": frames, "fps": fps, "silence_threshold": SILENCE}
+
+
+def preprocess_params(size: int = SIZE) -> dict:
+    """Every parameter of the frame preprocessing, for the cache's config and fingerprint."""
+    return {"size": size, "resize": "shorter side, bilinear antialias (torch)", "crop": "centre",
+            "mean": list(MEAN), "std": list(STD), "frame_pick": "nearest timestamp"}
