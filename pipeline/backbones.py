@@ -1,0 +1,391 @@
+"""Video backbones (3D CNNs), selected by name through a registry, and their checkpoints.
+
+A backbone maps normalised frames [B, 3, T, H, W] to per-frame features [B, T', D]
+(T' = ceil(T / time_stride)). Each registers a `BackboneSpec` carrying its builder and its
+preprocessing (input size, mean/std), like timm's `_registry.py` + `create_model`.
+
+`model3d_1` is the 11-layer 3D CNN of the Something-Something v2 baseline (TwentyBN), written
+from `model3d_1-checkpoint-layout.md`; its published checkpoints (`model_best.pth.tar`) load key
+for key. Loading never unpickles code: `torch.load(..., weights_only=True)` or safetensors only.
+
+A random init has degenerate BatchNorm statistics (FINDINGS.md: 44% dead feature dims, 98.6% of
+the variance explained by the frame index); `calibrate_batchnorm` re-estimates them on data.
+
+Adding a backbone is a builder plus one `register_backbone` call, e.g. a torchvision video model
+whose weights come from a local file via `load_checkpoint`:
+
+    register_backbone(BackboneSpec(
+        name="r3d_18", builder=_build_r3d_18, default_size=112,
+        mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989),
+        time_stride=8, channels=512, spatial_stride=16, description="..."))
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from pipeline.errors import FoleyError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DROPOUT_P = 0.2               # Dropout3d at the end of blocks 1-4 (identity in eval)
+NUM_BLOCKS = 5
+PUBLISHED_PREFIX = "module.conv_column."   # DataParallel(MultiColumn(...)).conv_column
+STRIP_PREFIXES = ("module.", "conv_column.")
+IGNORED_PREFIXES = ("clf_layers.",)        # the baseline's 174-class classifier: not ours
+PUBLISHED_ARCH = "Conv4Col"
+MAX_KEYS_IN_ERROR = 6                      # longer key lists are cut to "... and N more"
+HASH_CHUNK_BYTES = 1 << 20
+
+
+# --------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A named backbone and the preprocessing its weights expect.
+
+    builder: () -> nn.Module mapping [B, 3, T, H, W] to [B, ceil(T / time_stride), D].
+    default_size: square input side in pixels. mean/std: per-channel RGB normalisation of
+    frames in [0, 1]. channels, spatial_stride: the last map is
+    [B, channels, T', ceil(H / spatial_stride), ceil(W / spatial_stride)], so
+    D = channels * ceil(size / spatial_stride)^2 (padded stride-2 convs round up).
+    """
+
+    name: str
+    builder: Callable[[], nn.Module]
+    default_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    time_stride: int
+    description: str
+    channels: int = 512
+    spatial_stride: int = 32
+
+    def out_frames(self, num_frames: int) -> int:
+        """Feature frames T' for T input frames."""
+        return math.ceil(num_frames / self.time_stride)
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add `spec` to BACKBONES under spec.name (a second spec with the same name is an error)."""
+    if spec.name in BACKBONES:
+        raise FoleyError(f"backbone {spec.name!r} is already registered")
+    if spec.time_stride < 1:
+        raise FoleyError(f"backbone {spec.name!r}: time_stride must be >= 1, got {spec.time_stride}")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def backbone_names() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise FoleyError(f"unknown backbone {name!r}; valid names: {', '.join(backbone_names())}") from None
+
+
+def create_backbone(name: str, seed: int = 0, channels_last: bool = False) -> nn.Module:
+    """Build backbone `name` with a seeded random init, in eval mode (load weights afterwards).
+
+    The global RNG is left untouched, so the same (name, seed) gives the same weights anywhere.
+    channels_last: store conv weights as channels_last_3d, which makes the convs run
+    channels-last whatever the input layout: on the 2-core CPU ~2x faster under bf16 autocast
+    (0.13-0.15 vs 0.25-0.27 s per 48x112x112 clip), no clear change in float32; the fast layout on CUDA.
+    """
+    spec = get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = spec.builder()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model.eval()
+
+
+def feature_dim(name: str, size: int) -> int:
+    """Per-frame feature size D for square inputs of `size` pixels: 25088 at 224, 8192 at 112."""
+    spec = get_spec(name)
+    if not isinstance(size, int) or isinstance(size, bool) or size < spec.spatial_stride:
+        raise FoleyError(f"backbone {name!r}: size must be an integer >= {spec.spatial_stride}, got {size!r}")
+    side = math.ceil(size / spec.spatial_stride)
+    return spec.channels * side * side
+
+
+# --------------------------------------------------------------------------- model3d_1
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel, stride, padding) -> list[nn.Module]:
+    return [nn.Conv3d(c_in, c_out, kernel, stride, padding, bias=True), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)]
+
+
+class Model3D1(nn.Module):
+    """TwentyBN's model3D_1 conv column: 11 Conv3d+BN+ReLU layers, h and w / 32, t kept.
+
+    Input [B, 3, T, H, W] (ImageNet-normalised RGB). Indices inside block1..block5 match the
+    published checkpoint keys (`block2.3.weight` ...). With `time_pool` (model3D_1_224) an
+    AvgPool3d after block2's last ReLU halves T; it holds no weights, so the keys are unchanged.
+    `checkpointing` recomputes each block in backward (training with grad only) to save memory.
+    Blocks frozen by `freeze_blocks` stay in eval mode through `train()`.
+    """
+
+    def __init__(self, time_pool: bool = False, checkpointing: bool = False):
+        super().__init__()
+        s2 = (1, 2, 2)  # halve h, w; the time axis is never strided
+        self.block1 = nn.Sequential(*_conv_bn_relu(3, 32, (3, 5, 5), s2, (1, 2, 2)), nn.Dropout3d(DROPOUT_P))
+        block2 = _conv_bn_relu(32, 64, 3, 1, 1) + _conv_bn_relu(64, 128, 3, s2, 1)
+        if time_pool:
+            # index 6, after the ReLU at 5: conv/bn stay at 0,1,3,4 so checkpoints still load
+            block2.append(nn.AvgPool3d((3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)))
+        self.block2 = nn.Sequential(*block2, nn.Dropout3d(DROPOUT_P))
+        self.block3 = nn.Sequential(*_conv_bn_relu(128, 128, 3, 1, 1), *_conv_bn_relu(128, 128, 3, 1, 1),
+                                    *_conv_bn_relu(128, 256, 3, s2, 1), nn.Dropout3d(DROPOUT_P))
+        self.block4 = nn.Sequential(*_conv_bn_relu(256, 256, 3, 1, 1), *_conv_bn_relu(256, 256, 3, 1, 1),
+                                    *_conv_bn_relu(256, 512, 3, s2, 1), nn.Dropout3d(DROPOUT_P))
+        self.block5 = nn.Sequential(*_conv_bn_relu(512, 512, 3, 1, 1), *_conv_bn_relu(512, 512, 3, s2, 1))
+        self.time_pool = time_pool
+        self.checkpointing = checkpointing
+        self.frozen_blocks = 0
+
+    def blocks(self) -> list[nn.Sequential]:
+        return [self.block1, self.block2, self.block3, self.block4, self.block5]
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> block5 map [B, 512, T', ceil(H/32), ceil(W/32)], T' = T or ceil(T/2)."""
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise FoleyError(f"model3d_1 expects [B, 3, T, H, W], got {list(x.shape)}")
+        if self.time_pool and x.shape[2] < 3:
+            raise FoleyError(f"model3d_1_224 needs at least 3 frames (its temporal pool has kernel 3), got {x.shape[2]}")
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks():
+            x = _checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> [B, T', 512*h*w], channel-major per frame (the seed's reshape)."""
+        fmap = self.feature_map(x)
+        b, c, t, h, w = fmap.shape
+        # reshape, not view: the map may be channels_last_3d (CUDA) and is then not contiguous here
+        return fmap.permute(0, 2, 1, 3, 4).reshape(b, t, c * h * w)
+
+    def train(self, mode: bool = True) -> "Model3D1":
+        super().train(mode)
+        for block in self.blocks()[: self.frozen_blocks]:
+            block.eval()  # frozen BatchNorm keeps its statistics, frozen dropout stays off
+        return self
+
+
+register_backbone(BackboneSpec(
+    name="model3d_1", builder=Model3D1, default_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    time_stride=1,
+    description="TwentyBN SSv2 baseline model3D_1: 11-layer 3D CNN, 23.3M params, keeps T; "
+                "[T, 25088] at 224, [T, 8192] at 112"))
+register_backbone(BackboneSpec(
+    name="model3d_1_224", builder=partial(Model3D1, time_pool=True), default_size=224,
+    mean=IMAGENET_MEAN, std=IMAGENET_STD, time_stride=2,
+    description="TwentyBN model3D_1_224: model3d_1 + temporal AvgPool after block2 (T halves); same checkpoint keys"))
+
+
+def freeze_blocks(model: nn.Module, n: int) -> nn.Module:
+    """Freeze the first n of the 5 blocks (no grad, eval mode even under model.train()); unfreeze the rest."""
+    if not isinstance(model, Model3D1):
+        raise FoleyError(f"freeze_blocks needs a model3d_1 backbone, got {type(model).__name__}")
+    if not 0 <= n <= NUM_BLOCKS:
+        raise FoleyError(f"freeze_blocks: n must be in 0..{NUM_BLOCKS}, got {n}")
+    model.frozen_blocks = n
+    for i, block in enumerate(model.blocks()):
+        block.requires_grad_(i >= n)
+    return model.train(model.training)  # re-apply modes so frozen blocks drop to eval now
+
+
+# --------------------------------------------------------------------------- BatchNorm calibration
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm3d's running mean/var from data, in place; returns model in eval.
+
+    batches: clips [B, 3, T, H, W], normalised like the backbone's input. The statistics are the
+    plain average of the per-batch statistics (momentum=None), so the same batches always give
+    the same result. Dropout stays off; frozen blocks are calibrated too (FINDINGS.md recipe).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise FoleyError(f"calibrate_batchnorm: {type(model).__name__} has no BatchNorm layers")
+    momenta = [bn.momentum for bn in bns]
+    param = next(model.parameters())
+    model.eval()  # dropout (and anything else) off ...
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average = exact mean over batches
+        bn.train()  # ... except BatchNorm, which must see batch statistics to accumulate them
+    seen = 0
+    try:
+        for x in batches:
+            model(x.to(device=param.device, dtype=param.dtype))
+            seen += 1
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+    if seen == 0:
+        raise FoleyError("calibrate_batchnorm: no batches given")
+    return model
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _list_keys(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:MAX_KEYS_IN_ERROR])
+    return shown + (f" ... and {len(keys) - MAX_KEYS_IN_ERROR} more" if len(keys) > MAX_KEYS_IN_ERROR else "")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """First line of a library's error, cut to `limit` characters (our errors are one line)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20)
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, Tensor], str, dict]:
+    """-> (raw state dict, format name, metadata) without running any code from the file."""
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu"), "safetensors", {}
+        except Exception as e:  # SafetensorError, OSError, ValueError: safetensors runs no code either way
+            raise FoleyError(f"cannot read checkpoint {path}: not a valid safetensors file ({_short(str(e))})") from None
+    if path.stat().st_size == 0:
+        raise FoleyError(f"cannot read checkpoint {path}: the file is empty")
+    try:
+        with warnings.catch_warnings():
+            # protocol>2 pickles: torch warns, then its weights-only unpickler refuses them below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            # the weights-only unpickler stopped before constructing anything: nothing ran
+            why = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(e), re.S)
+            detail = why.group(1).strip().replace("\n", " ") if why else "disallowed pickle content"
+            raise FoleyError(f"refused checkpoint {path}: the weights-only loader rejected it ({_short(detail)}); "
+                             f"it may contain code, so nothing from it was run or loaded") from None
+        raise FoleyError(f"cannot read checkpoint {path}: corrupt or not a torch checkpoint ({_short(str(e))})") from None
+    except Exception as e:  # torch reports corrupt zips/pickles as RuntimeError, KeyError, EOFError ...
+        raise FoleyError(f"cannot read checkpoint {path}: corrupt or not a torch checkpoint "
+                         f"({type(e).__name__}: {_short(str(e))})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = {k: obj[k] for k in ("epoch", "arch", "best_loss") if k in obj and isinstance(obj[k], (int, float, str))}
+        return obj["state_dict"], "published", meta
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return obj, "state_dict", {}
+    raise FoleyError(f"cannot read checkpoint {path}: expected a state dict or a dict with 'state_dict', "
+                     f"got {type(obj).__name__}" + (f" with keys {_list_keys(map(str, obj))}" if isinstance(obj, dict) else ""))
+
+
+def _strip(key: str) -> str:
+    for prefix in STRIP_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load weights into `model` in place; the file must match it key for key and shape for shape.
+
+    Accepts the published layout (dict with 'state_dict', keys 'module.conv_column.*'; the
+    classifier 'module.clf_layers.*' is ignored), a bare state dict with or without the
+    'module.'/'conv_column.' prefixes, or a .safetensors file. Pickles are read with
+    weights_only=True: one that would construct anything but tensors/numbers is refused.
+    Returns {path, sha256, format, ignored_keys, meta}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FoleyError(f"checkpoint {path} does not exist or is not a file")
+    raw, fmt, meta = _read_tensors(path)
+    state, ignored = {}, []
+    for key, value in raw.items():
+        short = _strip(str(key))
+        if short.startswith(IGNORED_PREFIXES):
+            ignored.append(str(key))
+        elif not isinstance(value, Tensor):
+            raise FoleyError(f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        elif short in state:
+            raise FoleyError(f"checkpoint {path}: key {short!r} appears twice (with different prefixes)")
+        else:
+            state[short] = value
+    expected = model.state_dict()
+    missing = expected.keys() - state.keys()
+    unexpected = state.keys() - expected.keys()
+    misshaped = [f"{k} {list(state[k].shape)} (model {list(expected[k].shape)})"
+                 for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_list_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_list_keys(unexpected)}")
+        if misshaped:
+            parts.append(f"wrong shape {len(misshaped)}: {_list_keys(misshaped)}")
+        raise FoleyError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return {"path": str(path), "sha256": sha256_file(path), "format": fmt, "ignored_keys": sorted(ignored), "meta": meta}
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a crash never leaves a half-written checkpoint under the real name
+
+
+def save_published(model: nn.Module, path: str | os.PathLike, epoch: int = 0, best_loss: float = float("nan")):
+    """Write the baseline's layout: {'epoch', 'arch': 'Conv4Col', 'state_dict': {'module.conv_column.' + k}, 'best_loss'}.
+
+    Plain tensors and numbers only, so `torch.load(weights_only=True)` and `load_checkpoint` read it.
+    """
+    ckpt = {"epoch": int(epoch), "arch": PUBLISHED_ARCH,
+            "state_dict": {PUBLISHED_PREFIX + k: v for k, v in _cpu_state(model).items()},
+            "best_loss": float(best_loss)}
+    _atomic_write(Path(path), lambda p: torch.save(ckpt, p))
+
+
+def save_safetensors(model: nn.Module, path: str | os.PathLike):
+    """Write the bare state dict (unprefixed keys) as safetensors."""
+    from safetensors.torch import save_file
+    _atomic_write(Path(path), lambda p: save_file(_cpu_state(model), str(p), metadata={"format": "pt"}))
