@@ -75,16 +75,88 @@ def make_synthetic_cmd(out, n_train, n_val, seed, fmt, jobs, quiet):
     echo(json.dumps(summary, indent=2), quiet)
 
 
+def setup_logging(quiet: bool = False):
+    """Library warnings (e.g. the random-init backbone) go to stderr, once under torchrun."""
+    import logging
+    logger = logging.getLogger("foleycache")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet or not is_rank_zero() else logging.INFO)
+    if not is_rank_zero():
+        logger.setLevel(logging.ERROR)
+
+
+def checkpoint_arg(value: str):
+    if value == "none":
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value} is not a file (give a checkpoint file, or 'none')")
+    return path
+
+
 @cli.command("extract-features")
-def extract_features_cmd():
+@click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of {id}.webm/.mp4/.mkv videos.")
+@click.option("--annotations", required=True, type=EXISTING_FILE, help="SSv2 annotation JSON (train or validation).")
+@click.option("--out", required=True, type=OUT_DIR, help="Cache directory (created; re-run to resume).")
+@click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (checks templates, gives class indices).")
+@click.option("--classes", default="sound12", help="sound12, all, or a file of templates (one per line).")
+@click.option("--backbone", default="model3d_1", help="Registered backbone name.")
+@click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors) or 'none' "
+              "(seeded random init with calibrated BatchNorm; loud warning).")
+@click.option("--frames", default=48, type=click.IntRange(1), help="Frames per clip (T).")
+@click.option("--fps", default=12.0, type=click.FloatRange(min=0, min_open=True), help="Clip frame rate.")
+@click.option("--size", default=224, type=click.IntRange(32), help="Frame size after resize + centre crop.")
+@click.option("--format", "fmt", default="zarr", type=click.Choice(["zarr", "hdf5"]), help="Shard format.")
+@click.option("--dtype", default="float16", type=click.Choice(["float16", "float32"]), help="Stored feature dtype.")
+@click.option("--shard-size", default=64, type=click.IntRange(1), help="Candidates per shard.")
+@click.option("--batch-size", default=4, type=click.IntRange(1), help="Clips per backbone forward.")
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decode worker processes [default: 1 on CPU, cores-1 on CUDA].")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", type=click.Choice(["auto", "bf16", "fp32"]),
+              help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32.")
+@click.option("--envelope-reduce", default="max", type=click.Choice(["max", "mean", "sample"]),
+              help="Per-frame reduction of the smoothed |audio| (sample = the seed's decimation).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N candidates.")
+@click.option("--seed", default=0, type=int, help="Init seed for --checkpoint none.")
+@click.option("--calibration-clips", default=64, type=click.IntRange(1), help="Clips for BatchNorm calibration (--checkpoint none).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache built with other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract_features_cmd(videos, annotations, out, labels, classes, backbone, checkpoint, frames, fps, size, fmt,
+                         dtype, shard_size, batch_size, workers, device, precision, envelope_reduce, limit, seed,
+                         calibration_clips, overwrite, quiet):
     """Run the 3D CNN once per video; cache features + audio envelope in HDF5/Zarr shards."""
-    not_built("extract-features")
+    from pipeline.extract import extract_features
+    setup_logging(quiet)
+    summary = extract_features(
+        videos=videos, annotations=annotations, out=out, labels=labels, classes=classes, backbone=backbone,
+        checkpoint=checkpoint_arg(checkpoint), frames=frames, fps=fps, size=size, fmt=fmt, dtype=dtype,
+        shard_size=shard_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
+        limit=limit, overwrite=overwrite, envelope_reduce=envelope_reduce, seed=seed,
+        calibration_clips=calibration_clips, progress=not quiet)
+    if is_rank_zero():
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("failed_by_reason", {}).items())) or "none"
+        echo(f"cache {summary['cache']}: {summary['candidates']} candidates, {summary.get('cached')} cached, "
+             f"{summary.get('failed')} faulty ({reasons}); {summary['wall_seconds']} s, "
+             f"{summary['clips_per_s']} clips/s on {summary['device']} ({summary['precision']})", quiet)
 
 
 @cli.command("cache-info")
-def cache_info_cmd():
+@click.argument("cache_dir", type=EXISTING_DIR)
+@click.option("--verify", is_flag=True, help="Re-hash every shard against cache.json; exit 1 if any is damaged.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar while verifying.")
+def cache_info_cmd(cache_dir, verify, as_json, quiet):
     """Summarise a feature cache; --verify re-hashes every shard."""
-    not_built("cache-info")
+    from pipeline.cache import cache_info, format_cache_info
+
+    info = cache_info(cache_dir, verify=verify, progress=verify and not quiet)
+    echo(json.dumps(info, indent=2) if as_json else format_cache_info(info))
+    if verify and info["problems"]:
+        click.echo(f"error: {len(info['problems'])} damaged shard(s) in {cache_dir}", err=True)
+        sys.exit(1)
 
 
 @cli.command("train-head")
