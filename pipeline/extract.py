@@ -168,6 +168,7 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
     length. Faulty videos are recorded in failures.jsonl and skipped; they never stop the run.
     """
     out, videos = Path(out), Path(videos)
+    frames, fps, size = int(frames), float(fps), int(size)   # 12 and 12.0 must fingerprint alike
     if not videos.is_dir():
         raise FoleyError(f"--videos {videos} is not a directory")
     spec = backbones.get_spec(backbone)
