@@ -980,7 +980,7 @@ def cache_info(path, verify: bool = False, progress: bool = False) -> dict:
         "format": cache.format, "dtype": cache.dtype, "clips": n, "shards": cache.n_shards,
         "frames": cache.frames, "dim": cache.dim,
         "shapes": {"features": [n, cache.frames, cache.dim], "envelope": [n, cache.frames], "length": [n]},
-        "size_bytes": size, "bytes_per_clip": round(per_clip, 1), "float32_bytes_per_clip": f32,
+        "size_bytes": size, "shard_bytes": shard_bytes, "bytes_per_clip": round(per_clip, 1), "float32_bytes_per_clip": f32,
         "storage_ratio": round(per_clip / f32, 4) if n else None,
         "candidates": cache.counts["candidates"], "failed": cache.counts["failed"],
         "failed_by_reason": cache.counts["failed_by_reason"], "config": cache.config,
@@ -1008,7 +1008,8 @@ def format_cache_info(info: dict) -> str:
         f"clips        {info['clips']} cached of {info['candidates']} candidates in {info['shards']} "
         f"{info['format']} shards",
         f"features     [{info['frames']}, {info['dim']}] {info['dtype']} per clip; envelope [{info['frames']}] float32",
-        f"size         {_human_bytes(info['size_bytes'])} on disk, {_human_bytes(info['bytes_per_clip'])} per clip "
+        f"size         {_human_bytes(info['shard_bytes'])} of shards ({_human_bytes(info['size_bytes'])} with the rest "
+        f"of the directory), {_human_bytes(info['bytes_per_clip'])} per clip "
         f"= {info['storage_ratio']}x the {_human_bytes(info['float32_bytes_per_clip'])} of float32",
     ]
     if info["failed"]:
