@@ -119,14 +119,16 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads) -> Clip:
                     audio_done = audio.add(frame) >= audio_end
             if video_done and audio_done:
                 break
-        header_duration = _header_duration(container, vstream)
+        header_duration, whole_file = _header_duration(container, vstream)
 
     if picker.count == 0:
         raise FaultyVideo("decode_error", "no video frame could be decoded")
     length = picker.real_frames()
     decoded_end = picker.last_time + 1.0 / max(picker.source_fps(), 1e-6)
+    # A container-wide duration also covers the audio: a short video whose audio runs on is not cut.
+    reached = max(decoded_end, audio.end()) if whole_file else decoded_end
     expected_end = min(header_duration, frames / fps) if header_duration else None
-    if expected_end is not None and decoded_end < expected_end - 2.0 / max(picker.source_fps(), 1.0) \
+    if expected_end is not None and reached < expected_end - 2.0 / max(picker.source_fps(), 1.0) \
             and length < frames:
         raise FaultyVideo("decode_error", f"video stops at {decoded_end:.2f} s but the header says "
                                           f"{header_duration:.2f} s (truncated file?)")
@@ -161,23 +163,34 @@ def _frame_time(frame, index: int, stream) -> float:
     return index / rate
 
 
-def _header_duration(container, stream) -> float | None:
+def _header_duration(container, stream) -> tuple[float | None, bool]:
+    """(duration in s the header gives the video, whether it is the whole file's rather than the
+    video stream's own). Matroska/WebM keep a per-stream duration in a DURATION tag."""
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
+        return float(stream.duration * stream.time_base), False
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    try:
+        h, m, s = str(tag).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s), False
+    except ValueError:
+        pass
     if container.duration is not None:
-        return container.duration / av.time_base
-    return None
+        return container.duration / av.time_base, True
+    return None, True
 
 
 class _FramePicker:
-    """Keeps, for each target time, the nearest decoded frame (already resized: never a full clip
-    of full-resolution frames in memory, whatever the source size)."""
+    """Keeps, for each target time, the nearest decoded frame, resized as soon as no later frame can
+    replace it: never a full clip of full-resolution frames in memory, whatever the source size,
+    and a 25/30 fps source converts only the ~48 frames it gives, not every frame it decodes."""
 
     def __init__(self, targets: np.ndarray, size: int):
         self.targets = targets
         self.size = size
         self.best_dist = np.full(len(targets), np.inf)
-        self.best = [None] * len(targets)
+        self.best = [None] * len(targets)       # resized [3, size, size] tensor, or a decoded frame
+        self.raw = np.zeros(len(targets), bool)  # best[i] is still a decoded frame
+        self._last = (None, None)                # (decoded frame, its resized image)
         self.count = 0
         self.times: list[float] = []
         self.last_time = 0.0
@@ -190,12 +203,23 @@ class _FramePicker:
         dist = np.abs(self.targets - t)
         better = dist < self.best_dist
         if better.any():
-            image = resize_short_side(frame.to_ndarray(format="rgb24"), self.size)
             self.best_dist[better] = dist[better]
             for i in np.flatnonzero(better):
-                self.best[i] = image
+                self.best[i] = frame
+            self.raw |= better
+        # Targets up to the latest time seen are settled (frames come in time order); only the
+        # latest decoded frame stays unconverted, for the targets after it.
+        self._convert(self.raw & (self.targets <= self.last_time))
         # every later frame is farther from every target than this one
         return t >= self.targets[-1]
+
+    def _convert(self, which: np.ndarray):
+        for i in np.flatnonzero(which):
+            frame = self.best[i]
+            if frame is not self._last[0]:
+                self._last = (frame, resize_short_side(frame.to_ndarray(format="rgb24"), self.size))
+            self.best[i] = self._last[1]
+        self.raw &= ~which
 
     def source_fps(self) -> float:
         if len(self.times) < 2:
@@ -210,6 +234,7 @@ class _FramePicker:
         return int(min(len(self.targets), np.count_nonzero(self.targets < end)))
 
     def stack(self) -> torch.Tensor:
+        self._convert(self.raw.copy())
         return torch.stack(self.best)                           # padding repeats the last frame
 
 
@@ -274,7 +299,11 @@ class _AudioCollector:
             self.sample_rate = frame.sample_rate
         self.chunks.append(data)
         self.n += data.shape[1]
-        return self.start + self.n / self.sample_rate
+        return self.end()
+
+    def end(self) -> float:
+        """Clip time (s) up to which audio was decoded; 0 before any."""
+        return self.start + self.n / self.sample_rate if self.chunks else 0.0
 
     def first_channel(self) -> tuple[np.ndarray, int, int]:
         if not self.chunks:
