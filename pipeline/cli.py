@@ -160,9 +160,48 @@ def cache_info_cmd(cache_dir, verify, as_json, quiet):
 
 
 @cli.command("train-head")
-def train_head_cmd():
-    """Train the LSTM+FC head from a feature cache."""
-    not_built("train-head")
+@click.option("--train-cache", required=True, type=click.Path(path_type=Path), help="Feature cache to train on.")
+@click.option("--val-cache", required=True, type=click.Path(path_type=Path), help="Feature cache to validate on (same fingerprint).")
+@click.option("--out", required=True, type=OUT_DIR, help="Run directory (config.json, metrics.jsonl, checkpoints).")
+@click.option("--epochs", type=int, help="Epochs.  [default: 30]")
+@click.option("--batch-size", type=int, help="Clips per batch (per process under torchrun).  [default: 16]")
+@click.option("--lr", type=float, help="Peak learning rate (AdamW; warmup, then cosine to lr/10).  [default: 0.001]")
+@click.option("--weight-decay", type=float, help="AdamW weight decay (weights only, not biases).  [default: 0.01]")
+@click.option("--warmup", type=int, help="Warmup in optimizer steps.  [default: 5% of all steps]")
+@click.option("--hidden", type=int, help="LSTM hidden size.  [default: 512]")
+@click.option("--layers", type=int, help="LSTM layers.  [default: 2]")
+@click.option("--dropout", type=float, help="Dropout between LSTM layers and in the FC layers.  [default: 0]")
+@click.option("--input", "input_", type=str, help="features (standardised, the seed's head) | motion-energy "
+              "(17-d change signal, FINDINGS.md; generalises from small data).  [default: features]")
+@click.option("--seed", type=int, help="Random seed (init, data order, dropout).  [default: 0]")
+@click.option("--device", default="auto", help="auto | cpu | cuda.")
+@click.option("--preload", default="none", help="none (read shards every epoch) | ram | gpu (whole cache in memory; "
+              "refused with its size if it does not fit).")
+@click.option("--workers", type=int, help="Reader processes per training process.  [default: cores - 1, at most 4]")
+@click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA, off on CPU where "
+              "bf16 LSTMs measured slower).  [default: auto]")
+@click.option("--early-stop", type=int, help="Stop after N epochs without a better val loss (0 = never).  [default: 0]")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint-last.pt (its options are kept).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
+def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_decay, warmup, hidden, layers,
+                   dropout, input_, seed, device, preload, workers, amp, early_stop, resume, overwrite, quiet):
+    """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
+    from pipeline.train import train_head
+
+    s = train_head(train_cache=train_cache, val_cache=val_cache, out=out, epochs=epochs, batch_size=batch_size,
+                   lr=lr, weight_decay=weight_decay, warmup=warmup, hidden=hidden, layers=layers, dropout=dropout,
+                   input=input_, seed=seed, amp=amp, early_stop=early_stop, device=device, preload=preload,
+                   workers=workers, resume=resume, overwrite=overwrite, progress=not quiet)
+    best, last = s["best_metrics"], s["last_metrics"]
+    if best is None:
+        echo(f"nothing trained; run in {out}", quiet)
+        return
+    stop = " (stopped early)" if s["stopped_early"] else ""
+    echo(f"trained {last['epoch']} epochs{stop}, {last['samples_per_s']} clips/s in the last one", quiet)
+    echo(f"best epoch {best['epoch']}: val loss {best['val_loss']:.4f}, MAE {best['val_mae']:.4f}, "
+         f"Pearson r {best['val_pearson']:.3f}, peak within ±1 frame {best['val_peak_within_1']:.3f}", quiet)
+    echo(f"run: {out}/ (config.json, metrics.jsonl, checkpoint-best.pt, checkpoint-last.pt)", quiet)
 
 
 @cli.command("finetune")

@@ -1,0 +1,316 @@
+"""The head: an LSTM + FC network mapping per-frame inputs to a loudness curve, and its input transforms.
+
+    features [B, T, D] (cache) ─► InputTransform ─► x [B, T, d] ─► Head ─► logits [B, T] ─► sigmoid
+
+`Head` is the seed's network (DESIGN.md, "Training"): LSTM(d → hidden, layers, batch_first) →
+FC hidden → 256 → 64 → 1 with ReLU. It returns logits; train with `masked_bce` (BCE-with-logits over
+the real frames only) and apply a sigmoid at inference. The LSTM runs forward in time only, so the
+padding after a clip's `length` never changes the outputs on its real frames.
+
+`InputTransform` turns cached features into what the head reads, with statistics fitted on the
+TRAIN cache only and stored in the checkpoint (export on another cache reuses the same numbers):
+- "features" (default, the seed's head): per-dimension standardisation of the raw features.
+- "motion-energy" (FINDINGS.md, section 3): z-score the features per dimension, difference frame to
+  frame (frame 0 gets 0), RMS over the channels in each of 4x4 spatial cells plus one global RMS
+  (17 values), log1p, standardise. Low-dimensional, so it generalises from small data.
+It is an nn.Module with buffers only (no parameters), so it moves with `.to(device)`, runs on the
+GPU, and can sit inside a bigger model (finetune: backbone → transform → head). Its state_dict
+carries its kind and shape as extra state, so `InputTransform.from_state_dict` rebuilds it.
+
+`load_head(path)` rebuilds (head, transform, checkpoint) from a run's checkpoint
+(`train-head` or `finetune`): what export-predictions and finetune's --init-head use.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.errors import FoleyError
+
+INPUTS = ("features", "motion-energy")
+DEFAULT_CHANNELS = 512          # model3d_1's last conv block; D = channels * h * w, channel-major
+MOTION_CELLS = 4                # motion-energy pools the h x w grid into 4 x 4 cells (fewer if h < 4)
+STD_FLOOR = 1e-6                # a dimension whose spread is below this (dead ReLU unit) is divided by 1
+HEAD_PREFIX = "head."           # a model that contains the head as `.head` (finetune) saves its keys so
+FIT_CHUNK = 16                  # clips per step when fitting statistics (bounds float32 copies: 16x48x25088x4 = 77 MB)
+
+
+# ----------------------------------------------------------------------------- the network
+
+@dataclass
+class HeadConfig:
+    """Sizes of the head. input_dim = d, what the LSTM reads (the transform's output size)."""
+
+    input_dim: int
+    hidden: int = 512
+    layers: int = 2
+    fc: tuple[int, ...] = (256, 64)
+    dropout: float = 0.0            # between LSTM layers and after each hidden FC layer
+    input: str = "features"         # the InputTransform kind the head was trained on
+
+    def __post_init__(self):
+        self.fc = tuple(int(n) for n in self.fc)
+        if self.input not in INPUTS:
+            raise FoleyError(f"unknown --input {self.input!r}; choose one of: {', '.join(INPUTS)}")
+        if self.input_dim < 1 or self.hidden < 1 or self.layers < 1 or any(n < 1 for n in self.fc):
+            raise FoleyError(f"head sizes must be >= 1 (input_dim {self.input_dim}, hidden {self.hidden}, "
+                             f"layers {self.layers}, fc {self.fc})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FoleyError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON / weights_only-safe dict (fc as a list)."""
+        d = asdict(self)
+        d["fc"] = list(self.fc)
+        return d
+
+
+class Head(nn.Module):
+    """LSTM + FC: x [B, T, d] float → logits [B, T] (sigmoid gives the loudness in [0, 1])."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        self.lstm = nn.LSTM(config.input_dim, config.hidden, config.layers, batch_first=True,
+                            dropout=config.dropout if config.layers > 1 else 0.0)
+        layers: list[nn.Module] = []
+        width = config.hidden
+        for n in config.fc:
+            layers += [nn.Linear(width, n), nn.ReLU()]
+            if config.dropout:
+                layers.append(nn.Dropout(config.dropout))
+            width = n
+        layers.append(nn.Linear(width, 1))
+        self.fc = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, _ = self.lstm(x)                 # [B, T, hidden]
+        return self.fc(h).squeeze(-1)       # [B, T]
+
+
+def frame_mask(length: Tensor, frames: int) -> Tensor:
+    """[B] real-frame counts → bool [B, T], True on real frames."""
+    return torch.arange(frames, device=length.device)[None, :] < length[:, None]
+
+
+def masked_bce(logits: Tensor, target: Tensor, length: Tensor, reduction: str = "mean") -> Tensor:
+    """BCE-with-logits over the real frames only.
+
+    logits, target [B, T] (target in [0, 1]); length [B]. reduction "mean": the frame-weighted mean
+    over all real frames of the batch (the same number as pipeline.metrics' `bce`); "sum": their sum.
+    Computed in float32 whatever the autocast dtype of the logits.
+    """
+    mask = frame_mask(length, logits.shape[1])
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    total = (loss * mask).sum()
+    if reduction == "sum":
+        return total
+    return total / mask.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- input transforms
+
+def feature_grid(dim: int, cache_config: dict | None = None) -> tuple[int, int, int]:
+    """(channels, h, w) of channel-major features of size `dim` (D = channels * h * w, square grid).
+
+    The channel count comes from the cache's backbone (its registry spec) when known, else 512.
+    """
+    channels = DEFAULT_CHANNELS
+    name = (cache_config or {}).get("backbone")
+    if name:
+        try:
+            from pipeline.backbones import get_spec
+            channels = int(get_spec(name).channels)
+        except (ImportError, FoleyError):       # an unregistered backbone: assume model3d_1's layout
+            pass
+    side = math.isqrt(dim // channels) if dim % channels == 0 else 0
+    if side < 1 or channels * side * side != dim:
+        raise FoleyError(f"--input motion-energy needs features laid out as [channels*h*w] with a square "
+                         f"grid ({channels} channels); this cache has D = {dim}: use --input features")
+    return channels, side, side
+
+
+def _valid_rows(x: Tensor, length: Tensor) -> Tensor:
+    """x [B, T, k] → [n_valid_frames, k] (the real frames only)."""
+    return x[frame_mask(length, x.shape[1])]
+
+
+class _RunningMoments:
+    """Per-column mean and variance over many row blocks (Chan et al.'s parallel update, float64 totals)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def update(self, rows: Tensor):
+        n_b = rows.shape[0]
+        if n_b == 0:
+            return
+        mean_b = rows.mean(0).double()
+        m2_b = ((rows - mean_b.to(rows.dtype)) ** 2).sum(0).double()
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta ** 2 * (self.n * n_b / n)
+        self.n = n
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        if not self.n:
+            raise FoleyError("cannot fit the input transform: the training cache has no real frames")
+        std = (self.m2 / self.n).sqrt()
+        std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)
+        return self.mean.float(), std.float()
+
+
+class InputTransform(nn.Module):
+    """Cached features [B, T, D] → head input [B, T, out_dim], float32, on the features' device.
+
+    t = InputTransform("motion-energy", dim=D, cache_config=cache.config)
+    t.fit(train_cache)            # statistics from the training cache only
+    x = t.apply(features)         # = t(features); any float dtype in, float32 out
+    state = t.state_dict()        # tensors + extra state {kind, dim, channels, h, w, cells, fitted}
+    t2 = InputTransform.from_state_dict(state)
+    """
+
+    def __init__(self, kind: str = "features", dim: int = 1, cache_config: dict | None = None,
+                 grid: tuple[int, int, int] | None = None, cells: int = MOTION_CELLS):
+        super().__init__()
+        if kind not in INPUTS:
+            raise FoleyError(f"unknown --input {kind!r}; choose one of: {', '.join(INPUTS)}")
+        self.kind, self.dim = kind, int(dim)
+        self.fitted = False
+        self.register_buffer("mean", torch.zeros(self.dim))     # per-dimension feature statistics [D]
+        self.register_buffer("std", torch.ones(self.dim))
+        if kind == "motion-energy":
+            self.channels, self.h, self.w = grid or feature_grid(self.dim, cache_config)
+            self.cells = min(int(cells), self.h, self.w)
+            self.out_dim = self.cells * self.cells + 1
+            self.register_buffer("out_mean", torch.zeros(self.out_dim))   # after log1p [out_dim]
+            self.register_buffer("out_std", torch.ones(self.out_dim))
+        else:
+            self.channels, self.h, self.w, self.cells = self.dim, 1, 1, 0
+            self.out_dim = self.dim
+
+    # -- describing itself (nn.Module extra state rides in state_dict, weights_only-safe)
+    def get_extra_state(self) -> dict:
+        return {"kind": self.kind, "dim": self.dim, "channels": self.channels, "h": self.h, "w": self.w,
+                "cells": self.cells, "out_dim": self.out_dim, "fitted": self.fitted}
+
+    def set_extra_state(self, state: dict):
+        mine = self.get_extra_state()
+        for key in ("kind", "dim", "out_dim"):
+            if state[key] != mine[key]:
+                raise FoleyError(f"input transform state is for {key}={state[key]!r}, this one has {mine[key]!r}")
+        self.fitted = bool(state["fitted"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "InputTransform":
+        extra = state["_extra_state"]
+        grid = (int(extra["channels"]), int(extra["h"]), int(extra["w"])) if extra["kind"] == "motion-energy" else None
+        t = cls(extra["kind"], int(extra["dim"]), grid=grid, cells=int(extra["cells"]) or MOTION_CELLS)
+        t.load_state_dict(state)
+        return t
+
+    # -- the transform
+    def _motion(self, x: Tensor) -> Tensor:
+        """x [B, T, D] → log1p of the RMS change per cell + global [B, T, cells^2 + 1]."""
+        z = (x.float() - self.mean) / self.std
+        diff = torch.zeros_like(z)
+        diff[:, 1:] = z[:, 1:] - z[:, :-1]                      # frame 0 has no predecessor: no motion
+        b, t = diff.shape[:2]
+        sq = diff.view(b * t, self.channels, self.h, self.w).square()
+        per_pos = sq.mean(1, keepdim=True)                      # mean over channels [BT, 1, h, w]
+        cells = F.adaptive_avg_pool2d(per_pos, self.cells).flatten(1)       # [BT, cells^2]
+        total = per_pos.flatten(1).mean(1, keepdim=True)        # every channel and position [BT, 1]
+        return torch.log1p(torch.cat([cells, total], 1).sqrt()).view(b, t, self.out_dim)
+
+    def apply(self, features: Tensor) -> Tensor:
+        """features [B, T, D] (float16/32) → [B, T, out_dim] float32."""
+        if features.shape[-1] != self.dim:
+            raise FoleyError(f"input transform expects D = {self.dim} features, got {features.shape[-1]}")
+        if self.kind == "features":
+            return (features.float() - self.mean) / self.std
+        return (self._motion(features) - self.out_mean) / self.out_std
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.apply(features)
+
+    # -- fitting on the training data
+    @torch.no_grad()
+    def fit(self, source, progress: bool = False) -> "InputTransform":
+        """Fit the statistics on the real frames of `source`: a FeatureCache (the TRAIN cache), or
+        preloaded (features [N, T, D], length [N]) tensors. Runs on this module's device."""
+        moments = _RunningMoments()
+        for x, length in self._chunks(source, progress, "fitting input statistics"):
+            moments.update(_valid_rows(x.float(), length))
+        mean, std = moments.result()
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+        if self.kind == "motion-energy":        # a second pass: statistics of the 17 values themselves
+            moments = _RunningMoments()
+            for x, length in self._chunks(source, progress, "fitting motion-energy statistics"):
+                moments.update(_valid_rows(self._motion(x), length))
+            out_mean, out_std = moments.result()
+            self.out_mean.copy_(out_mean)
+            self.out_std.copy_(out_std)
+        self.fitted = True
+        return self
+
+    def _chunks(self, source, progress: bool, desc: str) -> Iterable[tuple[Tensor, Tensor]]:
+        from tqdm import tqdm
+
+        device = self.mean.device
+        if isinstance(source, (tuple, list)):
+            features, length = source
+            for lo in range(0, features.shape[0], FIT_CHUNK):
+                yield features[lo:lo + FIT_CHUNK].to(device), length[lo:lo + FIT_CHUNK].to(device)
+            return
+        for k in tqdm(range(source.n_shards), desc=desc, unit="shard", disable=not progress, leave=False):
+            shard = source.read_shard(k)
+            features = torch.from_numpy(shard["features"])
+            length = torch.from_numpy(shard["length"].astype("int64"))
+            for lo in range(0, features.shape[0], FIT_CHUNK):
+                yield features[lo:lo + FIT_CHUNK].to(device), length[lo:lo + FIT_CHUNK].to(device)
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
+
+def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, InputTransform, dict]:
+    """Rebuild the trained head and its input transform from a run checkpoint.
+
+    path: RUN_DIR/checkpoint-best.pt (or -last.pt), written by train-head or finetune.
+    Returns (head in eval mode, transform, checkpoint dict). The checkpoint is read with
+    `weights_only=True`; the head weights are checkpoint["model"] (train-head: the Head's own
+    state_dict; finetune: a model with a `.head` submodule, whose `head.*` keys are taken), the
+    transform is checkpoint["transform"] (InputTransform.state_dict()). checkpoint["fingerprint"] names the cache the head
+    was trained on, checkpoint["config"] the run's resolved options.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint-best.pt"
+    if not path.exists():
+        raise FoleyError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or "head_config" not in ckpt or "transform" not in ckpt or "model" not in ckpt:
+        raise FoleyError(f"{path} is not a foleycache head checkpoint (no head_config/transform/model)")
+    head = Head(HeadConfig(**ckpt["head_config"]))
+    state = ckpt["model"]
+    if any(k.startswith(HEAD_PREFIX) for k in state):      # a bigger model (finetune): its head.* part
+        state = {k[len(HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    try:
+        head.load_state_dict(state)
+        transform = InputTransform.from_state_dict(ckpt["transform"])
+    except (RuntimeError, KeyError) as e:
+        raise FoleyError(f"{path}: head weights do not match its head_config: {e}") from e
+    return head.eval(), transform.to(map_location), ckpt
