@@ -1,0 +1,272 @@
+"""train-head (pipeline/train.py): schedule, data order, the run directory, checkpoints, resume
+after kill -9, DDP under torchrun, and the CLI's refusals, on small real caches."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline import train as tr
+from pipeline.distributed import Distributed
+from pipeline.errors import FoleyError
+from pipeline.head import Head, HeadConfig, InputTransform, load_head
+from tests.test_head import make_signal_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, str(ROOT / "cli.py"), "train-head"]
+# Small and fast: a tiny head, a few epochs; 1 thread per process (2 shared cores).
+FAST = dict(hidden=32, batch_size=8, lr=3e-3, device="cpu", progress=False, workers=0)
+FAST_FLAGS = ["--hidden", "32", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--quiet"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caches")
+    train = make_signal_cache(root / "train", 48, seed=1)
+    val = make_signal_cache(root / "val", 16, seed=2)
+    other = make_signal_cache(root / "other", 16, seed=3, config={"backbone": "toy", "purpose": "other"})
+    return {"train": train.path, "val": val.path, "other": other.path}
+
+
+def metrics_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+def test_get_lr_warms_up_then_decays_by_cosine_to_min_lr():
+    lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100
+    lrs = [tr.get_lr(s, warmup, total, lr, min_lr) for s in range(120)]
+    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup + 1]))      # rising through warmup
+    assert lrs[warmup] == pytest.approx(lr)                                   # peak right after it
+    assert all(a >= b for a, b in zip(lrs[warmup:total], lrs[warmup + 1:total + 1]))
+    assert tr.get_lr(55, warmup, total, lr, min_lr) == pytest.approx((lr + min_lr) / 2)   # cosine midpoint
+    assert lrs[total] == min_lr and lrs[-1] == min_lr
+    assert tr.get_lr(0, 0, 10, lr, min_lr) == pytest.approx(lr)
+
+
+def test_epoch_batches_cover_every_clip_once_and_depend_only_on_seed_and_epoch():
+    sizes = [8, 8, 8, 5]
+    a = tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)
+    assert sorted(np.concatenate(a).tolist()) == list(range(29))
+    assert all(len(b) <= 4 for b in a)
+    assert [b.tolist() for b in a] == [b.tolist() for b in tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)]
+    assert [b.tolist() for b in a] != [b.tolist() for b in tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=4)]
+    plain = tr.epoch_batches(sizes, 4, shuffle=False)
+    assert np.concatenate(plain).tolist() == list(range(29))
+    # DDP: equal batch counts per rank (padded), together covering everything.
+    ranks = [tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=1, rank=r, world_size=3) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1
+    assert set(np.concatenate([np.concatenate(r) for r in ranks]).tolist()) == set(range(29))
+
+
+# ----------------------------------------------------------------------------- a run
+
+def test_train_head_improves_and_writes_a_self_describing_run(caches, tmp_path):
+    run = tmp_path / "run"
+    s = tr.train_head(caches["train"], caches["val"], run, epochs=5, **FAST)
+    lines = metrics_lines(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5]
+    for key in ("train_loss", "val_loss", "val_mae", "val_pearson", "val_peak_within_1", "seconds",
+                "samples_per_s", "lr"):
+        assert all(isinstance(m[key], float) for m in lines), key
+    assert lines[-1]["val_loss"] < lines[0]["val_loss"] * 0.9          # it learns the bump
+    assert min(m["val_loss"] for m in lines) == pytest.approx(s["best_val_loss"])
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint-last.pt",
+                                               "checkpoint-best.pt"}
+    config = json.loads((run / "config.json").read_text())
+    from pipeline.cache import FeatureCache
+    fp = FeatureCache(caches["train"]).fingerprint
+    assert config["train_cache"]["fingerprint"] == fp == config["val_cache"]["fingerprint"]
+    assert config["train_cache"]["path"] == str(Path(caches["train"]).resolve())
+    assert config["options"]["epochs"] == 5 and "torch" in config["versions"]
+    ckpt = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["fingerprint"] == fp and ckpt["epoch"] == 5
+    assert ckpt["head_config"]["hidden"] == 32 and ckpt["transform"]["_extra_state"]["kind"] == "features"
+    assert {"optimizer", "rng", "config", "history", "scaler"} <= set(ckpt)
+    best = torch.load(run / "checkpoint-best.pt", weights_only=True)
+    assert best["epoch"] == s["best_epoch"]
+    # load_head (export's entry point) rebuilds the best head with the train statistics.
+    head, transform, _ = load_head(run / "checkpoint-best.pt")
+    x = torch.from_numpy(FeatureCache(caches["val"]).read_many([0, 1])["features"])
+    assert head(transform(x)).shape == (2, 24)
+    fitted = InputTransform("features", 32).fit(FeatureCache(caches["train"]))
+    assert torch.allclose(transform.mean, fitted.mean) and torch.allclose(transform.std, fitted.std)
+
+
+def test_preload_ram_trains_exactly_like_reading_from_disk(caches, tmp_path):
+    a = tr.train_head(caches["train"], caches["val"], tmp_path / "a", epochs=2, dropout=0.1, **FAST)
+    b = tr.train_head(caches["train"], caches["val"], tmp_path / "b", epochs=2, dropout=0.1, preload="ram",
+                      **{**FAST, "workers": 1})
+    assert [m["val_loss"] for m in metrics_lines(tmp_path / "a")] == pytest.approx(
+        [m["val_loss"] for m in metrics_lines(tmp_path / "b")], rel=1e-6)
+    assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_motion_energy_run_stores_train_statistics(tmp_path):
+    config = {"backbone": "model3d_1", "purpose": "tests"}
+    train = make_signal_cache(tmp_path / "train", 16, seed=6, dim=2048, frames=12, config=config)
+    val = make_signal_cache(tmp_path / "val", 8, seed=7, dim=2048, frames=12, config=config)
+    tr.train_head(train.path, val.path, tmp_path / "run", epochs=2, input="motion-energy", preload="ram", **FAST)
+    head, transform, ckpt = load_head(tmp_path / "run" / "checkpoint-last.pt")
+    assert transform.kind == "motion-energy" and head.config.input_dim == transform.out_dim == 5
+    fitted = InputTransform("motion-energy", 2048, cache_config=config).fit(train)
+    assert torch.allclose(transform.out_mean, fitted.out_mean, atol=1e-5)
+
+
+def test_preload_refusals_are_clear(caches, tmp_path, monkeypatch):
+    with pytest.raises(FoleyError, match="needs a CUDA device"):
+        tr.train_head(caches["train"], caches["val"], tmp_path / "g", epochs=1, preload="gpu", **FAST)
+    monkeypatch.setattr(tr, "available_ram_bytes", lambda: 1000)
+    with pytest.raises(FoleyError, match=r"needs 0\.0 GB.*--preload none"):
+        tr.train_head(caches["train"], caches["val"], tmp_path / "r", epochs=1, preload="ram", **FAST)
+
+
+def test_out_dir_rules(caches, tmp_path):
+    run = tmp_path / "run"
+    tr.train_head(caches["train"], caches["val"], run, epochs=1, **FAST)
+    with pytest.raises(FoleyError, match="--resume.*--overwrite"):
+        tr.train_head(caches["train"], caches["val"], run, epochs=1, **FAST)
+    s = tr.train_head(caches["train"], caches["val"], run, epochs=1, overwrite=True, **FAST)
+    assert s["epochs_run"] == 1 and len(metrics_lines(run)) == 1
+    # A finished run resumed: nothing left to do, nothing rewritten wrongly.
+    s = tr.train_head(caches["train"], caches["val"], run, resume=True, **FAST)
+    assert s["epochs_run"] == 1 and len(metrics_lines(run)) == 1
+    with pytest.raises(FoleyError, match="--resume with other training options.*--lr"):
+        tr.train_head(caches["train"], caches["val"], run, resume=True, **{**FAST, "lr": 1e-2})
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    with pytest.raises(FoleyError, match="refusing to delete"):
+        tr.train_head(caches["train"], caches["val"], other, epochs=1, overwrite=True, **FAST)
+    assert (other / "thesis.tex").exists()
+
+
+def test_early_stop_and_fit_reuse_with_another_model(caches, tmp_path):
+    """fit() with a model that is not a bare Head (as finetune will use it): lr 0 keeps the val loss
+    flat, so --early-stop 1 stops after the second epoch; load_head still reads the checkpoint."""
+
+    class Wrapped(nn.Module):
+        def __init__(self, transform, head):
+            super().__init__()
+            self.transform, self.head = transform, head
+
+        def forward(self, features):
+            return self.head(self.transform(features))
+
+    from pipeline.cache import FeatureCache
+    dist = Distributed()
+    train, val = FeatureCache(caches["train"]), FeatureCache(caches["val"])
+    transform = InputTransform("features", train.dim).fit(train)
+    identity = InputTransform("features", train.dim)        # the batches hand over raw features
+    batches = lambda c, shuffle: tr.CacheBatches(c, identity, 8, shuffle=shuffle, seed=0, preload="none",  # noqa: E731
+                                                 device=torch.device("cpu"), workers=0, dist=dist)
+    model = Wrapped(transform, Head(HeadConfig(input_dim=train.dim, hidden=8)))
+    opt = torch.optim.AdamW(model.head.parameters(), lr=0.0)
+    s = tr.fit(model, opt, batches(train, True), batches(val, False), run_dir=tmp_path / "ft", epochs=6,
+               warmup_steps=0, dist=dist, config={"command": "test"}, early_stop=1,
+               describe={"head_config": model.head.config.to_dict(), "transform": transform.state_dict(),
+                         "fingerprint": train.fingerprint})
+    assert s["stopped_early"] and s["epochs_run"] == 2 and s["best_epoch"] == 1
+    head, t, ckpt = load_head(tmp_path / "ft" / "checkpoint-best.pt")
+    x = torch.from_numpy(val.read_many([0])["features"])
+    assert torch.allclose(head(t(x)), model(x))
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
+
+
+def test_cli_refuses_caches_of_different_fingerprints_in_one_line(caches, tmp_path):
+    r = run_cli("--train-cache", caches["train"], "--val-cache", caches["other"], "--out", tmp_path / "run",
+                "--epochs", "1", *FAST_FLAGS)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "fingerprint" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_cli_bad_flag_is_a_one_line_error(caches, tmp_path):
+    r = run_cli("--train-cache", caches["train"], "--val-cache", caches["val"], "--out", tmp_path / "run",
+                *FAST_FLAGS, "--amp", "fp8", timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--amp" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("option,value,flag", [("epochs", 0, "--epochs"), ("input", "pixels", "--input"),
+                                               ("preload", "disk", "--preload"), ("dropout", 1.5, "--dropout"),
+                                               ("workers", -1, "--workers"), ("device", "tpu", "--device")])
+def test_bad_options_are_refused_before_touching_out(caches, tmp_path, option, value, flag):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")         # an existing run: --overwrite must not delete it yet
+    with pytest.raises(FoleyError, match=flag):
+        tr.train_head(caches["train"], caches["val"], run, overwrite=True, **{**FAST, option: value})
+    assert (run / "config.json").exists()
+
+
+def test_kill_9_after_two_epochs_then_resume_ends_like_an_uninterrupted_run(caches, tmp_path):
+    flags = ["--train-cache", caches["train"], "--val-cache", caches["val"], "--epochs", "5", "--dropout", "0.2",
+             "--workers", "1", *FAST_FLAGS]
+    whole = run_cli(*flags, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*CLI, *map(str, flags), "--out", str(killed)], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.jsonl").exists() and len((killed / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)         # the run and its reader worker, like a crash
+    proc.wait()
+    assert len(metrics_lines(killed)) < 5
+    resumed = run_cli("--train-cache", caches["train"], "--val-cache", caches["val"], "--out", killed, "--resume",
+                      "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = metrics_lines(tmp_path / "whole"), metrics_lines(killed)
+    assert [m["epoch"] for m in b] == [1, 2, 3, 4, 5]
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=0.01)
+    assert b[-1]["val_loss"] == a[-1]["val_loss"]          # on CPU with the same seed: exactly
+    assert [m["train_loss"] for m in b] == [m["train_loss"] for m in a]
+
+
+def test_torchrun_ddp_trains_and_logs_each_epoch_once(caches, tmp_path):
+    run = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(ROOT / "cli.py"), "train-head", "--train-cache", str(caches["train"]),
+                        "--val-cache", str(caches["val"]), "--out", str(run), "--epochs", "3",
+                        "--workers", "0", *FAST_FLAGS[:-1]],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = metrics_lines(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch_size"] == 16
+    assert config["steps_per_epoch"] == 3                   # 48 clips / (8 per rank x 2 ranks)
+    assert r.stdout.count("best epoch") == 1                # the summary is printed by rank 0 only
+    assert lines[-1]["samples_per_s"] > 0 and lines[-1]["val_loss"] < lines[0]["val_loss"]
+    ckpt = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
