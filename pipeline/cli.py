@@ -205,15 +205,95 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 
 
 @cli.command("finetune")
-def finetune_cmd():
+@click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of the train AND validation videos.")
+@click.option("--annotations", required=True, type=EXISTING_FILE, help="SSv2 train annotation JSON.")
+@click.option("--val-annotations", required=True, type=EXISTING_FILE, help="SSv2 validation annotation JSON.")
+@click.option("--out", required=True, type=OUT_DIR, help="Run directory.")
+@click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON.")
+@click.option("--classes", default="sound12", help="sound12, all, or a file of templates.")
+@click.option("--backbone", default=None, help="Registered backbone [default: the --init-head cache's, else model3d_1].")
+@click.option("--checkpoint", default=None, help="Backbone weights, or 'none' [default: the weights the --init-head "
+              "cache was extracted with, else none].")
+@click.option("--init-head", type=EXISTING_FILE, default=None, help="Start from a train-head run's checkpoint.")
+@click.option("--freeze-blocks", default=None, type=click.IntRange(0, 5), help="Keep the first N of the 5 blocks fixed [0].")
+@click.option("--size", default=None, type=click.IntRange(32), help="Frame size [default: the --init-head cache's, else 224].")
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [5].")
+@click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step [4].")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Head learning rate [1e-4].")
+@click.option("--backbone-lr", default=None, type=click.FloatRange(min=0), help="Backbone learning rate [1e-5].")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help="AdamW weight decay [0.01].")
+@click.option("--input", "input_", default=None, type=click.Choice(["features", "motion-energy"]),
+              help="Head input without --init-head [features].")
+@click.option("--seed", default=None, type=int, help="Seed [0].")
+@click.option("--amp", default="auto", type=click.Choice(["auto", "bf16", "fp16", "off"]),
+              help="Autocast: auto = bf16 on CUDA and on CPUs with native bf16.")
+@click.option("--activation-checkpointing", is_flag=True, help="Recompute backbone blocks in backward (less memory).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decode worker processes.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N clips of each list.")
+@click.option("--resume", is_flag=True, help="Continue RUN_DIR/checkpoint-last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in RUN_DIR.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, backbone, checkpoint, init_head,
+                 freeze_blocks, size, epochs, batch_size, lr, backbone_lr, weight_decay, input_, seed, amp,
+                 activation_checkpointing, device, workers, limit, resume, overwrite, quiet):
     """Train backbone and head end to end from videos."""
-    not_built("finetune")
+    from pipeline.finetune import finetune
+    setup_logging(quiet)
+    summary = finetune(
+        videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
+        classes=classes, backbone=backbone, checkpoint=checkpoint_arg(checkpoint) if checkpoint else None,
+        init_head=init_head, freeze_blocks=freeze_blocks, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+        backbone_lr=backbone_lr, weight_decay=weight_decay, input=input_, seed=seed, amp=amp,
+        activation_checkpointing=activation_checkpointing, device=device, workers=workers, limit=limit,
+        resume=resume, overwrite=overwrite, progress=not quiet)
+    best = summary.get("best_metrics") or {}
+    echo(f"finetune run {out}: best epoch {summary['best_epoch']} val_loss {summary['best_val_loss']:.4f} "
+         f"(pearson {best.get('val_pearson', float('nan')):.3f}); backbone saved as {out}/backbone.pth.tar "
+         "and backbone.safetensors", quiet)
+
+
+def plots_arg(value: str):
+    if value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'all'") from None
+    if n < 0:
+        raise click.BadParameter("must be >= 0 (or 'all')")
+    return n
 
 
 @cli.command("export-predictions")
-def export_predictions_cmd():
+@click.option("--run", "run", required=True, type=EXISTING_DIR, help="Run directory of train-head or finetune.")
+@click.option("--out", required=True, type=OUT_DIR, help="Directory for predictions, metrics, report, plots, renders.")
+@click.option("--cache", type=EXISTING_DIR, default=None, help="Feature cache of the clips to predict (its "
+              "fingerprint must match the run's).")
+@click.option("--videos", type=EXISTING_DIR, default=None, help="Videos folder: with --annotations, features are "
+              "extracted into OUT/cache with the run's backbone; with --cache, the source of the renders.")
+@click.option("--annotations", type=EXISTING_FILE, default=None, help="SSv2 annotation JSON of the clips to predict.")
+@click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (with --annotations).")
+@click.option("--classes", default="sound12", help="sound12, all, or a file of templates (with --annotations).")
+@click.option("--checkpoint", default="best", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
+@click.option("--plots", default="24", help="Clips to plot (a seeded random sample) or 'all'.")
+@click.option("--render", default=0, type=click.IntRange(0), help="GIF renders for the first N plotted clips "
+              "(needs --videos).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
+def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes, checkpoint, plots, render, device,
+                           quiet):
     """Write predictions, metrics, report, plots and renders for a trained run."""
-    not_built("export-predictions")
+    from pipeline.export import export_predictions
+    setup_logging(quiet)
+    if (cache is None) == (annotations is None):
+        raise FoleyError("give either --cache CACHE_DIR or --videos DIR --annotations FILE")
+    s = export_predictions(run=run, out=out, cache=cache, videos=videos, annotations=annotations, labels=labels,
+                           classes=classes, checkpoint=checkpoint, plots=plots_arg(plots), render=render,
+                           device=device, progress=not quiet)
+    echo(f"{s['clips']} clips predicted; {s['plots']} plots, {s['renders']} renders in {s['wall_seconds']} s", quiet)
+    echo(s["verdict"], quiet)
+    echo(f"report: {s['report']} and {s['html']} (open in a browser; works offline); metrics: {s['metrics']}", quiet)
 
 
 @cli.command("demo")
