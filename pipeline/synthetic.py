@@ -147,7 +147,6 @@ class _Body:
         self.gravity, self.control, self.on_contact = gravity, control, None
         self.colliders = []        # static boxes (x0, y0, x1, y1) this body bounces on
         self.impacts = []          # (t, speed, nx, ny): drives the squash
-        self.visible = True
         self.state = {}
         self.track = []
 
