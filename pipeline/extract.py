@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from pipeline import backbones, cache
 from pipeline.data import Annotation, find_video, load_annotations
 from pipeline.errors import FoleyError
-from pipeline.media import FaultyVideo, envelope_params, load_clip, preprocess_params
+from pipeline.media import FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
 
 log = logging.getLogger("foleycache")
 
@@ -33,6 +34,8 @@ DEFAULT_SHARD_SIZE = 64
 CALIBRATION_CLIPS = 64          # clips whose activations set BatchNorm statistics for --checkpoint none
 CALIBRATED_WEIGHTS = "backbone.safetensors"   # in the cache dir; reusable as --checkpoint for other splits
 CALIBRATION_RECIPE = "backbone.json"
+WRITE_QUEUE_BATCHES = 2         # batches of features waiting for the writer thread (bounds memory)
+MAX_CUDA_WORKERS = 32           # decode workers on a GPU machine: all cores but one, up to this
 
 
 # --- devices and precision ------------------------------------------------------------------
@@ -79,9 +82,10 @@ class ClipDataset(torch.utils.data.Dataset):
     """One item per candidate: the decoded clip, or the failure record of a faulty video."""
 
     def __init__(self, items: list[tuple[int, Annotation]], videos: Path, frames: int, fps: float,
-                 size: int, reduce: str):
+                 size: int, reduce: str, normalize: bool = True):
         self.items, self.videos = items, Path(videos)
         self.frames, self.fps, self.size, self.reduce = frames, fps, size, reduce
+        self.normalize = normalize      # False: frames stay 0..255 and are normalised on the GPU
 
     def __len__(self):
         return len(self.items)
@@ -93,7 +97,7 @@ class ClipDataset(torch.utils.data.Dataset):
             path = find_video(self.videos, ann.id)
             item["path"] = str(path)
             clip = load_clip(path, frames=self.frames, fps=self.fps, size=self.size, reduce=self.reduce,
-                             threads=1)
+                             normalize=self.normalize, threads=1)
         except FaultyVideo as e:
             item["failure"] = {"id": ann.id, "path": item["path"] or str(self.videos / ann.id),
                                "reason": e.reason, "detail": e.detail}
@@ -104,6 +108,18 @@ class ClipDataset(torch.utils.data.Dataset):
 
 def _worker_init(_):
     torch.set_num_threads(1)    # decode workers leave the cores to the model
+
+
+def default_workers(dev: torch.device) -> int:
+    """Decode workers. CPU: 1, the model takes the other threads (at 224 decoding costs ~1/5 of the
+    model's time, so one worker keeps up). CUDA: every core but one, so decoding can feed the GPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return min(MAX_CUDA_WORKERS, max(1, cores - 1)) if dev.type == "cuda" else 1
+
+
+def normalize_on_device(dev: torch.device) -> bool:
+    """Normalise frames on the GPU (one fused pass there) instead of in every decode worker."""
+    return dev.type == "cuda"
 
 
 def make_loader(dataset, workers: int, device: torch.device):
@@ -161,8 +177,11 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
                      dtype: str = "float16", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 4,
                      workers: int | None = None, device: str = "auto", precision: str = "auto",
                      limit: int | None = None, overwrite: bool = False, envelope_reduce: str = "max",
-                     seed: int = 0, calibration_clips: int = CALIBRATION_CLIPS, progress: bool = True) -> dict:
+                     seed: int = 0, calibration_clips: int = CALIBRATION_CLIPS, compile: bool = False,
+                     progress: bool = True) -> dict:
     """Build (or resume) a feature cache in `out`. Returns a summary dict.
+
+    compile: wrap the model in torch.compile (pays off on a GPU over many clips; costs a warm-up).
 
     Cached per clip: features [frames', D] (D = 512 * ceil(size/32)^2), envelope [frames] float32,
     length. Faulty videos are recorded in failures.jsonl and skipped; they never stop the run.
@@ -186,7 +205,7 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     if workers is None:
-        workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if dev.type == "cuda" else 1
+        workers = default_workers(dev)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     dist = _Dist(world)
     dataset_args = dict(videos=videos, frames=frames, fps=fps, size=size, reduce=envelope_reduce)
@@ -224,6 +243,8 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
         model = model.to(memory_format=torch.channels_last_3d)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if compile:
+        model = torch.compile(model)
 
     todo = [k for k in cache.pending_shards(out, n_shards) if k % world == rank]
     items = [(k, a) for k, a in shard_of if k in set(todo)]
@@ -275,8 +296,12 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
     remaining = Counter(k for k, _ in items)
     writers: dict[int, cache.ShardWriter] = {}
     buffers: dict[int, list] = {}
-    loader = make_loader(ClipDataset(items, **dataset_args), workers, dev)
+    on_device = normalize_on_device(dev)
+    loader = make_loader(ClipDataset(items, **dataset_args, normalize=not on_device), workers, dev)
     bar = tqdm(total=len(items), desc="extract", unit="clip", disable=not progress, smoothing=0.1)
+    # Every shard operation after opening goes through one writer thread, in order, so the float16
+    # cast, compression and file writes of a batch overlap the next batch's forward pass.
+    background = _WriterThread(WRITE_QUEUE_BATCHES)
     try:
         for item in loader:
             k = item["shard"]
@@ -286,20 +311,24 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
                 writers[k] = cache.ShardWriter(path, fmt, count, dataset_args["frames"], dim, dtype).__enter__()
                 buffers[k] = []
             if "failure" in item:
-                writers[k].add_failure(item["failure"])
+                background.submit(writers[k].add_failure, item["failure"])
                 counts["failed"] += 1
             else:
                 buffers[k].append(item)
             remaining[k] -= 1
             if len(buffers[k]) == batch_size or (remaining[k] == 0 and buffers[k]):
-                _forward_batch(model, buffers[k], writers[k], dev, precision)
+                feats = batch_features(model, [c["frames"] for c in buffers[k]], dev, precision,
+                                       normalize=on_device, out_dtype=dtype)
+                background.submit(_append_batch, writers[k], buffers[k], feats)
                 buffers[k] = []
             if remaining[k] == 0:
-                writers.pop(k).__exit__(None, None, None)       # rename: the shard is complete
+                background.submit(writers.pop(k).__exit__, None, None, None)   # rename: the shard is complete
             counts["seen"] += 1
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
+        background.drain()                                      # the last shards are renamed
     except BaseException as e:
+        background.drain(quiet=True)                            # no thread still writes into what we abort
         for w in writers.values():                              # no half-written shard stays visible
             w.__exit__(type(e), e, e.__traceback__)
         if isinstance(e, OSError):
@@ -307,16 +336,61 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
                              "re-run the same command to resume") from None
         raise
     finally:
+        background.close()
         bar.close()
     return counts
 
 
-def _forward_batch(model, clips: list[dict], writer, dev, precision):
-    x = torch.stack([c["frames"] for c in clips]).to(dev, non_blocking=True)   # [B, 3, T, S, S]
+def batch_features(model, frames: list[torch.Tensor], dev: torch.device, precision: str,
+                   normalize: bool = False, out_dtype: str = "float32") -> np.ndarray:
+    """Clips [3, T, S, S] -> features ndarray [B, T', D] in `out_dtype` (the cache dtype).
+
+    Each clip is copied on its own (from pinned memory, non-blocking on CUDA) and stacked on the
+    device. normalize: the frames are 0..255 and are normalised on the device. The cast to the
+    cache dtype happens on the device (half the bytes to copy back; IEEE round-to-nearest-even, the
+    same values numpy's astype would give).
+    """
+    x = torch.stack([f.to(dev, non_blocking=True) for f in frames])            # [B, 3, T, S, S]
+    if normalize:
+        x = normalize_frames(x, channel_dim=1)
     with torch.no_grad(), autocast(dev, precision):
-        feats = model(x).float().cpu().numpy()                                  # [B, T, D]
+        feats = model(x)
+    out = feats.to(getattr(torch, out_dtype))
+    if out.dtype == torch.float16 and not torch.isfinite(out).all() and torch.isfinite(feats).all():
+        raise FoleyError("backbone features exceed float16's range (|x| > 65504): use --dtype float32")
+    return out.cpu().numpy()                                                    # [B, T', D]
+
+
+def _append_batch(writer, clips: list[dict], feats: np.ndarray):
     for c, f in zip(clips, feats):
         writer.append(c["id"], c["label"], f, np.asarray(c["envelope"], np.float32), int(c["length"]))
+
+
+class _WriterThread:
+    """One thread that runs submitted calls in order; at most `depth` wait. An exception raised by a
+    call comes back to the caller on its next submit() or drain()."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foleycache-writer")
+        self.pending: deque = deque()
+
+    def submit(self, fn, *args):
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def drain(self, quiet: bool = False):
+        while self.pending:
+            future = self.pending.popleft()
+            if quiet:
+                future.exception()      # wait; the error being handled already says what went wrong
+            else:
+                future.result()
+
+    def close(self):
+        self.drain(quiet=True)
+        self.pool.shutdown(wait=True)
 
 
 class _Dist:

@@ -1,0 +1,162 @@
+"""Extraction benchmark: decode-only, backbone-only and the real extract-features, on the same clips.
+
+    extract_efficiency = extract clips/s / min(decode-only clips/s, backbone-only clips/s)
+
+All three phases run in one process, on the same decodable clips, with the same settings
+(size, batch size, decode workers, device, precision, weights):
+- decode-only: the DataLoader that extract-features uses (`pipeline.extract.ClipDataset` +
+  `make_loader`, same workers), iterated without the model; the decoded clips are kept in memory.
+- backbone-only: the model on those pre-decoded clips, batch by batch, through the same
+  `pipeline.extract` forward code (stack, device copy, autocast, output cast), nothing else.
+- extract: `pipeline.extract.extract_features` end to end (model load, decode workers, forward,
+  compression, shard writes, cache.json), timed from the call to its return.
+The decode-only and backbone-only phases run once before and once after the extract phase (the
+machine's load drifts; other work may share the CPU) and their median is the reference.
+
+The weights are a seeded random model3d_1 whose BatchNorm statistics are calibrated on the first
+clips (FINDINGS.md: uncalibrated features are degenerate, which would also flatter compression),
+saved to a .safetensors file and passed as --checkpoint, so calibration is not timed as extraction.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import backbones
+from pipeline import extract as ex
+from pipeline.data import load_annotations
+from pipeline.media import normalize_frames
+
+CALIBRATION_CLIPS = 4        # clips whose activations set the benchmark weights' BatchNorm statistics
+BACKBONE = "model3d_1"
+SEED = 0
+
+
+def _sync(dev: torch.device):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def loader_settings(device: str, workers: int | None, precision: str) -> tuple[torch.device, int, str]:
+    """The device, decode workers and precision extract-features would use for these arguments."""
+    dev = ex.resolve_device(device)
+    return dev, ex.default_workers(dev) if workers is None else workers, ex.resolve_precision(precision, dev)
+
+
+def _dataset(items, videos: Path, size: int, dev: torch.device):
+    """The dataset extract-features builds for its shards (GPU-side normalisation if it does that)."""
+    return ex.ClipDataset(items, videos=videos, frames=48, fps=12, size=size, reduce="max",
+                          normalize=not ex.normalize_on_device(dev))
+
+
+def decode_only(items, videos: Path, size: int, workers: int, dev: torch.device) -> tuple[float, list]:
+    """Iterate extract's DataLoader without the model. Returns (seconds, decoded frames list)."""
+    loader = ex.make_loader(_dataset(items, videos, size, dev), workers, dev)
+    t0 = time.perf_counter()
+    frames = [item["frames"] for item in loader if "failure" not in item]
+    return time.perf_counter() - t0, frames
+
+
+def _forward(model, clips: list, dev: torch.device, precision: str):
+    """One batch through extract's own forward code (device copy, normalisation, autocast, cast)."""
+    return ex.batch_features(model, clips, dev, precision, normalize=ex.normalize_on_device(dev),
+                             out_dtype="float16")
+
+
+def load_model(weights: Path, dev: torch.device, precision: str):
+    """The model as extract-features prepares it (weights, device, channels_last_3d where it pays)."""
+    model = backbones.create_backbone(BACKBONE, seed=SEED)
+    backbones.load_checkpoint(model, weights)
+    model = model.to(dev).eval()
+    if dev.type == "cuda" or precision == "bf16":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def backbone_only(model, clips: list, batch_size: int, dev: torch.device, precision: str) -> float:
+    """Seconds for the model alone over `clips` (already decoded, in memory), after one warm-up batch."""
+    _forward(model, clips[:batch_size], dev, precision)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for i in range(0, len(clips), batch_size):
+        _forward(model, clips[i:i + batch_size], dev, precision)
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def calibrated_weights(clips: list, out: Path, dev: torch.device, precision: str) -> Path:
+    """Seeded random model3d_1 with BatchNorm calibrated on `clips` (normalised [3, T, S, S]) -> file."""
+    model = backbones.create_backbone(BACKBONE, seed=SEED).to(dev)
+    if dev.type == "cuda" or precision == "bf16":
+        model = model.to(memory_format=torch.channels_last_3d)
+    with ex.autocast(dev, precision):       # the benchmark's weights only: fast is what matters here
+        backbones.calibrate_batchnorm(model, (c[None].to(dev) for c in clips))
+    path = out / "benchmark-backbone.safetensors"
+    backbones.save_safetensors(model.float().cpu(), path)
+    return path
+
+
+def _normalised(clip: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    return normalize_frames(clip, channel_dim=0) if ex.normalize_on_device(dev) else clip
+
+
+def run(videos: Path, annotations: Path, workdir: Path, *, size: int = 224, batch_size: int = 4,
+        workers: int | None = None, device: str = "cpu", precision: str = "auto", fmt: str = "zarr",
+        repeats: int = 2, progress: bool = False) -> dict:
+    """Measure the three phases on every clip of `annotations` (sound12 classes). Returns a dict:
+    clips, seconds and clips/s per phase (each repeat and the median), extract_efficiency, the
+    cache directory (for the storage benchmark) and the settings used."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dev, workers, precision = loader_settings(device, workers, precision)
+    items = [(0, a) for a in load_annotations(annotations, classes="sound12")]
+
+    decode_s, backbone_s = [], []
+    seconds, clips = decode_only(items, videos, size, workers, dev)
+    decode_s.append(seconds)
+    n = len(clips)
+    if n < CALIBRATION_CLIPS or n < batch_size:
+        raise RuntimeError(f"extract benchmark: only {n} decodable clips; need >= {max(CALIBRATION_CLIPS, batch_size)}")
+    weights = calibrated_weights([_normalised(c, dev) for c in clips[:CALIBRATION_CLIPS]], workdir, dev, precision)
+    model = load_model(weights, dev, precision)
+    backbone_s.append(backbone_only(model, clips, batch_size, dev, precision))
+
+    cache_dir = workdir / f"cache-{size}"
+    t0 = time.perf_counter()
+    summary = ex.extract_features(videos=videos, annotations=annotations, out=cache_dir, checkpoint=weights,
+                                  size=size, fmt=fmt, dtype="float16", batch_size=batch_size, workers=workers,
+                                  device=str(dev), precision=precision, overwrite=True, progress=progress)
+    extract_seconds = time.perf_counter() - t0
+    if summary.get("cached") != n:
+        raise RuntimeError(f"extract benchmark: extract cached {summary.get('cached')} clips, decode-only saw {n}")
+
+    for _ in range(repeats - 1):      # the references again, after extract: the median brackets it
+        backbone_s.append(backbone_only(model, clips, batch_size, dev, precision))
+        decode_s.append(decode_only(items, videos, size, workers, dev)[0])
+    del clips, model
+
+    decode_cps = n / statistics.median(decode_s)
+    backbone_cps = n / statistics.median(backbone_s)
+    extract_cps = n / extract_seconds
+    return {
+        "size": size, "frames": 48, "clips": n, "batch_size": batch_size, "workers": workers,
+        "device": str(dev), "precision": precision, "format": fmt, "dtype": "float16",
+        "torch_threads": torch.get_num_threads(),
+        "decode_only": {"seconds": [round(s, 3) for s in decode_s], "clips_per_s": round(decode_cps, 3)},
+        "backbone_only": {"seconds": [round(s, 3) for s in backbone_s], "clips_per_s": round(backbone_cps, 3)},
+        "extract": {"seconds": round(extract_seconds, 3), "clips_per_s": round(extract_cps, 3),
+                    "summary_wall_seconds": summary.get("wall_seconds")},
+        "bound": "backbone" if backbone_cps <= decode_cps else "decode",
+        "extract_efficiency": round(extract_cps / min(decode_cps, backbone_cps), 4),
+        "cache_dir": str(cache_dir),
+    }
+
+
+if __name__ == "__main__":      # python benchmarks/extract.py VIDEOS ANNOTATIONS WORKDIR [SIZE]
+    import sys
+    print(json.dumps(run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
+                         size=int(sys.argv[4]) if len(sys.argv) > 4 else 224), indent=1))
