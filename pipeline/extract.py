@@ -161,7 +161,9 @@ def build_backbone(name: str, checkpoint: str | Path, device: torch.device, seed
 
 
 def save_calibrated(model, out: Path, provenance: dict):
-    if provenance["checkpoint"] != "none" or (out / CALIBRATED_WEIGHTS).exists():
+    # Both files, or a run killed between the two writes would never get its recipe back.
+    if provenance["checkpoint"] != "none" or (
+            (out / CALIBRATED_WEIGHTS).exists() and (out / CALIBRATION_RECIPE).exists()):
         return
     backbones.save_safetensors(model, out / CALIBRATED_WEIGHTS)
     tmp = out / (CALIBRATION_RECIPE + ".tmp")
@@ -231,6 +233,8 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
             save_calibrated(model, out, provenance)
         except FoleyError as e:
             error = str(e)
+        except OSError as e:                # a full disk or a read-only --out: one line, like in the shards
+            error = f"writing the cache in {out} failed: {e}; re-run the same command to resume"
     error = dist.broadcast(error)
     if error:
         raise FoleyError(error)
@@ -254,7 +258,11 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
     summary = {"cache": str(out), "candidates": len(manifest), "shards": n_shards, "processed_here": counts["seen"],
                "device": str(dev), "precision": precision, "workers": workers, "world_size": world}
     if rank == 0:
-        index = cache.finalize_cache(out)
+        try:
+            index = cache.finalize_cache(out)
+        except OSError as e:
+            raise FoleyError(f"writing the index of the cache in {out} failed: {e}; every shard is kept, "
+                             "re-run the same command to finish it") from None
         summary.update(cached=index["counts"]["cached"], failed=index["counts"]["failed"],
                        failed_by_reason=index["counts"]["failed_by_reason"], fingerprint=index["fingerprint"])
     wall = time.time() - t0
