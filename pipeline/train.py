@@ -136,6 +136,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp not in AMP_CHOICES:
         raise FoleyError(f"unknown --amp {amp!r}; choose one of: {', '.join(AMP_CHOICES)}")
     if device.type == "cpu":
+        if amp == "fp16":               # oneDNN: "could not create a primitive descriptor" for the LSTM
+            raise FoleyError("--amp fp16 does not run the LSTM on CPU; use --amp bf16 or off")
         return CPU_AUTO_AMP if amp == "auto" else amp
     bf16_ok = torch.cuda.is_bf16_supported() and _cuda_lstm_takes_bf16(device)
     if amp == "auto":
@@ -464,15 +466,16 @@ def _to_cpu(obj):
     return obj
 
 
-def _is_run_file(name: str) -> bool:
-    return name in RUN_FILES or any(name.startswith(f + ".tmp-") for f in RUN_FILES)
+def _is_run_file(name: str, run_files: tuple[str, ...]) -> bool:
+    return name in run_files or any(name.startswith(f + ".tmp-") for f in run_files)
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, extra_files: tuple[str, ...] = ()) -> dict | None:
     """Check (and with overwrite, empty) a run directory; return the checkpoint to resume or None.
 
     A non-empty `out` needs --resume (continue checkpoint-last.pt) or --overwrite (delete the run's
-    files; a directory holding anything else is never wiped). Call on rank 0 only.
+    files: RUN_FILES + `extra_files`, e.g. finetune's exported backbone; a directory holding
+    anything else is never wiped). Call on rank 0 only.
     """
     out = Path(out)
     if resume and overwrite:
@@ -483,14 +486,18 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> dict | None:
     if resume:
         if CONFIG_JSON not in entries:
             raise FoleyError(f"--resume: no run to resume in {out} (no {CONFIG_JSON}); drop --resume to start one")
+        for name in entries:            # half-written temporaries of a killed run
+            if ".tmp-" in name and _is_run_file(name, RUN_FILES + tuple(extra_files)):
+                (out / name).unlink()
         return read_checkpoint(out / CKPT_LAST) if CKPT_LAST in entries else None
     if entries:
         if not overwrite:
             raise FoleyError(f"--out {out} already holds a run (or other files); pass --resume to continue it "
                              f"or --overwrite to replace it")
-        foreign = [n for n in entries if not _is_run_file(n)]
+        run_files = RUN_FILES + tuple(extra_files)
+        foreign = [n for n in entries if not _is_run_file(n, run_files) or (out / n).is_dir()]
         if foreign:
-            raise FoleyError(f"--overwrite: {out} holds files that are not a train-head run ({', '.join(foreign[:3])}); "
+            raise FoleyError(f"--overwrite: {out} holds files that are not part of a run ({', '.join(foreign[:3])}); "
                              "refusing to delete them: choose another --out")
         for name in entries:
             (out / name).unlink()
@@ -658,7 +665,10 @@ def _resolve_options(given: dict, resume_config: dict | None) -> dict:
     of RESUME_MUST_MATCH."""
     base = dict(DEFAULTS)
     if resume_config is not None:
-        saved = resume_config["options"]
+        saved = resume_config.get("options")
+        if resume_config.get("command") != "train-head" or not isinstance(saved, dict):
+            raise FoleyError("--resume: the run in --out is not a train-head run (its config.json says "
+                             f"command {resume_config.get('command')!r})")
         base.update(saved)
         changed = [k for k in RESUME_MUST_MATCH
                    if given.get(k) is not None and _plain(given[k]) != _plain(saved.get(k))]
@@ -669,6 +679,16 @@ def _resolve_options(given: dict, resume_config: dict | None) -> dict:
     base.update({k: v for k, v in given.items() if v is not None})
     base["fc"] = list(base["fc"])
     return base
+
+
+def _run_config(out: Path) -> dict | None:
+    """The config of the run in `out` (None if there is none: prepare_run_dir then says so)."""
+    try:
+        return json.loads((Path(out) / CONFIG_JSON).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise FoleyError(f"--resume: {Path(out) / CONFIG_JSON} is unreadable ({e}); start over with --overwrite") from e
 
 
 def _plain(v):
@@ -760,19 +780,18 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     if len(train_cache) == 0 or len(val_cache) == 0:
         raise FoleyError("the train and val caches must each hold at least one clip")
 
-    # Rank 0 checks (and with --overwrite empties) the run dir; every rank then reads the checkpoint.
-    has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite) is not None)
-    ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
-    if ckpt is not None:
-        if ckpt["fingerprint"] != train_cache.fingerprint:
-            raise FoleyError(f"--resume: the run was trained on a cache with fingerprint {ckpt['fingerprint'][:12]}…, "
-                             f"--train-cache has {train_cache.fingerprint[:12]}…")
-    resume_config = ckpt["config"] if ckpt is not None else (
-        json.loads((out / CONFIG_JSON).read_text()) if resume and (out / CONFIG_JSON).exists() else None)
+    # Options first (read-only: a resumed run's own options fill what was not given), so that a bad
+    # option never costs an --overwrite its old run; then rank 0 prepares the run dir.
+    resume_config = _run_config(out) if resume else None
     opts = _resolve_options(given, resume_config)
     _check_options(opts)
     amp = resolve_amp(opts["amp"], device)
     workers = _default_workers(dist.world_size) if workers is None else workers
+    has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite) is not None)
+    ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
+    if ckpt is not None and ckpt["fingerprint"] != train_cache.fingerprint:
+        raise FoleyError(f"--resume: the run was trained on a cache with fingerprint {ckpt['fingerprint'][:12]}…, "
+                         f"--train-cache has {train_cache.fingerprint[:12]}…")
     seed_everything(opts["seed"])
 
     # Input transform: statistics from the TRAIN cache only (or the checkpoint's, on resume), fitted
