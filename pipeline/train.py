@@ -247,8 +247,9 @@ def evaluate_model(model: nn.Module, batches, device: torch.device, amp: str = "
 def gather_predictions(local: dict, dist: Distributed) -> dict:
     """evaluate_model results of all ranks → one dict in clip order (every rank gets it)."""
     parts = dist.gather(local)
-    order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
     out = {"loss_sum": sum(p["loss_sum"] for p in parts), "frames": sum(p["frames"] for p in parts)}
+    parts = [p for p in parts if len(p["index"])] or parts[:1]     # a rank may hold no val batch
+    order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
     for key in ("index", "pred", "target", "length"):
         out[key] = np.concatenate([p[key] for p in parts])[order]
     return out
@@ -624,7 +625,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
         else:
             bad_epochs += 1
         stopped_early = early_stop > 0 and bad_epochs >= early_stop
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_clips": len(val["index"])}
         if dist.is_main:
             metrics = evaluate(val["pred"], val["target"], val["length"])
             record.update({f"val_{k}": metrics[k] for k in EPOCH_METRICS})

@@ -42,8 +42,9 @@ def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("caches")
     train = make_signal_cache(root / "train", 48, seed=1)
     val = make_signal_cache(root / "val", 16, seed=2)
+    small = make_signal_cache(root / "val-small", 8, seed=4)       # one batch: a DDP rank gets none
     other = make_signal_cache(root / "other", 16, seed=3, config={"backbone": "toy", "purpose": "other"})
-    return {"train": train.path, "val": val.path, "other": other.path}
+    return {"train": train.path, "val": val.path, "val_small": small.path, "other": other.path}
 
 
 def metrics_lines(run: Path) -> list[dict]:
@@ -257,7 +258,7 @@ def test_torchrun_ddp_trains_and_logs_each_epoch_once(caches, tmp_path):
     run = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         str(ROOT / "cli.py"), "train-head", "--train-cache", str(caches["train"]),
-                        "--val-cache", str(caches["val"]), "--out", str(run), "--epochs", "3",
+                        "--val-cache", str(caches["val_small"]), "--out", str(run), "--epochs", "3",
                         "--workers", "0", *FAST_FLAGS[:-1]],
                        capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -268,5 +269,7 @@ def test_torchrun_ddp_trains_and_logs_each_epoch_once(caches, tmp_path):
     assert config["steps_per_epoch"] == 3                   # 48 clips / (8 per rank x 2 ranks)
     assert r.stdout.count("best epoch") == 1                # the summary is printed by rank 0 only
     assert lines[-1]["samples_per_s"] > 0 and lines[-1]["val_loss"] < lines[0]["val_loss"]
+    # Validation: rank 0 held the only val batch, rank 1 none; all 8 clips are scored once.
+    assert all(m["val_clips"] == 8 for m in lines)
     ckpt = torch.load(run / "checkpoint-last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
