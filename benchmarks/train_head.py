@@ -1,0 +1,268 @@
+"""train-head benchmark: what the cache buys, and whether its loader keeps up with the files.
+
+    python benchmarks/train_head.py [--quick] [--device cpu|cuda] [--workdir DIR] [--size N ...] [--clips N]
+
+In ONE run, on the same synthetic clips (`pipeline.synthetic.make_synthetic`, 320x240 VP9+Opus):
+
+cache_speedup = epoch time of the alternative the cache replaces / epoch time of train-head
+  - alternative ("frozen backbone"): every epoch, decode each video (extract-features' own
+    DataLoader + workers), run the frozen model3d_1 on it (extract's `batch_features`: bf16
+    autocast where the CPU/GPU has it, channels_last), then the same head step as train-head
+    (transform, LSTM+FC forward, masked BCE, backward, clipping, AdamW). Its features are kept and
+    written into a cache (zarr, float16, 64 clips per shard: extract-features' defaults).
+  - train-head: `pipeline.train.train_head` on that cache (default options: head 2x512 + FC,
+    batch 16, --input features, --preload none, default workers; plus --preload gpu on CUDA).
+    The cached epoch is the median training time of epochs 2.. (epoch 1 pays for worker start-up
+    and imports); validation is excluded on both sides.
+  The backbone is a seeded random model3d_1 with BatchNorm calibrated on a few clips (FINDINGS.md:
+  uncalibrated features are degenerate and would compress, so read, unrealistically fast).
+  The headline is at --size 224 (the real configuration, features [48, 25088]); other sizes are
+  reported too: at small sizes the backbone is cheap and the head (whose cost also grows with D)
+  takes a larger share, so the speedup is smaller there.
+
+loader_efficiency = bytes/s of train-head's data loader (`CacheBatches` with preload none:
+  shuffled batches, batched reads per shard, DataLoader workers; features as tensors, before the
+  model) / bytes/s of a plain sequential read of the same shard files (`FeatureCache.read_shard`
+  for shard 0, 1, 2, ... in one process). Both warm (page cache), median of several passes, on a
+  cache of the real features tiled to LOADER_CLIPS clips. Bytes = decompressed feature bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # `python benchmarks/train_head.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+BACKBONE = "model3d_1"
+SEED = 0
+QUICK = {"clips": 12, "sizes": [224]}
+FULL = {"clips": 32, "sizes": [224, 112]}
+CALIBRATION_CLIPS = 4           # clips that set the benchmark backbone's BatchNorm statistics
+CACHE_EPOCHS = 4                # train-head epochs; the median of epochs 2.. is "the" cached epoch
+LOADER_CLIPS = 128              # clips in the loader-efficiency cache (real features, tiled)
+LOADER_PASSES = 5               # passes per reader; the median is reported
+SHARD_SIZE = 64                 # extract-features' default
+
+
+def _sync(dev: torch.device):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def make_clips(out: Path, n: int):
+    """Synthetic videos; returns (videos dir, [(0, Annotation)] of the decodable sound clips)."""
+    from pipeline.data import load_annotations
+    from pipeline.synthetic import TRAIN_JSON, make_synthetic
+
+    summary = make_synthetic(out, n_train=n, n_val=0, seed=SEED, jobs=-1, progress=False)
+    faulty = set(summary["faulty"])
+    anns = [a for a in load_annotations(out / TRAIN_JSON) if a.id not in faulty]
+    return out / "videos", [(0, a) for a in anns]
+
+
+def frozen_backbone_epoch(items, videos: Path, size: int, dev: torch.device, batch_size: int) -> dict:
+    """One epoch of the alternative: decode + frozen backbone + head step, per batch.
+    Returns seconds, clips and the features/envelopes/lengths it computed (for the cache)."""
+    from pipeline import backbones
+    from pipeline import extract as ex
+    from pipeline.head import Head, HeadConfig, InputTransform, masked_bce
+    from pipeline import train as tr
+
+    precision = ex.resolve_precision("auto", dev)
+    model = backbones.create_backbone(BACKBONE, seed=SEED)
+    normalize_on_gpu = ex.normalize_on_device(dev)
+    dataset_args = dict(videos=videos, frames=48, fps=12, size=size, reduce="max")
+    calib = ex.make_loader(ex.ClipDataset(items[:CALIBRATION_CLIPS], **dataset_args), 0, torch.device("cpu"))
+    clips = [it["frames"] for it in calib if "failure" not in it]
+    with ex.autocast(torch.device("cpu"), precision):
+        backbones.calibrate_batchnorm(model, [torch.stack(clips)])
+    model = model.to(dev).to(memory_format=torch.channels_last_3d).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    dim = backbones.feature_dim(BACKBONE, size)
+    transform = InputTransform("features", dim).to(dev)        # same arithmetic as a fitted one
+    head = Head(HeadConfig(input_dim=dim)).to(dev)
+    amp = tr.resolve_amp("auto", dev)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, betas=tr.ADAM_BETAS, fused=True)     # as train-head
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp == "fp16")
+
+    loader = ex.make_loader(ex.ClipDataset(items, **dataset_args, normalize=not normalize_on_gpu),
+                            ex.default_workers(dev), dev)
+    feats, envs, lengths, ids, labels, pending = [], [], [], [], [], []
+
+    def step(batch):
+        f = ex.batch_features(model, [b["frames"] for b in batch], dev, precision,
+                              normalize=normalize_on_gpu, out_dtype="float32")     # [B, T, D]
+        env = torch.from_numpy(np.stack([b["envelope"] for b in batch])).to(dev)
+        length = torch.tensor([b["length"] for b in batch], device=dev)
+        with tr.autocast(dev, amp):
+            logits = head(transform(torch.from_numpy(f).to(dev)))
+        loss = masked_bce(logits, env, length)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(head.parameters(), tr.GRAD_CLIP)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        feats.append(f.astype(np.float16))
+        envs.append(env.cpu().numpy())
+        lengths.extend(b["length"] for b in batch)
+        ids.extend(b["id"] for b in batch)
+        labels.extend(b["label"] for b in batch)
+
+    _sync(dev)
+    t0 = time.perf_counter()
+    for item in loader:
+        if "failure" in item:
+            continue
+        pending.append(item)
+        if len(pending) == batch_size:
+            step(pending)
+            pending = []
+    if pending:
+        step(pending)
+    _sync(dev)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "clips": len(ids), "precision": precision, "amp": amp, "dim": dim,
+            "features": np.concatenate(feats), "envelopes": np.concatenate(envs),
+            "lengths": np.asarray(lengths), "ids": ids, "labels": labels}
+
+
+def cached_epochs(cache_dir: Path, out: Path, device: str, preload: str) -> dict:
+    """train-head on the cache, default options: median train seconds of epochs 2.."""
+    from pipeline.train import train_head
+
+    s = train_head(cache_dir, cache_dir, out, epochs=CACHE_EPOCHS, device=device, preload=preload,
+                   overwrite=True, progress=False)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    later = [m["train_seconds"] for m in lines[1:]]
+    return {"epoch_s": statistics.median(later), "epoch_s_all": [m["train_seconds"] for m in lines],
+            "samples_per_s": statistics.median(m["samples_per_s"] for m in lines[1:]),
+            "workers": s["config"]["workers"], "amp": s["config"]["amp"], "preload": preload}
+
+
+def loader_efficiency(alt: dict, workdir: Path, device: str) -> dict:
+    """train-head's loader vs a sequential read of the same shards (see the module docstring)."""
+    from pipeline.cache import FeatureCache, write_cache
+    from pipeline.distributed import Distributed
+    from pipeline.head import InputTransform
+    from pipeline.train import CacheBatches, DEFAULTS, _default_workers, resolve_device
+
+    n = len(alt["ids"])
+    reps = -(-LOADER_CLIPS // n)
+    take = lambda a: np.concatenate([a] * reps)[:LOADER_CLIPS]  # noqa: E731
+    ids = [f"{i}-{r}" for r in range(reps) for i in alt["ids"]][:LOADER_CLIPS]
+    cache = write_cache(workdir / "loader-cache", ids, (alt["labels"] * reps)[:LOADER_CLIPS], take(alt["features"]),
+                        take(alt["envelopes"]), take(alt["lengths"]), fmt="zarr", dtype="float16",
+                        shard_size=SHARD_SIZE, config={"benchmark": "loader"}, overwrite=True)
+    nbytes = len(cache) * cache.frames * cache.dim * np.dtype(cache.dtype).itemsize
+
+    def sequential() -> float:
+        c = FeatureCache(cache.path)
+        t0 = time.perf_counter()
+        for k in range(c.n_shards):
+            torch.from_numpy(c.read_shard(k)["features"])
+        return time.perf_counter() - t0
+
+    dev = resolve_device(device)
+    workers = _default_workers(1)
+    batches = CacheBatches(FeatureCache(cache.path), InputTransform("features", cache.dim),
+                           DEFAULTS["batch_size"], shuffle=True, seed=SEED, preload="none", device=dev,
+                           workers=workers, dist=Distributed(device=dev))
+
+    def loader(epoch: int) -> float:
+        batches.set_epoch(epoch)
+        t0 = time.perf_counter()
+        for b in batches.loader:                 # the DataLoader itself: tensors, before the model
+            b["features"].to(dev, non_blocking=True)
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    loader(0)                                    # starts the persistent workers, warms the page cache
+    sequential()
+    seq, load = [], []
+    for p in range(LOADER_PASSES):              # interleaved: both see the same machine load
+        seq.append(sequential())
+        load.append(loader(p + 1))
+    seq_bps, load_bps = nbytes / statistics.median(seq), nbytes / statistics.median(load)
+    return {"loader_efficiency": round(load_bps / seq_bps, 3), "loader_MBps": round(load_bps / 1e6, 1),
+            "sequential_MBps": round(seq_bps / 1e6, 1), "clips": len(cache), "shards": cache.n_shards,
+            "bytes": nbytes, "workers": workers, "batch_size": DEFAULTS["batch_size"]}
+
+
+def run(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None, clips: int | None = None) -> dict:
+    """Measure cache_speedup (at each size; the headline at the first) and loader_efficiency."""
+    from pipeline.cache import write_cache
+    from pipeline.train import DEFAULTS
+
+    plan = QUICK if quick else FULL
+    sizes, clips = sizes or plan["sizes"], clips or plan["clips"]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    t_start = time.perf_counter()
+    videos, items = make_clips(workdir / "synthetic", clips)
+    result = {"device": device, "clips": len(items), "batch_size": DEFAULTS["batch_size"],
+              "torch_threads": torch.get_num_threads(), "load_average_start": [round(x, 2) for x in os.getloadavg()],
+              "by_size": []}
+    alt_at_first = None
+    for size in sizes:
+        alt = frozen_backbone_epoch(items, videos, size, dev, DEFAULTS["batch_size"])
+        alt_at_first = alt_at_first or alt
+        cache_dir = workdir / f"cache-{size}"
+        write_cache(cache_dir, alt["ids"], alt["labels"], alt["features"], alt["envelopes"], alt["lengths"],
+                    fmt="zarr", dtype="float16", shard_size=SHARD_SIZE,
+                    config={"backbone": BACKBONE, "benchmark": "train_head", "size": size}, overwrite=True)
+        row = {"size": size, "features": [48, alt["dim"]], "backbone_precision": alt["precision"],
+               "frozen_backbone_epoch_s": round(alt["seconds"], 3),
+               "frozen_backbone_s_per_clip": round(alt["seconds"] / alt["clips"], 4)}
+        variants = ["none"] + (["gpu"] if dev.type == "cuda" else [])
+        for preload in variants:
+            c = cached_epochs(cache_dir, workdir / f"run-{size}-{preload}", device, preload)
+            key = "" if preload == "none" else f"_preload_{preload}"
+            row[f"cached_epoch_s{key}"] = round(c["epoch_s"], 4)
+            row[f"cached_s_per_clip{key}"] = round(c["epoch_s"] / alt["clips"], 5)
+            row[f"cache_speedup{key}"] = round(alt["seconds"] / c["epoch_s"], 2)
+            row[f"cached_detail{key}"] = c
+        result["by_size"].append(row)
+    head = result["by_size"][0]
+    result.update(size=head["size"], cache_speedup=head["cache_speedup"], cached_epoch_s=head["cached_epoch_s"],
+                  frozen_backbone_epoch_s=head["frozen_backbone_epoch_s"])
+    if dev.type == "cuda":
+        result["cache_speedup_preload_gpu"] = head["cache_speedup_preload_gpu"]
+    result["loader"] = loader_efficiency(alt_at_first, workdir, device)
+    result["loader_efficiency"] = result["loader"]["loader_efficiency"]
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"{QUICK['clips']} clips at {QUICK['sizes']}")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
+    p.add_argument("--size", type=int, action="append", help="frame size(s); the first is the headline")
+    p.add_argument("--clips", type=int, help="synthetic clips to generate")
+    args = p.parse_args(argv)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="foleycache-train-head-bench-") as tmp:
+        result = run(args.quick, args.device, args.workdir or Path(tmp), sizes=args.size, clips=args.clips)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
