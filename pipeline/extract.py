@@ -303,6 +303,7 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
         return counts
     remaining = Counter(k for k, _ in items)
     writers: dict[int, cache.ShardWriter] = {}
+    closing: list = []                  # (writer, future of its rename) not known to be done yet
     buffers: dict[int, list] = {}
     on_device = normalize_on_device(dev)
     loader = make_loader(ClipDataset(items, **dataset_args, normalize=not on_device), workers, dev)
@@ -330,14 +331,18 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
                 background.submit(_append_batch, writers[k], buffers[k], feats)
                 buffers[k] = []
             if remaining[k] == 0:
-                background.submit(writers.pop(k).__exit__, None, None, None)   # rename: the shard is complete
+                closing = [(w, f) for w, f in closing if not f.done()]
+                w = writers.pop(k)
+                closing.append((w, background.submit(w.__exit__, None, None, None)))   # rename: the shard is complete
             counts["seen"] += 1
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
         background.drain()                                      # the last shards are renamed
     except BaseException as e:
         background.drain(quiet=True)                            # no thread still writes into what we abort
-        for w in writers.values():                              # no half-written shard stays visible
+        # No half-written shard stays visible; a rename skipped after a write error leaves a temp to
+        # remove too (aborting a writer that did finish is a no-op).
+        for w in [*writers.values(), *(w for w, _ in closing)]:
             w.__exit__(type(e), e, e.__traceback__)
         if isinstance(e, OSError):
             raise FoleyError(f"writing the cache in {out} failed: {e}; finished shards are kept, "
@@ -376,17 +381,30 @@ def _append_batch(writer, clips: list[dict], feats: np.ndarray):
 
 class _WriterThread:
     """One thread that runs submitted calls in order; at most `depth` wait. An exception raised by a
-    call comes back to the caller on its next submit() or drain()."""
+    call comes back to the caller on its next submit() or drain(), and no later call runs: a shard
+    that lost a clip to a write error must never be renamed complete by its queued __exit__."""
 
     def __init__(self, depth: int):
         self.depth = depth
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foleycache-writer")
         self.pending: deque = deque()
+        self.error: BaseException | None = None
 
     def submit(self, fn, *args):
         while len(self.pending) >= self.depth:
             self.pending.popleft().result()
-        self.pending.append(self.pool.submit(fn, *args))
+        future = self.pool.submit(self._call, fn, args)
+        self.pending.append(future)
+        return future
+
+    def _call(self, fn, args):
+        if self.error is not None:
+            raise self.error
+        try:
+            return fn(*args)
+        except BaseException as e:
+            self.error = e
+            raise
 
     def drain(self, quiet: bool = False):
         while self.pending:
