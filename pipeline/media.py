@@ -72,6 +72,8 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
     path = Path(path)
     if not path.exists():
         raise FaultyVideo("missing", str(path))
+    if not path.is_file():      # opening a named pipe would block forever; a directory or device is no video
+        raise FaultyVideo("unreadable", f"{path} is not a regular file (a directory, pipe or device)")
     try:
         return _load_clip(path, frames, fps, size, reduce, normalize, threads)
     except FaultyVideo:
