@@ -33,6 +33,7 @@ SOUND12 = (
 )
 VIDEO_EXTENSIONS = (".webm", ".mp4", ".mkv", ".avi", ".mov")   # searched in this order
 _BAD_ID = re.compile(r"[/\\\x00]|^\.|\.\.")
+MAX_ID_BYTES = 255 - len(".webm")   # a longer id cannot be a file name (255 bytes on Linux/macOS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ def validate_id(video_id) -> str:
     video_id = str(video_id)
     if not video_id or _BAD_ID.search(video_id) or video_id != video_id.strip():
         raise FoleyError(f"id {video_id!r} is not a plain file name (no separators, leading dot or '..')")
+    try:
+        size = len(video_id.encode("utf-8"))
+    except UnicodeEncodeError:      # a lone surrogate from JSON: no file name, and no UTF-8 to store
+        raise FoleyError(f"id {video_id!r} is not valid Unicode text") from None
+    if size > MAX_ID_BYTES:
+        raise FoleyError(f"id {video_id[:40]!r}... is {len(video_id)} characters: too long for a file name")
     return video_id
 
 
@@ -133,8 +140,9 @@ def load_annotations(path: str | os.PathLike, classes: str | os.PathLike = "soun
             raise FoleyError(f"{path}: id {video_id!r} appears more than once (entry {n})")
         seen.add(video_id)
         template = entry["template"]
-        if not isinstance(template, str):
-            raise FoleyError(f"{path}: entry {n} (id {video_id}): template is not a string")
+        # (a lone surrogate from JSON does not survive the UTF-8 round trip the shards make)
+        if not isinstance(template, str) or template != template.encode("utf-8", "replace").decode("utf-8"):
+            raise FoleyError(f"{path}: entry {n} (id {video_id}): template is not a string of valid Unicode text")
         key = template_key(template)
         if labels is not None and key not in labels:
             raise FoleyError(f"{path}: entry {n} (id {video_id}): template {template!r} is not in the labels file")
@@ -158,8 +166,11 @@ def find_video(videos_dir: str | os.PathLike, video_id: str) -> Path:
     for ext in VIDEO_EXTENSIONS:
         candidate = videos_dir / f"{video_id}{ext}"
         if candidate.exists() or candidate.is_symlink():
-            root = videos_dir.resolve()
-            target = candidate.resolve()
+            try:
+                root = videos_dir.resolve()
+                target = candidate.resolve()
+            except (OSError, RuntimeError) as e:     # a symlink loop: never a video, never a crash
+                raise FaultyVideo("unreadable", f"{candidate}: {e}") from None
             if root != target.parent and root not in target.parents:
                 raise FaultyVideo("unreadable", f"{candidate} links outside the videos folder ({target})")
             return candidate
