@@ -220,7 +220,7 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 @click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [5].")
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step [4].")
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Head learning rate [1e-4].")
-@click.option("--backbone-lr", default=None, type=click.FloatRange(min=0), help="Backbone learning rate [1e-5].")
+@click.option("--backbone-lr", default=None, type=click.FloatRange(min=0), help="Backbone learning rate [1e-6]: AdamW moves every weight ~lr per step, so 1e-5 already pulls a trained backbone away from its head.")
 @click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help="AdamW weight decay [0.01].")
 @click.option("--input", "input_", default=None, type=click.Choice(["features", "motion-energy"]),
               help="Head input without --init-head [features].")
@@ -297,9 +297,20 @@ def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes
 
 
 @cli.command("demo")
-def demo_cmd():
-    """Run the whole pipeline on a synthetic dataset and print the report."""
-    not_built("demo")
+@click.option("--out", default=Path("foleycache-demo"), type=OUT_DIR, help="Directory for the dataset, caches, "
+              "runs and reports (new, empty, or an earlier demo's).")
+@click.option("--train", "n_train", default=300, type=click.IntRange(2), help="Synthetic train clips.")
+@click.option("--val", "n_val", default=80, type=click.IntRange(2), help="Synthetic held-out validation clips.")
+@click.option("--size", default=112, type=click.IntRange(32), help="Frame size for the backbone.")
+@click.option("--quiet", is_flag=True, help="No progress bars (the report is still printed).")
+def demo_cmd(out, n_train, n_val, size, quiet):
+    """Run the whole pipeline on a synthetic dataset (CPU, a few minutes) and print the report."""
+    from pipeline.demo import run_demo
+    setup_logging(quiet)
+    s = run_demo(out=out, n_train=n_train, n_val=n_val, size=size, progress=not quiet)
+    echo(s["report"])
+    echo(f"demo finished in {s['seconds_total']} s (per stage: "
+         + ", ".join(f"{k} {v} s" for k, v in s["seconds"].items()) + ")")
 
 
 def main():

@@ -48,7 +48,7 @@ STATS_CLIPS = 32               # clips whose features fit the input transform wh
 BACKBONE_PT = "backbone.pth.tar"
 BACKBONE_ST = "backbone.safetensors"
 FAILURES = "failures.jsonl"
-DEFAULTS = {"epochs": 5, "batch_size": 4, "lr": 1e-4, "backbone_lr": 1e-5, "weight_decay": 0.01,
+DEFAULTS = {"epochs": 5, "batch_size": 4, "lr": 1e-4, "backbone_lr": 1e-6, "weight_decay": 0.01,
             "freeze_blocks": 0, "input": "features", "hidden": 512, "layers": 2, "seed": 0}
 
 

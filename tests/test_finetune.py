@@ -1,0 +1,116 @@
+"""finetune end to end on real tiny videos: frozen blocks, saved backbone, kill -9 + resume, --init-head."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.data import SOUND12
+from tests.mediakit import make_video
+from tests.test_backbones import published_state, write_published
+
+ROOT = Path(__file__).resolve().parents[1]
+P = "module.conv_column."
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """12 clips (8 train, 4 val) in one videos folder, SSv2 JSONs, a published-layout checkpoint."""
+    root = tmp_path_factory.mktemp("ft")
+    videos = root / "videos"
+    videos.mkdir()
+    train, val = [], []
+    for i in range(12):
+        make_video(videos / f"{300 + i}.webm", seconds=4.2, width=80, height=64, impulses=(0.4 + 0.25 * i,))
+        (train if i < 8 else val).append({"id": str(300 + i), "template": SOUND12[i % 12], "label": "x",
+                                          "placeholders": []})
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "val.json").write_text(json.dumps(val))
+    write_published(root / "model_best.pth.tar", published_state(seed=5))
+    return root
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def ft_args(data, out, *extra):
+    return ["finetune", "--videos", data / "videos", "--annotations", data / "train.json", "--val-annotations",
+            data / "val.json", "--out", out, "--size", 64, "--batch-size", 4, "--quiet", *extra]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_epochs_frozen_blocks_and_saved_backbone(data, tmp_path):
+    out = tmp_path / "run"
+    run(*ft_args(data, out, "--checkpoint", data / "model_best.pth.tar", "--freeze-blocks", 2, "--epochs", 2,
+                 "--backbone-lr", 1e-3))
+    assert [m["epoch"] for m in metrics(out)] == [1, 2]
+    before = torch.load(data / "model_best.pth.tar", weights_only=True)["state_dict"]
+    after = torch.load(out / "backbone.pth.tar", weights_only=True)["state_dict"]   # the published layout
+    assert set(after) == {k for k in before if k.startswith(P)}
+    for k in after:
+        if ".block1." in k or ".block2." in k:
+            assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before[P + "block5.3.weight"], after[P + "block5.3.weight"])
+    assert (out / "backbone.safetensors").exists()
+    ckpt = torch.load(out / "checkpoint-best.pt", weights_only=True)
+    assert ckpt["kind"] == "finetune" and ckpt["size"] == 64 and ckpt["fingerprint"]
+    # the finetuned backbone re-caches: extract-features accepts it as --checkpoint
+    run("extract-features", "--videos", data / "videos", "--annotations", data / "val.json", "--out",
+        tmp_path / "recache", "--size", 64, "--checkpoint", out / "backbone.pth.tar", "--quiet")
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume(data, tmp_path):
+    out = tmp_path / "killed"
+    args = ft_args(data, out, "--checkpoint", data / "model_best.pth.tar", "--freeze-blocks", 2, "--epochs", 3)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(metrics(out)) >= 1:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(metrics(out))
+    assert 1 <= done < 3
+    run(*args, "--resume")
+    assert [m["epoch"] for m in metrics(out)] == [1, 2, 3]
+    assert (out / "backbone.pth.tar").exists()
+
+
+def test_bad_options_are_one_line_errors(data, tmp_path):
+    for extra in (["--freeze-blocks", 9], ["--checkpoint", tmp_path / "missing.pt"], ["--input", "pixels"]):
+        proc = run(*ft_args(data, tmp_path / "bad", *extra), check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (extra, proc.stderr)
+
+
+def test_init_head_starts_from_the_heads_validation_loss(data, tmp_path):
+    """A train-head run on caches of the same backbone; finetune --init-head's first val loss is
+    within 10% of that head's best (it starts where the head is, not from scratch)."""
+    ckpt = data / "model_best.pth.tar"
+    for split in ("train", "val"):
+        run("extract-features", "--videos", data / "videos", "--annotations", data / f"{split}.json", "--out",
+            tmp_path / split, "--size", 64, "--checkpoint", ckpt, "--quiet")
+    head_run = tmp_path / "head"
+    run("train-head", "--train-cache", tmp_path / "train", "--val-cache", tmp_path / "val", "--out", head_run,
+        "--epochs", 15, "--batch-size", 4, "--hidden", 64, "--quiet")
+    best = min(m["val_loss"] for m in metrics(head_run))
+    out = tmp_path / "ft"
+    run(*ft_args(data, out, "--init-head", head_run / "checkpoint-best.pt", "--epochs", 1))
+    first = metrics(out)[0]["val_loss"]
+    assert abs(first - best) / best < 0.10, (first, best)
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["checkpoint"] == str(ckpt.resolve()) or Path(config["options"]["checkpoint"]).samefile(ckpt)
