@@ -1,0 +1,194 @@
+"""export-predictions on a small trained run: every file, plots per clip, GIF renders, an offline
+report.html, the baselines, on-the-fly features from videos, and refused caches."""
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cache import FeatureCache, write_cache
+from pipeline.data import SOUND12
+from pipeline.errors import FoleyError
+from pipeline.export import export_predictions
+from pipeline.extract import CALIBRATED_WEIGHTS, extract_features
+from pipeline.metrics import evaluate, mean_envelope
+from pipeline.train import train_head
+from tests.mediakit import make_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32               # model3d_1 at 32x32: features [48, 512]
+N_TRAIN, N_VAL = 8, 5
+SHORT = N_TRAIN + 1     # one validation clip lasts 2.5 s: 30 real frames, the rest padding
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Real tiny videos -> train/val caches (random init, calibrated) -> a head trained 2 epochs."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("export")
+    videos = root / "videos"
+    videos.mkdir()
+    splits = {"train": [], "val": []}
+    for i in range(N_TRAIN + N_VAL):
+        vid = str(300 + i)
+        make_video(videos / f"{vid}.webm", seconds=2.5 if i == SHORT else 4.5, width=64, height=48,
+                   impulses=(0.4 + 0.3 * (i % 9), 2.2 + 0.1 * (i % 5)))
+        splits["train" if i < N_TRAIN else "val"].append(
+            {"id": vid, "template": SOUND12[i % 12], "label": "x", "placeholders": []})
+    for name, entries in splits.items():
+        (root / f"{name}.json").write_text(json.dumps(entries))
+    common = dict(videos=videos, size=SIZE, fmt="hdf5", shard_size=4, progress=False)
+    extract_features(annotations=root / "train.json", out=root / "train", checkpoint="none",
+                     calibration_clips=4, **common)
+    extract_features(annotations=root / "val.json", out=root / "val",
+                     checkpoint=root / "train" / CALIBRATED_WEIGHTS, **common)
+    train_head(root / "train", root / "val", root / "run", epochs=2, batch_size=4, hidden=16, layers=1,
+               input="features", workers=0, preload="ram", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(setup):
+    out = setup / "out"
+    summary = export_predictions(run=setup / "run", out=out, cache=setup / "val", videos=setup / "videos",
+                                 plots="all", render=2, progress=False)
+    return out, summary
+
+
+def test_all_files_are_written(exported):
+    out, summary = exported
+    for name in ("predictions.h5", "predictions.csv", "metrics.json", "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    assert summary["clips"] == N_VAL and summary["plots"] == N_VAL and summary["renders"] == 2
+
+
+def test_predictions_h5_and_csv_hold_every_clip(exported, setup):
+    out, _ = exported
+    val = FeatureCache(setup / "val")
+    with h5py.File(out / "predictions.h5") as f:
+        ids = [x.decode() for x in f["id"][:]]
+        assert ids == val.ids
+        assert [x.decode() for x in f["label"][:]] == val.labels
+        assert f["target"].shape == f["pred"].shape == (N_VAL, 48)
+        np.testing.assert_array_equal(f["length"][:], val.lengths)
+        np.testing.assert_allclose(f["target"][:], val.envelopes)
+        pred = f["pred"][:]
+        assert ((pred >= 0) & (pred <= 1)).all()
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["id"] for r in rows] == val.ids
+    assert len(rows[0]) == 3 + 9 + 2 * 48          # id, label, length, 9 per-clip metrics, two curves
+    assert int(rows[SHORT - N_TRAIN]["length"]) == 30
+    np.testing.assert_allclose([float(rows[0][f"pred_{i:02d}"]) for i in range(48)], pred[0], atol=1e-4)
+
+
+def test_metrics_json_has_model_and_both_baselines_side_by_side(exported, setup):
+    out, _ = exported
+    m = json.loads((out / "metrics.json").read_text())
+    keys = {"bce", "mae", "pearson", "peak_error_frames", "peak_within_1", "onset_precision", "onset_recall",
+            "onset_f1", "onset_ap", "onset_f1_tol2", "onset_count_acc", "seed_score", "per_class"}
+    for block in ("model", "mean_envelope", "shuffled"):
+        assert keys <= set(m[block]), block
+        assert m[block]["n"] == N_VAL
+    assert m["peak_params"] == {"height": 0.2, "prominence": 0.15, "distance": 2}
+    val = FeatureCache(setup / "val")
+    assert m["cache"]["fingerprint"] == val.fingerprint == m["run"]["fingerprint"]
+    assert m["run_config"]["command"] == "train-head"
+    assert m["counts"]["clips"] == N_VAL
+    # mean_envelope really is the train set's mean envelope, scored like the model
+    train = FeatureCache(setup / "train")
+    mean = mean_envelope(train.envelopes, train.lengths)
+    expected = evaluate(np.broadcast_to(mean, (N_VAL, 48)), val.envelopes, val.lengths)
+    assert m["mean_envelope"]["mae"] == pytest.approx(expected["mae"])
+    assert m["mean_envelope"]["seed_score"] == pytest.approx(expected["seed_score"])
+    assert set(m["beats_baselines"]) == {"seed_score", "onset_f1"}
+
+
+def test_one_plot_per_clip_and_gifs_of_48_frames(exported, setup):
+    out, _ = exported
+    val = FeatureCache(setup / "val")
+    assert sorted(p.stem for p in (out / "plots").glob("*.png")) == sorted(val.ids)
+    gifs = sorted((out / "renders").glob("*.gif"))
+    assert len(gifs) == 2
+    for gif in gifs:
+        with Image.open(gif) as im:
+            assert im.n_frames >= 48
+            assert im.info["duration"] in (80, 83, 90)     # one GIF frame per clip frame at 12 fps
+
+
+def test_report_md_has_the_seed_table_and_the_metric_table(exported):
+    out, summary = exported
+    text = (out / "report.md").read_text()
+    assert "| class | n | good (+1) | not so good (0) | bad (-1) | score (mean) |" in text
+    assert re.search(r"\| TOTAL \| 5 \|", text)
+    assert "| metric | better | model | mean_envelope | shuffled |" in text
+    assert "| seed_score |" in text and "| onset_f1 |" in text
+    assert "baselines on seed_score and onset_f1" in text
+    assert summary["verdict"] in text
+
+
+def test_report_html_is_self_contained(exported):
+    out, _ = exported
+    page = (out / "report.html").read_text()
+    # nothing fetched from anywhere: no external src/href, no scripts, no stylesheets by link
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    srcs = re.findall(r"<img [^>]*src='([^']*)'", page)
+    assert len(srcs) == N_VAL + 2                           # every plot and both renders
+    assert all(s.startswith(("data:image/png;base64,", "data:image/gif;base64,")) for s in srcs)
+    assert sum(s.startswith("data:image/gif") for s in srcs) == 2
+    assert "TOTAL" in page and "mean_envelope" in page
+
+
+def test_fingerprint_mismatch_is_refused(setup, tmp_path):
+    val = FeatureCache(setup / "val")
+    data = val.read_many(range(len(val)))
+    other = tmp_path / "other"
+    write_cache(other, data["id"], data["label"], data["features"], data["envelope"], data["length"],
+                config={"note": "same numbers, other extraction settings"})
+    with pytest.raises(FoleyError, match="fingerprint"):
+        export_predictions(run=setup / "run", out=tmp_path / "o", cache=other, progress=False)
+
+
+def test_videos_path_extracts_with_the_runs_backbone_and_matches_the_cache(setup, exported, tmp_path):
+    out = tmp_path / "fromvideos"
+    export_predictions(run=setup / "run", out=out, videos=setup / "videos", annotations=setup / "val.json",
+                       plots=1, progress=False)
+    assert FeatureCache(out / "cache").fingerprint == FeatureCache(setup / "val").fingerprint
+    with h5py.File(out / "predictions.h5") as a, h5py.File(exported[0] / "predictions.h5") as b:
+        np.testing.assert_allclose(a["pred"][:], b["pred"][:], atol=1e-5)
+
+
+def test_videos_path_is_refused_when_the_backbone_weights_are_gone(setup, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(setup / "run", run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train_cache"]["path"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(cfg))
+    ckpt = torch.load(run / "checkpoint-best.pt", weights_only=True)
+    ckpt["config"]["train_cache"]["path"] = str(tmp_path / "gone")
+    torch.save(ckpt, run / "checkpoint-best.pt")
+    with pytest.raises(FoleyError, match="calibrated weights"):
+        export_predictions(run=run, out=tmp_path / "o", videos=setup / "videos", annotations=setup / "val.json",
+                           progress=False)
+
+
+def test_cli_errors_are_one_line(setup, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", "export-predictions", *map(str, args)],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    p = run("--run", setup / "run", "--out", tmp_path / "o")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "--cache" in p.stderr
+    p = run("--run", setup / "run", "--out", tmp_path / "o", "--cache", setup / "train", "--checkpoint", "last",
+            "--plots", "0", "--quiet")
+    assert p.returncode == 0, p.stderr            # the train cache shares the fingerprint: allowed
+    p = run("--run", setup / "train", "--out", tmp_path / "o2", "--cache", setup / "val", "--quiet")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.startswith("error:")
