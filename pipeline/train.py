@@ -435,21 +435,39 @@ class CacheBatches:
 
 # ----------------------------------------------------------------------------- run directory
 
-def _atomic_write_bytes(path: Path, write):
-    """write(tmp_path) then rename: a kill -9 leaves either the old file or the new one, whole."""
+def _atomic_write_bytes(path: Path, write, also: Path | None = None):
+    """write(tmp_path) then rename: a kill -9 leaves either the old file or the new one, whole.
+    `also`: a second name for the same bytes (a hard link, else a copy), renamed into place first."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if also is not None:
+            twin = also.with_name(f"{also.name}.tmp-{os.getpid()}")
+            try:
+                os.link(tmp, twin)
+            except OSError:             # a filesystem without hard links
+                shutil.copyfile(tmp, twin)
+            os.replace(twin, also)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_torch_save(obj, path: Path):
-    _atomic_write_bytes(Path(path), lambda tmp: torch.save(obj, tmp))
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj, path: Path, also: Path | None = None):
+    """torch.save(obj) to `path` (and `also`) atomically; one write even with two names."""
+    _atomic_write_bytes(Path(path), lambda tmp: torch.save(obj, tmp), also=also)
 
 
 def atomic_write_text(path: Path, text: str):
@@ -635,7 +653,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
         record = dist.broadcast(record)
         history.append(record)
 
-        # ---- checkpoint (atomic; best first, so a kill between the two re-runs this epoch)
+        # ---- checkpoint (atomic; best renamed in before last, so a kill between re-runs this epoch;
+        # best is a hard link to the same bytes: a 25088-d head with AdamW state is ~660 MB)
         rngs = dist.gather(rng_state(device))
         if dist.is_main:
             ckpt = _to_cpu({
@@ -645,9 +664,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
                 "val_loss": val_loss, "metrics": record, "best_val_loss": best_val, "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, "history": history, "rng": rngs, "config": config,
                 "world_size": dist.world_size})
-            if improved:
-                atomic_torch_save(ckpt, run_dir / CKPT_BEST)
-            atomic_torch_save(ckpt, run_dir / CKPT_LAST)
+            atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
             with open(run_dir / METRICS_JSONL, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         dist.barrier()
