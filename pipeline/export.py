@@ -117,24 +117,59 @@ def _train_cache_path(run: dict) -> Path | None:
     return None
 
 
-def train_mean_envelope(run: dict) -> np.ndarray:
+def train_mean_envelope(run: dict, progress: bool = False) -> tuple[np.ndarray, str]:
     """The `mean_envelope` baseline [T]: per-frame mean of the train set's envelopes (valid frames).
 
-    Taken from the checkpoint when it carries `train_mean_envelope`, else computed from the train
-    cache named in the run's config (envelopes only: no feature is read).
+    Returns (mean [T] float64, where it came from). Looked for, in order: the checkpoint's
+    `train_mean_envelope`; the train cache named in the run's config (envelopes only, no feature
+    is read); for a finetune run started from --init-head, that head's train cache; else the run's
+    training videos (config `videos` + `annotations`), decoded for their audio envelope.
     """
+    from pipeline.cache import FeatureCache
+
     stored = run["ckpt"].get("train_mean_envelope")
     if stored is not None:
-        return np.asarray(stored, dtype=np.float64)
-    path = _train_cache_path(run)
-    if path is None:
-        raise FoleyError(f"{run['dir']}/config.json names no train cache: the mean_envelope baseline needs it")
-    from pipeline.cache import FeatureCache
-    try:
-        train = FeatureCache(path)
-    except FoleyError as e:
-        raise FoleyError(f"the run's train cache is needed for the mean_envelope baseline: {e}") from None
-    return M.mean_envelope(train.envelopes, train.lengths)
+        return np.asarray(stored, dtype=np.float64), "checkpoint"
+    candidates = [_train_cache_path(run)]
+    init_head = (run["ckpt"].get("config") or run["config"]).get("init_head")
+    if init_head and Path(init_head).is_file():
+        try:
+            init_cfg = torch.load(init_head, map_location="cpu", weights_only=True).get("config") or {}
+            candidates.append(_train_cache_path({"config": init_cfg, "ckpt": {}}))
+        except Exception:       # an unreadable --init-head only removes one candidate
+            pass
+    for path in candidates:
+        if path is not None and (Path(path) / "cache.json").is_file():
+            train = FeatureCache(path)
+            return M.mean_envelope(train.envelopes, train.lengths), f"train cache {path}"
+    config = run["ckpt"].get("config") or run["config"]
+    if config.get("videos") and config.get("annotations") and Path(config["videos"]).is_dir():
+        return _mean_envelope_from_videos(run, Path(config["videos"]), Path(config["annotations"]), progress), \
+            f"training videos {config['videos']}"
+    raise FoleyError(f"the mean_envelope baseline needs the run's training envelopes: {run['dir']} names no train "
+                     f"cache that still exists ({candidates[0]}) and no training videos")
+
+
+def _mean_envelope_from_videos(run: dict, videos: Path, annotations: Path, progress: bool) -> np.ndarray:
+    """Train mean envelope from the run's training videos (audio decoded, frames at a tiny size)."""
+    from pipeline.data import find_video, load_annotations
+    from pipeline.media import FaultyVideo, load_clip
+
+    config = run["ckpt"].get("config") or run["config"]
+    settings = run_extract_settings(run)
+    entries = load_annotations(annotations, classes=config.get("classes", "sound12"), labels_path=config.get("labels"))
+    envelopes, lengths = [], []
+    for a in tqdm(entries, desc="train envelopes", unit="clip", disable=not progress, leave=False):
+        try:
+            clip = load_clip(find_video(videos, a.id), settings["frames"], settings["fps"], 32,
+                             reduce=settings["envelope_reduce"], threads=1)
+        except FaultyVideo:
+            continue
+        envelopes.append(clip.envelope)
+        lengths.append(clip.length)
+    if not envelopes:
+        raise FoleyError(f"none of the training videos in {videos} could be decoded for the mean_envelope baseline")
+    return M.mean_envelope(np.stack(envelopes), np.asarray(lengths))
 
 
 # ----------------------------------------------------------------------------- features
@@ -145,20 +180,16 @@ BACKBONE_PREFIX = "backbone."
 def _finetuned_backbone(run: dict) -> dict | None:
     """The finetuned backbone a finetune run carries, or None for a train-head run.
 
-    Expected from pipeline.finetune: checkpoint["model"] is the state_dict of a model with `.backbone`
-    and `.head` submodules (load_head takes the `head.*` keys; the `backbone.*` keys are the
-    finetuned backbone), checkpoint["cache_config"] the config of the cache whose settings the
-    clips follow (backbone name, frames, fps, preprocess.size, envelope.reduce, dtype, precision).
-    A checkpoint may instead hold the weights under checkpoint["backbone"]["state_dict"].
-    Returns {"name": backbone registry name, "state_dict": {key: tensor}} or None.
+    pipeline.finetune saves checkpoint["model"] = EndToEnd(backbone, transform, head).state_dict():
+    load_head takes the `head.*` keys, the `backbone.*` keys are the finetuned backbone, and
+    checkpoint["backbone"] names it in the registry. Returns {"name", "state_dict"} or None.
     """
     ckpt = run["ckpt"]
-    name = (run["cache_config"] or {}).get("backbone", "model3d_1")
-    entry = ckpt.get("backbone")
-    if isinstance(entry, dict) and isinstance(entry.get("state_dict"), dict):
-        return {"name": entry.get("name") or name, "state_dict": entry["state_dict"]}
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in (ckpt.get("model") or {}).items() if k.startswith(BACKBONE_PREFIX)}
-    return {"name": name, "state_dict": state} if state else None
+    if not state:
+        return None
+    name = ckpt.get("backbone") if isinstance(ckpt.get("backbone"), str) else None
+    return {"name": name or (run["cache_config"] or {}).get("backbone", "model3d_1"), "state_dict": state}
 
 
 def _extract_settings(cfg: dict) -> dict:
@@ -172,6 +203,24 @@ def _extract_settings(cfg: dict) -> dict:
                          "extract the clips yourself and pass --cache") from None
 
 
+def run_extract_settings(run: dict) -> dict:
+    """extract_features keyword arguments (backbone, frames, fps, size, envelope_reduce, dtype,
+    precision) giving the features the run's head reads.
+
+    train-head: exactly its train cache's settings (so the fingerprint matches). finetune: the
+    clip settings it trained with (checkpoint `frames`, `fps`, `size`), features stored float32
+    (the head saw unrounded backbone outputs), precision auto.
+    """
+    if run["backbone"] is None:
+        return _extract_settings(run["cache_config"])
+    ckpt, reduce = run["ckpt"], ((run["cache_config"] or {}).get("envelope") or {}).get("reduce", "max")
+    try:
+        return {"backbone": run["backbone"]["name"], "frames": int(ckpt["frames"]), "fps": float(ckpt["fps"]),
+                "size": int(ckpt["size"]), "envelope_reduce": reduce, "dtype": "float32", "precision": "auto"}
+    except (KeyError, TypeError, ValueError) as e:
+        raise FoleyError(f"the finetune checkpoint {run['checkpoint_path']} lacks its clip setting {e}") from None
+
+
 def _finetuned_weights_sha256(run: dict) -> str:
     """weights_sha256 (as extract fingerprints it) of the finetuned backbone."""
     from pipeline import backbones
@@ -183,13 +232,13 @@ def _finetuned_weights_sha256(run: dict) -> str:
 
 def _backbone_for_videos(run: dict, out: Path) -> tuple[Path, dict]:
     """(weights file, extract settings) that make the features the run reads."""
-    settings = _extract_settings(run["cache_config"])
+    settings = run_extract_settings(run)
     if run["backbone"] is not None:
         from safetensors.torch import save_file
         weights = out / FINETUNED_WEIGHTS
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in run["backbone"]["state_dict"].items()}, str(weights))
-        return weights, dict(settings, backbone=run["backbone"]["name"])
+        return weights, settings
 
     from pipeline.extract import CALIBRATED_WEIGHTS
     provenance = run["cache_config"].get("backbone_provenance") or {}
@@ -234,9 +283,10 @@ def check_cache(run: dict, cache) -> None:
                 "size, envelope or dtype): extract this split with the train cache's settings "
                 "(--checkpoint TRAIN_CACHE/backbone.safetensors for a random-init backbone)")
         return
-    want = dict(_extract_settings(run["cache_config"]), weights_sha256=_finetuned_weights_sha256(run))
+    keys = ("backbone", "frames", "fps", "size", "envelope_reduce")     # stored dtype / precision may differ
+    want = dict(run_extract_settings(run), weights_sha256=_finetuned_weights_sha256(run))
     have = dict(_extract_settings(cache.config), weights_sha256=cache.config.get("weights_sha256"))
-    diff = sorted(k for k in want if k != "backbone" and want[k] != have[k])
+    diff = sorted(k for k in keys + ("weights_sha256",) if want[k] != have[k])
     if diff:
         raise FoleyError(f"cache {cache.path} was not extracted with this finetune run's backbone and settings "
                          f"(differs in {', '.join(diff)}): use --videos/--annotations, which extracts them")
@@ -360,7 +410,7 @@ def export_predictions(*, run: Path, out: Path, cache: Path | None = None, video
     ids, labels_, length = c.ids, c.labels, c.lengths.astype(np.int64)
     target = c.envelopes.astype(np.float64)
     fps = float(c.config.get("fps", 12.0))
-    train_mean = train_mean_envelope(run_info)
+    train_mean, train_mean_source = train_mean_envelope(run_info, progress)
     if train_mean.shape != (c.frames,):
         raise FoleyError(f"the train mean envelope has {train_mean.shape[0]} frames, the cache {c.frames}")
 
@@ -383,7 +433,7 @@ def export_predictions(*, run: Path, out: Path, cache: Path | None = None, video
                    "classes": len(set(labels_)), "target_onsets": blocks["model"]["n_target_onsets"]},
         "peak_params": dict(M.PEAK_PARAMS), "onset_tolerances": dict(M.ONSET_TOLERANCES),
         "seed_rules": dict(M.SEED_RULES),
-        "baselines": {"mean_envelope": "train-set mean envelope per frame, for every clip",
+        "baselines": {"mean_envelope": f"train-set mean envelope per frame, for every clip (from {train_mean_source})",
                       "shuffled": f"another clip's prediction (derangement, seed {SHUFFLE_SEED})"},
         "beats_baselines": R.beats_baselines(blocks),
         **blocks,

@@ -100,6 +100,11 @@ def test_metrics_json_has_model_and_both_baselines_side_by_side(exported, setup)
     val = FeatureCache(setup / "val")
     assert m["cache"]["fingerprint"] == val.fingerprint == m["run"]["fingerprint"]
     assert m["run_config"]["command"] == "train-head"
+    # the export re-scores exactly what training scored on the same clips at the exported epoch
+    epoch = next(json.loads(line) for line in open(setup / "run" / "metrics.jsonl")
+                 if json.loads(line)["epoch"] == m["run"]["epoch"])
+    for key in ("bce", "pearson", "onset_f1", "seed_score"):
+        assert m["model"][key] == pytest.approx(epoch[f"val_{key}"], abs=1e-5), key
     assert m["counts"]["clips"] == N_VAL
     # mean_envelope really is the train set's mean envelope, scored like the model
     train = FeatureCache(setup / "train")
@@ -192,3 +197,28 @@ def test_cli_errors_are_one_line(setup, tmp_path):
     assert p.returncode == 0, p.stderr            # the train cache shares the fingerprint: allowed
     p = run("--run", setup / "train", "--out", tmp_path / "o2", "--cache", setup / "val", "--quiet")
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.startswith("error:")
+
+
+def test_finetune_run_exports_from_videos_with_its_own_backbone(setup, tmp_path):
+    """A finetune run carries a finetuned backbone: --videos extracts with it (and a cache made by the
+    run's initial backbone is refused); the mean_envelope baseline comes from the --init-head's train cache."""
+    from pipeline.finetune import finetune
+    run = tmp_path / "ft"
+    finetune(videos=setup / "videos", annotations=setup / "train.json", val_annotations=setup / "val.json",
+             out=run, init_head=setup / "run" / "checkpoint-best.pt", epochs=1, batch_size=4, backbone_lr=1e-3,
+             workers=0, progress=False)
+    out = tmp_path / "o"
+    summary = export_predictions(run=run, out=out, videos=setup / "videos", annotations=setup / "val.json",
+                                 plots=2, render=1, progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["run"]["kind"] == "finetune" and m["run"]["finetuned_backbone"]
+    assert summary["clips"] == N_VAL and summary["renders"] == 1
+    assert "train cache" in m["baselines"]["mean_envelope"]
+    ft_cache = FeatureCache(out / "cache")
+    assert ft_cache.config["weights_sha256"] != FeatureCache(setup / "val").config["weights_sha256"]
+    with pytest.raises(FoleyError, match="finetune run"):
+        export_predictions(run=run, out=tmp_path / "o2", cache=setup / "val", progress=False)
+    # the cache export made is accepted as --cache, and gives the same predictions
+    export_predictions(run=run, out=tmp_path / "o3", cache=out / "cache", plots=0, progress=False)
+    with h5py.File(out / "predictions.h5") as a, h5py.File(tmp_path / "o3" / "predictions.h5") as b:
+        np.testing.assert_array_equal(a["pred"][:], b["pred"][:])
