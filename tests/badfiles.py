@@ -384,6 +384,12 @@ def k_symlink_inside(v, o):
     return _cached("symlink_inside", "a relative symlink to a video in the folder")
 
 
+def k_symlink_loop(v, o):
+    (v / "symlink_loop.webm").symlink_to("loop_b.webm")
+    (v / "loop_b.webm").symlink_to("symlink_loop.webm")
+    return BadFile("symlink_loop", "two symlinks pointing at each other", "unreadable")
+
+
 def k_dangling_symlink(v, o):
     (v / "dangling_symlink.webm").symlink_to(v / "nothing_here.webm")
     return BadFile("dangling_symlink", "a symlink to a file that does not exist", "missing")
@@ -397,6 +403,12 @@ def k_unreadable(v, o):
     (v / "unreadable.webm").mkdir()
     return BadFile("unreadable", "root ignores chmod 000: a directory named like a video", "unreadable",
                    note="as root, test_reliability runs a real chmod-000 file as an unprivileged user")
+
+
+def k_named_pipe(v, o):
+    os.mkfifo(v / "named_pipe.webm")
+    return BadFile("named_pipe", "a named pipe (FIFO) named like a video", "unreadable",
+                   note="opening it would block forever: only regular files are opened")
 
 
 def k_missing(v, o):
