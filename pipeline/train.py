@@ -329,7 +329,8 @@ class CacheBatches:
     shard), pinned on CUDA; the transform runs on the device. "ram": the whole cache as tensors
     in RAM; "gpu": on the GPU (no I/O at all per epoch). Preloaded features are kept as stored
     (float16) when the transform keeps their size, else transformed once (motion-energy: [N, T, 17]).
-    Call `transform.fit(...)` before iterating; with preload, `fit_transform()` fits it from memory.
+    Fit the transform before iterating (with preload, `preloaded` hands the raw tensors to fit it
+    from memory), then call `prepare()`. `from_tensors` wraps tensors already in memory.
     """
 
     def __init__(self, cache, transform: InputTransform, batch_size: int, *, shuffle: bool, seed: int,
@@ -339,17 +340,8 @@ class CacheBatches:
             raise FoleyError(f"unknown --preload {preload!r}; choose one of: {', '.join(PRELOADS)}")
         if preload == "gpu" and device.type != "cuda":
             raise FoleyError("--preload gpu needs a CUDA device (--device cuda); use --preload ram on CPU")
-        self.cache, self.transform, self.device, self.preload = cache, transform, device, preload
-        self.shuffle, self.batch_size, self.seed = shuffle, batch_size, seed
-        self.dist, self.name = dist, name
-        self.features = self.envelope = self.length = None
-        self.transformed = False
-        self.loader = None
-        self._epoch = 0
-        shard_sizes = [len(cache.shard_slice(k)) for k in range(cache.n_shards)]
-        self._make = lambda epoch: epoch_batches(shard_sizes, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
-                                                 rank=dist.rank, world_size=dist.world_size, pad=shuffle)
-        self.sampler = _EpochSampler(self._make)
+        self._setup(cache, transform, batch_size, shuffle, seed, preload, device, dist, name,
+                    [len(cache.shard_slice(k)) for k in range(cache.n_shards)])
         if preload == "none":
             self.loader = DataLoader(
                 _ClipReader(cache), sampler=self.sampler, batch_size=None, num_workers=workers,
@@ -359,6 +351,30 @@ class CacheBatches:
                 generator=torch.Generator().manual_seed(seed))
         else:
             self._preload(workers, progress)
+
+    def _setup(self, cache, transform, batch_size, shuffle, seed, preload, device, dist, name, shard_sizes):
+        self.cache, self.transform, self.device, self.preload = cache, transform, device, preload
+        self.shuffle, self.batch_size, self.seed = shuffle, batch_size, seed
+        self.dist, self.name = dist, name
+        self.features = self.envelope = self.length = None
+        self.transformed = False
+        self.loader = None
+        self.sampler = _EpochSampler(lambda epoch: epoch_batches(
+            shard_sizes, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=dist.rank,
+            world_size=dist.world_size, pad=shuffle))
+
+    @classmethod
+    def from_tensors(cls, features: Tensor, envelope: Tensor, length: Tensor, transform: InputTransform,
+                     batch_size: int, *, shuffle: bool, seed: int, device: torch.device, dist: Distributed,
+                     shard_size: int = 64) -> "CacheBatches":
+        """Batches over tensors already in RAM or on the GPU (features [N, T, D] raw, envelope [N, T],
+        length [N]), ordered as a cache of `shard_size`-clip shards would be (benchmarks, tests)."""
+        n = features.shape[0]
+        self = cls.__new__(cls)
+        self._setup(None, transform, batch_size, shuffle, seed, "gpu" if features.is_cuda else "ram", device, dist,
+                    "tensors", [min(shard_size, n - lo) for lo in range(0, n, shard_size)])
+        self.features, self.envelope, self.length = features, envelope, length
+        return self
 
     # -- preloading
     def _preload(self, workers: int, progress: bool):
@@ -413,7 +429,6 @@ class CacheBatches:
 
     # -- iteration
     def set_epoch(self, epoch: int):
-        self._epoch = epoch
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:

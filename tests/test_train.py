@@ -273,3 +273,16 @@ def test_torchrun_ddp_trains_and_logs_each_epoch_once(caches, tmp_path):
     assert all(m["val_clips"] == 8 for m in lines)
     ckpt = torch.load(run / "checkpoint-last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_preload_gpu_trains_on_cuda_with_autocast(caches, tmp_path):
+    run = tmp_path / "gpu"
+    s = tr.train_head(caches["train"], caches["val"], run, epochs=4, preload="gpu",
+                      **{**FAST, "device": "cuda"})
+    lines = metrics_lines(run)
+    assert len(lines) == 4 and lines[-1]["val_loss"] < lines[0]["val_loss"]
+    assert s["config"]["amp"] in ("bf16", "fp16") and s["config"]["device"].startswith("cuda")
+    head, transform, ckpt = load_head(run / "checkpoint-best.pt")      # CPU tensors: loads anywhere
+    assert next(head.parameters()).device.type == "cpu" and ckpt["fingerprint"] == s["config"]["train_cache"]["fingerprint"]
