@@ -13,6 +13,8 @@ PyAV 16, documented here and in README "Guarantees"):
 - A truncated WebM/Matroska file keeps its header (the duration tags are written up front):
   cut inside the clip's 4 s -> decode_error ("video stops at X s but the header says Y s");
   cut after the clip's 4 s -> cached with length 48 (the clip itself is intact).
+- A WebM written live (no duration in the header, e.g. by a browser's MediaRecorder) cannot tell it
+  was cut: it is cached with the frames that are there (length < 48), like a short video.
 - A truncated MP4/MOV written the default way has its index (moov) at the end: any cut loses it,
   the file cannot be opened -> unreadable. With the index up front (faststart, as web tools
   write it) the header parses and the missing frames are a decode_error.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -54,7 +56,6 @@ class BadFile:
     onsets: tuple = ()              # frames of the envelope's top peaks, when cached and checkable
     silent_from: int | None = None  # envelope exactly 0 from this frame on (audio ends early)
     note: str = ""
-    files: tuple = field(default=(), compare=False)   # paths written for it
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -197,6 +198,20 @@ def k_truncated_webm_tail(v, o):
     _truncate(make_video(v / "truncated_webm_tail.webm", seconds=6, width=W, height=H, impulses=ONSETS), 0.80)
     return _cached("truncated_webm_tail", "6 s WebM cut at 80% (after the clip's 4 s)",
                    note="the cut is past the clip: nothing the clip needs is lost")
+
+
+def k_truncated_live_webm(v, o):
+    """A WebM written live (no duration anywhere, like a browser's MediaRecorder) cut at 50%: the header
+    cannot tell the file is cut, so the clip is cached with the frames that are there."""
+    path = encode(v / "truncated_live_webm.webm", vcodec="libvpx-vp9", acodec="libopus", sample_rate=48000,
+                  voptions={"deadline": "realtime", "cpu-used": "8", "g": "12"}, options={"live": "1"})
+    _truncate(path, 0.50)
+    with av.open(str(path)) as container:         # the oracle: frames PyAV itself decodes (12 fps: one per target)
+        length = sum(1 for _ in container.decode(video=0))
+    assert 12 <= length < 48, length
+    return _cached("truncated_live_webm", "WebM without any duration (live) cut at 50%", length=length,
+                   onsets=tuple(f for f in ONSET_FRAMES if f < length - 2),
+                   note="the header cannot tell: cached with its real length")
 
 
 def k_truncated_mkv_40(v, o):
@@ -351,6 +366,29 @@ def k_s32_audio(v, o):
     make_video(v / "s32_audio.mov", sample_rate=44100, audio_codec="pcm_s32le", audio_format="s32",
                impulses=ONSETS, width=W, height=H)
     return _cached("s32_audio", "32-bit signed PCM", note="scaled / 2^31")
+
+
+def k_audio_first_two_tracks(v, o):
+    """Stream 0 and 1 are audio (the second louder, elsewhere), video comes third."""
+    from tests.mediakit import index_frame
+    container = av.open(str(v / "audio_first_two_tracks.mkv"), "w")
+    tracks = [container.add_stream("flac", rate=44100) for _ in range(2)]
+    vs = container.add_stream("libx264", rate=25)
+    vs.width, vs.height, vs.pix_fmt, vs.options = W, H, "yuv420p", {"preset": "ultrafast"}
+    for j in range(int(SECONDS * 25)):
+        container.mux(vs.encode(av.VideoFrame.from_ndarray(index_frame(j, W, H), format="rgb24")))
+    container.mux(vs.encode(None))
+    for k, stream in enumerate(tracks):
+        audio = impulse_audio(SECONDS, 44100, ONSETS if k == 0 else (2.0,), amplitude=0.5 if k == 0 else 0.95)
+        samples = np.round(audio * 32767).astype(np.int16)
+        for start in range(0, samples.shape[1], 4096):
+            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 4096], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 44100, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    container.close()
+    return _cached("audio_first_two_tracks", "two audio tracks before the video stream",
+                   note="the first audio track is the target")
 
 
 def k_odd_size_yuv444(v, o):

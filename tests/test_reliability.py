@@ -50,7 +50,8 @@ ISSUE_KINDS = {
     "zero-byte": ["zero_byte"],
     "random bytes": ["random_bytes", "random_bytes_mp4"],
     "truncated at several points": ["truncated_webm_10", "truncated_webm_50", "truncated_webm_tail",
-                                    "truncated_mkv_40", "truncated_mp4", "truncated_mp4_faststart"],
+                                    "truncated_mkv_40", "truncated_mp4", "truncated_mp4_faststart",
+                                    "truncated_live_webm"],
     "header only": ["header_only_webm", "header_only_mp4", "garbage_after_header"],
     "wrong extension": ["wrong_extension", "wrong_extension_mkv"],
     "video only": ["video_only", "realworld_video_only"],
@@ -957,7 +958,10 @@ def test_finetune_kill_9_at_random_points_then_resume(finetune_run, tmp_path):
     def command():
         if (out / "config.json").exists():
             return [*base, "--out", str(out), "--resume"]
-        return [*base, "--out", str(out), *(["--overwrite"] if out.exists() and any(out.iterdir()) else [])]
+        # Killed before the run recorded itself. --overwrite cannot clear it today (see
+        # test_finetune_run_killed_before_config_can_be_restarted): start from an empty directory.
+        shutil.rmtree(out, ignore_errors=True)
+        return [*base, "--out", str(out)]
 
     for n in range(4):
         cmd = command()
@@ -993,3 +997,28 @@ def test_finetune_kill_9_at_random_points_then_resume(finetune_run, tmp_path):
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=0.01), states
     assert [json.loads(line)["id"] for line in (out / "failures.jsonl").read_text().splitlines()] == ["399"]
     assert (out / "backbone.pth.tar").exists() and (out / "backbone.safetensors").exists()
+
+
+FINETUNE_RESTART = ("finetune.py: _finetune's prepare() calls prepare_run_dir(out, resume, overwrite) without "
+                    "extra_files=(BACKBONE_PT, BACKBONE_ST, FAILURES), so --overwrite refuses a run dir holding "
+                    "failures.jsonl (written before config.json) or the exported backbone")
+
+
+@pytest.mark.xfail(strict=True, reason=FINETUNE_RESTART)
+def test_finetune_run_killed_before_config_can_be_restarted(tmp_path):
+    """finetune writes failures.jsonl before config.json: a kill between the two leaves a run dir that
+    --resume cannot continue (no config.json), so --overwrite must be able to start it again."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_video(videos / f"{i}.webm", seconds=4.2, width=48, height=32)
+    train = write_annotations([BadFile(str(i), "", "") for i in (0, 1)], tmp_path / "train.json")
+    val = write_annotations([BadFile("2", "", "")], tmp_path / "val.json")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "failures.jsonl").write_text("")           # what the killed run left
+    result = CliRunner().invoke(cli, ["finetune", "--videos", str(videos), "--annotations", str(train),
+                                      "--val-annotations", str(val), "--out", str(out), "--overwrite",
+                                      "--size", "32", "--batch-size", "2", "--epochs", "1", "--device", "cpu",
+                                      "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
