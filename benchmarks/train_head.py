@@ -21,10 +21,11 @@ cache_speedup = epoch time of the alternative the cache replaces / epoch time of
   takes a larger share, so the speedup is smaller there.
 
 loader_efficiency = bytes/s of train-head's data loader (`CacheBatches` with preload none:
-  shuffled batches, batched reads per shard, DataLoader workers; features as tensors, before the
-  model) / bytes/s of a plain sequential read of the same shard files (`FeatureCache.read_shard`
-  for shard 0, 1, 2, ... in one process). Both warm (page cache), median of several passes, on a
-  cache of the real features tiled to LOADER_CLIPS clips. Bytes = decompressed feature bytes.
+  shuffled batches from pools of shards, DataLoader workers, shared-memory batches; features as
+  tensors, before the model) / bytes/s of a plain sequential read of the same shard files in one
+  process, the faster of `FeatureCache.read_shard(0, 1, 2, ...)` and `cache[0], cache[1], ...`.
+  Both warm (page cache), median of several interleaved passes, on a cache of the real features
+  tiled to LOADER_CLIPS clips. Bytes = decompressed feature bytes.
 """
 from __future__ import annotations
 
@@ -171,11 +172,15 @@ def loader_efficiency(alt: dict, workdir: Path, device: str) -> dict:
     nbytes = len(cache) * cache.frames * cache.dim * np.dtype(cache.dtype).itemsize
 
     def sequential() -> float:
+        """The faster of two plain reads in file order: whole shards, and clip by clip."""
         c = FeatureCache(cache.path)
         t0 = time.perf_counter()
         for k in range(c.n_shards):
             torch.from_numpy(c.read_shard(k)["features"])
-        return time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for i in range(len(c)):
+            torch.from_numpy(c[i]["features"])
+        return min(t1 - t0, time.perf_counter() - t1)
 
     dev = resolve_device(device)
     workers = _default_workers(1)

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from pipeline.cache import FeatureCache
 from pipeline.distributed import Distributed
@@ -275,7 +275,13 @@ def _gb(n: float) -> str:
 
 class _ClipReader(Dataset):
     """dataset[indices] → one batch read from the cache (runs in DataLoader workers, which open the
-    shard files lazily: FeatureCache is picklable and opens per process)."""
+    shard files lazily: FeatureCache is picklable and opens per process).
+
+    Clips are read one chunk each (`cache[i]`) straight into the batch tensor, which a worker
+    allocates in shared memory, so handing it to the training process copies nothing. Measured on
+    zarr shards of [48, 25088] float16 (2 cores): per-clip slices 7.8 ms/clip, a whole shard
+    10 ms/clip, read_many's orthogonal indexing 17.7 ms/clip.
+    """
 
     def __init__(self, cache):
         self.cache = cache
@@ -284,9 +290,19 @@ class _ClipReader(Dataset):
         return len(self.cache)
 
     def __getitem__(self, indices) -> dict:
-        r = self.cache.read_many(indices)
-        return {"features": torch.from_numpy(r["features"]), "envelope": torch.from_numpy(r["envelope"]),
-                "length": torch.from_numpy(r["length"].astype(np.int64)),
+        c, n = self.cache, len(indices)
+        features = torch.empty((n, c.frames, c.dim), dtype=getattr(torch, c.dtype))
+        if get_worker_info() is not None:
+            features.share_memory_()
+        envelope = torch.empty((n, c.frames), dtype=torch.float32)
+        length = torch.empty(n, dtype=torch.int64)
+        out = features.numpy()
+        for j, i in enumerate(indices):
+            clip = c[int(i)]
+            out[j] = clip["features"]
+            envelope[j] = torch.from_numpy(clip["envelope"])
+            length[j] = clip["length"]
+        return {"features": features, "envelope": envelope, "length": length,
                 "index": torch.as_tensor(np.asarray(indices, dtype=np.int64))}
 
 
