@@ -2,7 +2,7 @@
 
 The slow test extracts 1,000 synthetic clips at --size 32 and reports the peak resident memory of
 the whole process tree (CLI + decode worker) after 100 and after 1,000 clips; the fast one does the
-same with 24 clips (after 8 and 24). While the run goes, the progress record (progress.json + the
+same with 16 clips (after 8 and 16). While the run goes, the progress record (progress.json + the
 finished shards) always says exactly what is done; a run killed half-way resumes from it, redoing
 no finished shard, to the same cache as the uninterrupted run.
 """
@@ -158,7 +158,7 @@ def check_load(tmp_path: Path, n: int, shard: int, early: int, report: Path | No
 
 
 def test_flat_memory_and_progress_record_small(tmp_path):
-    check_load(tmp_path, n=24, shard=4, early=8)
+    check_load(tmp_path, n=16, shard=4, early=8)
 
 
 @pytest.mark.slow

@@ -542,7 +542,7 @@ def _enospc(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("where", ["append", "last_append", "finish", "index"])
+@pytest.mark.parametrize("where", ["append", "last_append", pytest.param("finish", marks=pytest.mark.slow), "index"])
 def test_disk_full_mid_shard_then_resume(small, tmp_path, monkeypatch, one_thread, where):
     """ENOSPC raised from the shard write path (mid-shard, on a shard's last clip, while closing a shard,
     while writing cache.json): one line, no half-written shard visible, and once space is back the
@@ -774,6 +774,19 @@ def test_cache_metadata_is_never_evaluated(tmp_path):
     proc = foleycache("cache-info", tmp_path / "c")
     assert proc.returncode == 0 and strings[0] not in proc.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../../outside.zarr", "/etc/passwd", "shard-00000.zarr/../../x.zarr"])
+def test_cache_json_cannot_name_files_outside_the_cache(small, tmp_path, name):
+    """Even with its checksum recomputed (it guards against damage, not against an author), a
+    cache.json whose shard list points elsewhere is refused before anything is opened."""
+    c = _copy(small[2], tmp_path / "c")
+    index = json.loads((c / cachemod.CACHE_JSON).read_text())
+    index["shards"][0]["name"] = name
+    index["checksum"] = cachemod._index_checksum(index)
+    (c / cachemod.CACHE_JSON).write_text(json.dumps(index))
+    with pytest.raises(FoleyError, match="bad shard name"):
+        FeatureCache(c)
 
 
 def test_shard_metadata_asking_for_pickle_is_refused(small, tmp_path):
