@@ -198,7 +198,9 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
         echo(f"nothing trained; run in {out}", quiet)
         return
     stop = " (stopped early)" if s["stopped_early"] else ""
-    echo(f"trained {last['epoch']} epochs{stop}, {last['samples_per_s']} clips/s in the last one", quiet)
+    held = sum(s["config"]["preload_bytes"].values())
+    held = f", caches held in {preload.upper()}: {held / 1e9:.2f} GB" if preload != "none" else ""
+    echo(f"trained {last['epoch']} epochs{stop}, {last['samples_per_s']} clips/s in the last one{held}", quiet)
     echo(f"best epoch {best['epoch']}: val loss {best['val_loss']:.4f}, MAE {best['val_mae']:.4f}, "
          f"Pearson r {best['val_pearson']:.3f}, peak within ±1 frame {best['val_peak_within_1']:.3f}", quiet)
     echo(f"run: {out}/ (config.json, metrics.jsonl, checkpoint-best.pt, checkpoint-last.pt)", quiet)

@@ -28,7 +28,9 @@ The caller provides:
   hold any share of the validation set, fit gathers the predictions and scores them all at once.
 - `describe`: plain values put into every checkpoint (head_config, transform state_dict,
   fingerprint, ...), `config`: the resolved run config (config.json and checkpoint["config"]).
-- `resume`: the checkpoint dict from `read_checkpoint(run_dir)` (or None).
+- `resume`: the checkpoint to continue (`prepare_run_dir(run_dir, resume=True, ...)` returns it,
+  or `read_checkpoint(run_dir / CKPT_LAST)`), else None. Build the model and optimizer as for a
+  fresh run; fit restores their states. prepare_run_dir also enforces --resume / --overwrite.
 The loss is `masked_bce` (pipeline.head) on the real frames. Everything in a checkpoint is a
 tensor, number, string, list or dict: `torch.load(path, weights_only=True)` reads it.
 """
@@ -375,6 +377,7 @@ class CacheBatches:
         self.features = self.envelope = self.length = None
         self.transformed = False
         self.loader = None
+        self.preload_bytes = 0          # memory the preloaded cache takes (before a shrinking transform)
         self.sampler = _EpochSampler(lambda epoch: epoch_batches(
             shard_sizes, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=dist.rank,
             world_size=dist.world_size, pad=shuffle))
@@ -412,6 +415,7 @@ class CacheBatches:
             raise FoleyError(f"--preload {self.preload}: the {self.name} cache ({len(c)} clips of [{c.frames}, {c.dim}] "
                              f"{c.dtype}) needs {_gb(need)}{per}, but only {_gb(free)} of {where} is available; "
                              f"use --preload none (reads from disk each epoch)")
+        self.preload_bytes = need
         target = self.device if self.preload == "gpu" else torch.device("cpu")
         self.features = torch.empty((len(c), c.frames, c.dim), dtype=getattr(torch, c.dtype), device=target)
         self.envelope = torch.empty((len(c), c.frames), dtype=torch.float32, device=target)
@@ -876,6 +880,7 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     warmup_steps = opts["warmup"] if opts["warmup"] is not None else max(1, round(WARMUP_FRACTION * total_steps))
     config = {
         "command": "train-head", "options": opts, "amp": amp, "device": str(device), "preload": preload,
+        "preload_bytes": {"train": train_batches.preload_bytes, "val": val_batches.preload_bytes},
         "workers": workers, "world_size": dist.world_size, "global_batch_size": opts["batch_size"] * dist.world_size,
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": warmup_steps,
         "min_lr_ratio": MIN_LR_RATIO, "grad_clip": GRAD_CLIP, "adam_betas": list(ADAM_BETAS),
