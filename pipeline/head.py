@@ -287,7 +287,7 @@ def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, Inp
     """Rebuild the trained head and its input transform from a run checkpoint.
 
     path: RUN_DIR/checkpoint-best.pt (or -last.pt), written by train-head or finetune.
-    Returns (head in eval mode, transform, checkpoint dict). The checkpoint is read with
+    Returns (head in eval mode, transform, checkpoint dict), both modules on `map_location`. Read with
     `weights_only=True`; the head weights are checkpoint["model"] (train-head: the Head's own
     state_dict; finetune: a model with a `.head` submodule, whose `head.*` keys are taken), the
     transform is checkpoint["transform"] (InputTransform.state_dict()). checkpoint["fingerprint"] names the cache the head
@@ -313,4 +313,4 @@ def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, Inp
         transform = InputTransform.from_state_dict(ckpt["transform"])
     except (RuntimeError, KeyError) as e:
         raise FoleyError(f"{path}: head weights do not match its head_config: {e}") from e
-    return head.eval(), transform.to(map_location), ckpt
+    return head.to(map_location).eval(), transform.to(map_location), ckpt
