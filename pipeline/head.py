@@ -286,12 +286,12 @@ class InputTransform(nn.Module):
 def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, InputTransform, dict]:
     """Rebuild the trained head and its input transform from a run checkpoint.
 
-    path: RUN_DIR/checkpoint-best.pt (or -last.pt), written by train-head or finetune.
-    Returns (head in eval mode, transform, checkpoint dict), both modules on `map_location`. Read with
-    `weights_only=True`; the head weights are checkpoint["model"] (train-head: the Head's own
-    state_dict; finetune: a model with a `.head` submodule, whose `head.*` keys are taken), the
-    transform is checkpoint["transform"] (InputTransform.state_dict()). checkpoint["fingerprint"] names the cache the head
-    was trained on, checkpoint["config"] the run's resolved options.
+    path: RUN_DIR/checkpoint-best.pt (or -last.pt, or RUN_DIR for best), from train-head or finetune.
+    Returns (head in eval mode, transform, checkpoint dict), both modules on `map_location`.
+    Read with `weights_only=True`. The head weights are checkpoint["model"] (train-head: the Head's
+    own state_dict; finetune: a model with a `.head` submodule, whose `head.*` keys are taken), the
+    transform is checkpoint["transform"] (InputTransform.state_dict()), checkpoint["fingerprint"]
+    names the cache the head was trained on and checkpoint["config"] the run's resolved options.
     """
     path = Path(path)
     if path.is_dir():
