@@ -40,6 +40,10 @@ SHARDS_DIR = "shards"
 
 FORMATS = {"zarr": ".zarr", "hdf5": ".h5"}      # --format name -> shard suffix
 DTYPES = ("float16", "float32")                 # feature storage dtypes
+# Fill value of features/envelope: a chunk missing on disk reads as this, never as plausible zeros
+# (ReLU features and [0, 1] envelopes are never NaN; zarr also skips writing all-fill chunks, which
+# with a 0 fill would make an all-zero clip indistinguishable from a lost one).
+MISSING_FILL = float("nan")
 
 # Compression, measured on ReLU-sparse float16 features [48, 25088] (~50% exact zeros), one clip
 # per chunk, 2-core CPU (ratio = stored bytes / float32 bytes; read = one random clip):
@@ -255,21 +259,21 @@ class ShardWriter:
             self._store = zarr.open_group(self.tmp, mode="w", zarr_format=3)
             self._features = self._store.create_array(
                 "features", shape=(rows, self.frames, self.dim), chunks=(1, self.frames, self.dim),
-                dtype=self.dtype, compressors=zstd, fill_value=0)
+                dtype=self.dtype, compressors=zstd, fill_value=MISSING_FILL)
             self._envelope = self._store.create_array(
                 "envelope", shape=(rows, self.frames), chunks=(1, self.frames),
-                dtype="float32", compressors=zstd, fill_value=0)
+                dtype="float32", compressors=zstd, fill_value=MISSING_FILL)
         else:
             import h5py
             self._store = h5py.File(self.tmp, "w")
             self._features = self._store.create_dataset(
                 "features", shape=(rows, self.frames, self.dim), maxshape=(rows, self.frames, self.dim),
                 chunks=(1, self.frames, self.dim), dtype=self.dtype, compression="gzip",
-                compression_opts=HDF5_GZIP_LEVEL, track_times=False)
+                compression_opts=HDF5_GZIP_LEVEL, track_times=False, fillvalue=MISSING_FILL)
             self._envelope = self._store.create_dataset(
                 "envelope", shape=(rows, self.frames), maxshape=(rows, self.frames),
                 chunks=(1, self.frames), dtype="float32", compression="gzip",
-                compression_opts=HDF5_GZIP_LEVEL, track_times=False)
+                compression_opts=HDF5_GZIP_LEVEL, track_times=False, fillvalue=MISSING_FILL)
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -719,7 +723,8 @@ class FeatureCache:
     Any read problem raises FoleyError naming the shard file.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, require_shards: bool = True):
+        """require_shards=False opens a cache whose shards are damaged or gone (for verify)."""
         self.path = Path(path)
         if not self.path.is_dir():
             raise FoleyError(f"no feature cache at {self.path} (directory not found)")
@@ -753,7 +758,7 @@ class FeatureCache:
         for name in names:
             if not SHARD_RE.match(name):
                 raise FoleyError(f"{index_path} is corrupt (bad shard name {name!r})")
-            if not (self.path / SHARDS_DIR / name).exists():
+            if require_shards and not (self.path / SHARDS_DIR / name).exists():
                 raise FoleyError(f"shard {name} listed in {index_path} is missing from {self.path / SHARDS_DIR}")
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._meta: dict[int, dict] = {}        # shard -> small arrays (ids, labels, lengths, envelopes)
@@ -833,6 +838,9 @@ class FeatureCache:
                 raise FoleyError(f"shard {self.shard_path(k)} does not match cache.json "
                                  f"(count, T, D, dtype {attrs['count'], attrs['frames'], attrs['dim'], attrs['dtype']} "
                                  f"vs {expected}); run `foleycache cache-info --verify`")
+            if np.isnan(meta["envelope"]).any():
+                raise FoleyError(f"shard {self.shard_path(k)} has lost envelope chunks; "
+                                 "run `foleycache cache-info --verify`")
             self._meta[k] = meta
         return self._meta[k]
 
@@ -841,12 +849,17 @@ class FeatureCache:
         try:
             arr = self._features_array(k)
             if isinstance(local, slice):
-                return np.asarray(arr[local])
-            if hasattr(arr, "async_array"):     # zarr
-                return _zarr_read_clips(arr, local)
-            out = np.empty((len(local), self.frames, self.dim), dtype=self.dtype)
-            for j, i in enumerate(local):       # one chunk per clip: read each straight into place
-                arr.read_direct(out, source_sel=np.s_[int(i)], dest_sel=np.s_[j])
+                out = np.asarray(arr[local])
+            elif hasattr(arr, "async_array"):     # zarr
+                out = _zarr_read_clips(arr, local)
+            else:
+                out = np.empty((len(local), self.frames, self.dim), dtype=self.dtype)
+                for j, i in enumerate(local):       # one chunk per clip: read each straight into place
+                    arr.read_direct(out, source_sel=np.s_[int(i)], dest_sel=np.s_[j])
+            lost = np.isnan(out.reshape(out.shape[0], -1)[:, 0]) if out.size else np.zeros(0, bool)
+            if lost.any():                      # one clip per chunk: a lost chunk is a NaN clip
+                raise FoleyError(f"shard {self.shard_path(k)} has lost the features of {int(lost.sum())} clip(s) "
+                                 "(chunk files missing); run `foleycache cache-info --verify`")
             return out
         except FoleyError:
             raise
@@ -969,7 +982,7 @@ def cache_info(path, verify: bool = False, progress: bool = False) -> dict:
     float32), `storage_ratio` = bytes_per_clip / float32_bytes_per_clip.
     With verify=True, `problems` lists every damaged shard (empty when all is well).
     """
-    cache = FeatureCache(path)
+    cache = FeatureCache(path, require_shards=not verify)    # verify lists every missing shard itself
     shard_bytes = sum(_disk_bytes(cache.shard_path(k)) for k in range(cache.n_shards) if cache.shard_path(k).exists())
     size = _disk_bytes(cache.path)
     n = len(cache)

@@ -238,7 +238,7 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, init, 
 
     # Rank 0 checks (and with --overwrite empties) the run dir and finds the faulty videos.
     def prepare():
-        has_ckpt = prepare_run_dir(out, resume, overwrite) is not None
+        has_ckpt = prepare_run_dir(out, resume, overwrite, extra_files=(BACKBONE_PT, BACKBONE_ST, FAILURES)) is not None
         out.mkdir(parents=True, exist_ok=True)
         scans = [_scan(e, videos, opts["frames"], opts["fps"], workers, progress) for e in (train_entries, val_entries)]
         failures = scans[0][1] + scans[1][1]
