@@ -10,8 +10,9 @@ All three phases run in one process, on the same decodable clips, with the same 
   `pipeline.extract` forward code (stack, device copy, autocast, output cast), nothing else.
 - extract: `pipeline.extract.extract_features` end to end (model load, decode workers, forward,
   compression, shard writes, cache.json), timed from the call to its return.
-The decode-only and backbone-only phases run once before and once after the extract phase (the
-machine's load drifts; other work may share the CPU) and their median is the reference.
+The phases alternate, decode-only and backbone-only before and after every extract round, and
+each extract is compared with the references on both sides of it (the machine's load drifts;
+other work may share the CPU); extract_efficiency is the median over rounds.
 
 The weights are a seeded random model3d_1 whose BatchNorm statistics are calibrated on the first
 clips (FINDINGS.md: uncalibrated features are degenerate, which would also flatter compression),
@@ -106,52 +107,62 @@ def _normalised(clip: torch.Tensor, dev: torch.device) -> torch.Tensor:
 
 def run(videos: Path, annotations: Path, workdir: Path, *, size: int = 224, batch_size: int = 4,
         workers: int | None = None, device: str = "cpu", precision: str = "auto", fmt: str = "zarr",
-        repeats: int = 2, progress: bool = False) -> dict:
-    """Measure the three phases on every clip of `annotations` (sound12 classes). Returns a dict:
-    clips, seconds and clips/s per phase (each repeat and the median), extract_efficiency, the
-    cache directory (for the storage benchmark) and the settings used."""
+        rounds: int = 2, progress: bool = False) -> dict:
+    """Measure the three phases on every clip of `annotations` (sound12 classes).
+
+    Order: D B E D B E ... D B (D decode-only, B backbone-only, E extract), `rounds` extracts. Each
+    extract is compared with the references measured just before and after it (their mean), so
+    a change of machine load between phases moves both sides; the headline is the median over
+    rounds. Returns a dict: clips, seconds and clips/s per phase (every measurement and the
+    median), per-round efficiencies, extract_efficiency, the cache directory and the settings.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dev, workers, precision = loader_settings(device, workers, precision)
     items = [(0, a) for a in load_annotations(annotations, classes="sound12")]
 
-    decode_s, backbone_s = [], []
     seconds, clips = decode_only(items, videos, size, workers, dev)
-    decode_s.append(seconds)
+    decode_s = [seconds]
     n = len(clips)
     if n < CALIBRATION_CLIPS or n < batch_size:
         raise RuntimeError(f"extract benchmark: only {n} decodable clips; need >= {max(CALIBRATION_CLIPS, batch_size)}")
     weights = calibrated_weights([_normalised(c, dev) for c in clips[:CALIBRATION_CLIPS]], workdir, dev, precision)
     model = load_model(weights, dev, precision)
-    backbone_s.append(backbone_only(model, clips, batch_size, dev, precision))
+    backbone_s = [backbone_only(model, clips, batch_size, dev, precision)]
 
     cache_dir = workdir / f"cache-{size}"
-    t0 = time.perf_counter()
-    summary = ex.extract_features(videos=videos, annotations=annotations, out=cache_dir, checkpoint=weights,
-                                  size=size, fmt=fmt, dtype="float16", batch_size=batch_size, workers=workers,
-                                  device=str(dev), precision=precision, overwrite=True, progress=progress)
-    extract_seconds = time.perf_counter() - t0
-    if summary.get("cached") != n:
-        raise RuntimeError(f"extract benchmark: extract cached {summary.get('cached')} clips, decode-only saw {n}")
-
-    for _ in range(repeats - 1):      # the references again, after extract: the median brackets it
-        backbone_s.append(backbone_only(model, clips, batch_size, dev, precision))
+    extract_s, summary = [], {}
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        summary = ex.extract_features(videos=videos, annotations=annotations, out=cache_dir, checkpoint=weights,
+                                      size=size, fmt=fmt, dtype="float16", batch_size=batch_size, workers=workers,
+                                      device=str(dev), precision=precision, overwrite=True, progress=progress)
+        extract_s.append(time.perf_counter() - t0)
+        if summary.get("cached") != n:
+            raise RuntimeError(f"extract benchmark: extract cached {summary.get('cached')} clips, decode-only saw {n}")
         decode_s.append(decode_only(items, videos, size, workers, dev)[0])
+        backbone_s.append(backbone_only(model, clips, batch_size, dev, precision))
     del clips, model
 
+    per_round = []
+    for r, e in enumerate(extract_s):     # references on both sides of extract r
+        decode_ref = n / statistics.mean(decode_s[r:r + 2])
+        backbone_ref = n / statistics.mean(backbone_s[r:r + 2])
+        per_round.append(round((n / e) / min(decode_ref, backbone_ref), 4))
     decode_cps = n / statistics.median(decode_s)
     backbone_cps = n / statistics.median(backbone_s)
-    extract_cps = n / extract_seconds
+    extract_cps = n / statistics.median(extract_s)
     return {
         "size": size, "frames": 48, "clips": n, "batch_size": batch_size, "workers": workers,
         "device": str(dev), "precision": precision, "format": fmt, "dtype": "float16",
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "rounds": rounds,
         "decode_only": {"seconds": [round(s, 3) for s in decode_s], "clips_per_s": round(decode_cps, 3)},
         "backbone_only": {"seconds": [round(s, 3) for s in backbone_s], "clips_per_s": round(backbone_cps, 3)},
-        "extract": {"seconds": round(extract_seconds, 3), "clips_per_s": round(extract_cps, 3),
+        "extract": {"seconds": [round(s, 3) for s in extract_s], "clips_per_s": round(extract_cps, 3),
                     "summary_wall_seconds": summary.get("wall_seconds")},
         "bound": "backbone" if backbone_cps <= decode_cps else "decode",
-        "extract_efficiency": round(extract_cps / min(decode_cps, backbone_cps), 4),
+        "efficiency_per_round": per_round,
+        "extract_efficiency": round(statistics.median(per_round), 4),
         "cache_dir": str(cache_dir),
     }
 

@@ -45,11 +45,14 @@ def extract_result(clips, tmp_path_factory):
 def test_extract_benchmark_measures_three_phases_on_the_same_clips(extract_result):
     r = extract_result
     assert r["clips"] >= 4 and r["size"] == SIZE and r["workers"] == 1 and r["device"] == "cpu"
-    for phase in ("decode_only", "backbone_only"):
-        assert len(r[phase]["seconds"]) == 2 and all(s > 0 for s in r[phase]["seconds"])
-    assert r["extract"]["seconds"] > 0
-    reference = min(r["decode_only"]["clips_per_s"], r["backbone_only"]["clips_per_s"])
-    assert r["extract_efficiency"] == pytest.approx(r["extract"]["clips_per_s"] / reference, rel=2e-3)
+    assert r["rounds"] == 2 and len(r["extract"]["seconds"]) == 2
+    for phase in ("decode_only", "backbone_only"):      # before, between and after the extract rounds
+        assert len(r[phase]["seconds"]) == 3 and all(s > 0 for s in r[phase]["seconds"])
+    n, d, b = r["clips"], r["decode_only"]["seconds"], r["backbone_only"]["seconds"]
+    for k, e in enumerate(r["extract"]["seconds"]):     # each round against its neighbours
+        reference = min(2 * n / (d[k] + d[k + 1]), 2 * n / (b[k] + b[k + 1]))
+        assert r["efficiency_per_round"][k] == pytest.approx(n / e / reference, rel=2e-3)
+    assert r["extract_efficiency"] == pytest.approx(sum(r["efficiency_per_round"]) / 2, rel=1e-3)
     assert r["bound"] in ("decode", "backbone")
 
 
@@ -82,14 +85,14 @@ def test_run_writes_one_json_with_the_four_ratios(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench_run, "train_head_benchmark", fake_train_head)
     out = tmp_path / "out.json"
-    assert bench_run.main(["--quick", "--size", str(SIZE), "--clips", "6", "--batch-size", "2",
+    assert bench_run.main(["--quick", "--size", str(SIZE), "--clips", "6", "--batch-size", "2", "--rounds", "1",
                            "--json", str(out), "--workdir", str(tmp_path / "work")]) == 0
     r = json.loads(out.read_text())
     for key in ("extract_efficiency", "cache_speedup", "loader_efficiency", "storage_ratio"):
         assert isinstance(r[key], float), key
     assert list(r)[:4] == ["extract_efficiency", "cache_speedup", "loader_efficiency", "storage_ratio"]
     assert calls == {"quick": True, "device": "cpu"}
-    assert r["extract"]["size"] == SIZE and r["other_sizes"] == []
+    assert r["extract"]["size"] == SIZE and r["extract"]["rounds"] == 1 and r["other_sizes"] == []
     assert r["machine"]["cores"] >= 1 and r["machine"]["torch"] == torch.__version__
     assert r["peak_rss_mib"]["self"] > 0 and r["seconds"] > 0
     assert set(r["targets"]) == set(bench_run.TARGETS)
