@@ -20,8 +20,11 @@ impact speed, over low background noise, with distractors kept clearly quieter t
 inside the 4 s the model sees (a camera click near the end, sometimes a soft rustle or hum).
 
 Everything about a clip follows from its spec (incl. a per-clip seed), so `render_clip` is pure and
-the dataset does not depend on the number of parallel jobs. Encoding is bit-exact for a seed
-(muxers run with `fflags=+bitexact`, encoders single-threaded).
+the dataset does not depend on the number of parallel jobs. WebM (VP9 + Opus) files are bit-exact
+for a seed (muxers run with `fflags=+bitexact`, encoders single-threaded); with --format mp4,
+libx264 occasionally takes other, equally good decisions when run in a loaded worker process, so an
+mp4 file may differ in its bytes by compression noise (mean < 1 grey level) while its rendered
+frames, audio, JSONs and events are identical.
 
 Faulty files (~5% of the sound clips per split, at least one per split), recorded in dataset.json:
   - no_audio_stream: the file has no audio stream;
@@ -43,23 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import SOUND12
 from pipeline.errors import FoleyError
 
 # --- Templates ---------------------------------------------------------------------------------
-TEMPLATES_12 = [
-    "Hitting [something] with [something]",
-    "Throwing [something] against [something]",
-    "Throwing [something] onto a surface",
-    "Dropping [something] onto [something]",
-    "Dropping [something] into [something]",
-    "Dropping [something] behind [something]",
-    "Dropping [something] in front of [something]",
-    "[Something] colliding with [something] and both are being deflected",
-    "[Something] being deflected from [something]",
-    "[Something] colliding with [something] and both come to a halt",
-    "Poking a stack of [something] so the stack collapses",
-    "Moving [something] and [something] so they collide with each other",
-]
+TEMPLATES_12 = list(SOUND12)     # the seed's 12 sound templates (pipeline.data owns the list)
 # Templates without a distinct sound: a few clips use them so that the class filter has work to do.
 OTHER_TEMPLATES = [
     "Pushing [something] from left to right",
@@ -1097,6 +1088,10 @@ def write_video(path, frames, fps, audio=None, sample_rate=None, fmt=None, audio
         else:
             vs.options = {"preset": "veryfast", "crf": "23", "threads": "1"}
         vs.codec_context.flags |= av.codec.context.Flags.bitexact
+        # PyAV's own thread_count (0 = auto) overrides the "threads" option; x264's frame threads and
+        # lookahead make its output depend on scheduling (seen under load), so pin one thread here.
+        vs.codec_context.thread_count = 1
+        vs.codec_context.thread_type = "SLICE"
         astream = None
         if audio is not None:
             audio = np.asarray(audio, np.float32)
@@ -1109,6 +1104,7 @@ def write_video(path, frames, fps, audio=None, sample_rate=None, fmt=None, audio
             stream_rate = OPUS_RATE if acodec in ("libopus", "opus") else int(sample_rate)
             astream = container.add_stream(acodec, rate=stream_rate, layout=layout)
             astream.codec_context.flags |= av.codec.context.Flags.bitexact
+            astream.codec_context.thread_count = 1
         for i, image in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             vf.pts = i
