@@ -316,7 +316,20 @@ def demo_cmd(out, n_train, n_val, size, quiet):
 
 
 def main():
-    cli(prog_name="foleycache")
+    """Entry point: click's usage errors become one line too ("error: ...", exit 2), like FoleyError."""
+    try:
+        code = cli.main(prog_name="foleycache", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
