@@ -347,7 +347,11 @@ class ShardWriter:
             import h5py
             self._features.resize((n, self.frames, self.dim))
             self._envelope.resize((n, self.frames))
-            self._store.create_dataset("length", data=lengths, track_times=False)
+            # fletcher32: a flipped byte in `length` is a read error, not a wrong length (zarr's zstd
+            # frames carry their own checksum). HDF5 cannot filter variable-length strings: a damaged
+            # id/label is found by verify's sha256.
+            check = {"chunks": (n,), "fletcher32": True} if n else {}
+            self._store.create_dataset("length", data=lengths, track_times=False, **check)
             for name, data in (("id", ids), ("label", labels)):
                 self._store.create_dataset(name, shape=(n,), data=data if n else None,
                                            dtype=h5py.string_dtype("utf-8"), track_times=False)
@@ -425,6 +429,10 @@ def _read_shard_meta(path: Path) -> dict:
         for key in expected:
             if shapes[key] != expected[key]:
                 raise FoleyError(f"shard {path}: {key} has shape {shapes[key]}, expected {expected[key]}")
+        bad = (meta["length"] < 1) | (meta["length"] > attrs["frames"])
+        if bad.any():
+            raise FoleyError(f"shard {path}: length {int(meta['length'][bad][0])} is outside 1..{attrs['frames']} "
+                             "(damaged); run `foleycache cache-info --verify`")
         if np.dtype(store["features"].dtype).name != attrs["dtype"]:
             raise FoleyError(f"shard {path}: features are {store['features'].dtype}, attributes say {attrs['dtype']}")
         return meta
