@@ -177,7 +177,8 @@ def cache_info_cmd(cache_dir, verify, as_json, quiet):
 @click.option("--device", default="auto", help="auto | cpu | cuda.")
 @click.option("--preload", default="none", help="none (read shards every epoch) | ram | gpu (whole cache in memory; "
               "refused with its size if it does not fit).")
-@click.option("--workers", type=int, help="Reader processes per training process.  [default: cores - 1, at most 4]")
+@click.option("--workers", type=int, help="Reader processes per training process (0 = read in it).  "
+              "[default: its share of the cores, 1 to 4]")
 @click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA, off on CPU where "
               "bf16 LSTMs measured slower).  [default: auto]")
 @click.option("--early-stop", type=int, help="Stop after N epochs without a better val loss (0 = never).  [default: 0]")

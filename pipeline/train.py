@@ -275,6 +275,17 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+def _shared_empty(shape: tuple, dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor in shared memory. `torch.empty(...).share_memory_()` would first
+    allocate and then copy the garbage: 57 vs 28 ms for a [16, 48, 25088] float16 batch."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    try:
+        storage = torch.UntypedStorage._new_shared(nbytes)
+    except AttributeError:          # a torch without it: the public, slower way
+        return torch.empty(shape, dtype=dtype).share_memory_()
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
 class _ClipReader(Dataset):
     """dataset[indices] → one batch read from the cache (runs in DataLoader workers, which open the
     shard files lazily: FeatureCache is picklable and opens per process).
@@ -293,9 +304,8 @@ class _ClipReader(Dataset):
 
     def __getitem__(self, indices) -> dict:
         c, n = self.cache, len(indices)
-        features = torch.empty((n, c.frames, c.dim), dtype=getattr(torch, c.dtype))
-        if get_worker_info() is not None:
-            features.share_memory_()
+        shape, dtype = (n, c.frames, c.dim), getattr(torch, c.dtype)
+        features = _shared_empty(shape, dtype) if get_worker_info() is not None else torch.empty(shape, dtype=dtype)
         envelope = torch.empty((n, c.frames), dtype=torch.float32)
         length = torch.empty(n, dtype=torch.int64)
         out = features.numpy()
@@ -772,9 +782,12 @@ def _cache_record(cache) -> dict:
 
 
 def _default_workers(world_size: int) -> int:
-    """Reader processes per rank: leave one core per rank for the training step."""
-    cores = os.cpu_count() or 1
-    return max(0, min(MAX_AUTO_WORKERS, cores // world_size - 1))
+    """Reader processes per rank: one per core of the rank's share, at most MAX_AUTO_WORKERS.
+    Readers sleep while their prefetched batches wait, so they take little from the training step
+    (2-core CPU, [48, 25088] cache: 2 workers read 1.1x a plain sequential read, 1 worker 0.7x;
+    the training epoch took the same time within noise)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cores // world_size))
 
 
 def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_size: int | None = None,
