@@ -192,8 +192,10 @@ def main(argv=None) -> int:
         _log(f"making {clips} synthetic clips in {work}")
         videos, annotations, result["clips"] = make_clips(work / "synthetic", clips)
         _log(f"extract benchmark at {args.size}x{args.size}x48 on {args.device}")
+        t0 = time.perf_counter()
         ex = bench_extract.run(videos, annotations, work / "extract", size=args.size, batch_size=args.batch_size,
                                workers=args.workers, device=args.device, rounds=args.rounds)
+        ex["seconds_total"] = round(time.perf_counter() - t0, 1)
         result["extract"] = ex
         result["extract_efficiency"] = ex["extract_efficiency"]
         _log("storage benchmark")
