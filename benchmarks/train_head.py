@@ -22,6 +22,10 @@ cache_speedup = epoch time of the alternative the cache replaces / epoch time of
   reported too: at small sizes the backbone is cheap and the head (whose cost also grows with D)
   takes a larger share, so the speedup is smaller there.
 
+Both are measured in one child process that runs with OMP_WAIT_POLICY=PASSIVE (unless set), the
+policy the `foleycache train-head` CLI sets: on a shared CPU, spinning OpenMP threads slow the
+LSTM's many small steps 2-3x. Frozen and cached sides get the same policy and thread count.
+
 loader_efficiency = bytes/s of train-head's data loader (`CacheBatches` with preload none:
   shuffled batches from pools of shards, DataLoader workers, shared-memory batches; features as
   tensors, before the model) / bytes/s of a plain sequential read of the same shard files in one
@@ -259,7 +263,33 @@ def preloaded_epoch(n: int, dim: int, device: str, workdir: Path, batch_size: in
 
 def run(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None, clips: int | None = None,
         rounds: int | None = None) -> dict:
-    """Measure cache_speedup (at each size; the headline at the first) and loader_efficiency."""
+    """Measure cache_speedup (at each size; the headline at the first) and loader_efficiency.
+
+    Both sides run in one child process whose OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE
+    unless the environment sets it), as in the `foleycache train-head` CLI: that policy is fixed when
+    torch loads, and this (caller's) process may have loaded torch already.
+    """
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--in-process", "--device", device, "--workdir", str(workdir)]
+    cmd += ["--quick"] if quick else []
+    for flag, values in (("--size", sizes or []), ("--clips", [clips] if clips else []),
+                         ("--rounds", [rounds] if rounds else [])):
+        for v in values:
+            cmd += [flag, str(v)]
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"benchmark child failed (exit {r.returncode}): {r.stderr[-3000:]}")
+    result = json.loads(r.stdout)
+    result["omp_wait_policy"] = env["OMP_WAIT_POLICY"]
+    return result
+
+
+def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None, clips: int | None = None,
+            rounds: int | None = None) -> dict:
+    """run()'s measurements, in this process."""
     from pipeline.cache import write_cache
     from pipeline.train import DEFAULTS
 
@@ -328,11 +358,13 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, action="append", help="frame size(s); the first is the headline")
     p.add_argument("--clips", type=int, help="synthetic clips to generate")
     p.add_argument("--rounds", type=int, help="alternating frozen-backbone / cached measurements")
+    p.add_argument("--in-process", action="store_true", help="measure here (run() starts this in a child)")
     args = p.parse_args(argv)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="foleycache-train-head-bench-") as tmp:
-        result = run(args.quick, args.device, args.workdir or Path(tmp), sizes=args.size, clips=args.clips,
+        how = measure if args.in_process else run
+        result = how(args.quick, args.device, args.workdir or Path(tmp), sizes=args.size, clips=args.clips,
                      rounds=args.rounds)
     print(json.dumps(result, indent=1))
     return 0

@@ -188,6 +188,10 @@ def cache_info_cmd(cache_dir, verify, as_json, quiet):
 def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_decay, warmup, hidden, layers,
                    dropout, input_, seed, device, preload, workers, amp, early_stop, resume, overwrite, quiet):
     """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
+    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared CPU the
+    # spinning threads stole the cores the LSTM's many small steps wait for (2-core CPU, load ~3.5,
+    # [48, 25088] epoch: 4.5 s passive vs 6.7-11.5 s spinning; 1 thread 3.9-4.6 s).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pipeline.train import train_head
 
     s = train_head(train_cache=train_cache, val_cache=val_cache, out=out, epochs=epochs, batch_size=batch_size,

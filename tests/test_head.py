@@ -9,8 +9,8 @@ import torch
 
 from pipeline.cache import write_cache
 from pipeline.errors import FoleyError
-from pipeline.head import (Head, HeadConfig, InputTransform, feature_grid, frame_mask, load_head,
-                           masked_bce)
+from pipeline.head import (SPLIT_INPUT_RATIO, Head, HeadConfig, InputTransform, feature_grid, frame_mask,
+                           load_head, masked_bce)
 
 LABEL = "Hitting [something] with [something]"
 
@@ -64,6 +64,24 @@ def test_head_is_causal_so_padding_cannot_change_real_frames():
     y = x.clone()
     y[:, 6:] = 100.0                       # change only the "padding" after frame 6
     assert torch.equal(head(x)[:, :6], head(y)[:, :6])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_head_cpu_split_lstm_matches_the_fused_lstm(layers):
+    """A wide input on CPU runs layer 0 as one GEMM + its recurrence: same outputs and gradients."""
+    torch.manual_seed(0)
+    head = Head(HeadConfig(input_dim=600, hidden=32, layers=layers)).eval()
+    assert head.config.input_dim > SPLIT_INPUT_RATIO * head.config.hidden
+    x = torch.randn(3, 9, 600)
+    fused = head.fc(head.lstm(x)[0]).squeeze(-1)
+    split = head(x)
+    assert torch.allclose(split, fused, atol=1e-5)
+    grads = []
+    for out in (split, fused):
+        head.zero_grad()
+        out.sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in head.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
 
 
 def test_head_config_refuses_bad_sizes():
