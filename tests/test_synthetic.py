@@ -231,23 +231,35 @@ def _frames(path):
         return None                                          # a deliberately truncated file
 
 
+def _psnr(x, y):
+    return 10 * np.log10(255.0 ** 2 / max(float(np.mean((x - y) ** 2)), 1e-12))
+
+
 def test_mp4_dataset_and_determinism(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     make_synthetic(a, n_train=3, n_val=1, seed=7, fmt="mp4", jobs=1, progress=False, size=TINY)
     make_synthetic(b, n_train=3, n_val=1, seed=7, fmt="mp4", jobs=2, progress=False, size=TINY)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    specs = {s["id"]: s for s in S.make_specs(3, 1, 7, TINY)}
     for rel in files:                                        # independent of the number of jobs
         if rel.suffix != ".mp4":
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
         elif (a / rel).read_bytes() != (b / rel).read_bytes():
-            # libx264 in a joblib worker occasionally makes other (equally good) decisions under
-            # load, though the rendered frames are identical: the pixels agree to compression noise.
+            # libx264 occasionally takes other, equally good decisions under load (seen in CI and
+            # reproduced with jobs=1 too) though render_clip is pure (test above). Then each file
+            # must still be an encoding of the same rendering: decoded frames within compression
+            # noise of it, and nearer to it than to the rendering shifted by one frame either way.
             fa, fb = _frames(a / rel), _frames(b / rel)
             if fa is None or fb is None:                     # truncated on purpose: both unreadable
                 assert fa is None and fb is None, rel
                 continue
-            assert fa.shape == fb.shape and np.abs(fa - fb).mean() < 1.0, rel
+            src = S.render_clip(specs[rel.stem])[0].astype(np.float32)
+            for f in (fa, fb):
+                assert f.shape == src.shape, rel
+                aligned = _psnr(f, src)
+                assert aligned >= 28.0, (rel, aligned)
+                assert aligned > max(_psnr(f[1:], src[:-1]), _psnr(f[:-1], src[1:])), rel
     manifest = _json(a / S.DATASET_JSON)
     reasons = {f["reason"] for f in manifest["faulty"].values()}
     assert manifest["format"] == "mp4" and reasons <= {"no_audio_stream", "silent_audio", "unreadable"}
