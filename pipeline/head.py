@@ -93,7 +93,7 @@ class Head(nn.Module):
         self.fc = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and self.config.input_dim > SPLIT_INPUT_RATIO * self.config.hidden:
+        if x.device.type == "cpu" and splits_input(self.config.input_dim, self.config.hidden):
             h = self._lstm_split(x)
         else:
             h, _ = self.lstm(x)             # [B, T, hidden] (cuDNN on CUDA)
@@ -103,10 +103,19 @@ class Head(nn.Module):
         """self.lstm's exact function, computed as (one big input GEMM for layer 0) + its recurrence
         + the other layers. The fused CPU LSTM also computes the gradient with respect to the input
         features, which nothing needs: a third of the work at D = 25088 (measured on the 2-core
-        CPU, fwd+bwd per clip: 0.11-0.30 s split vs 0.19-0.39 s fused)."""
+        CPU, fwd+bwd per clip: 0.11-0.30 s split vs 0.19-0.39 s fused).
+
+        Under bf16 autocast only the input GEMM runs in bf16 (AMX: it is ~95% of the FLOPs); the
+        recurrence and the later layers stay float32, as fast here and without bf16's rounding
+        accumulating over 48 steps (oneDNN's bf16 LSTM backward was 6x slower than float32)."""
         lstm, (b, t, _), hidden = self.lstm, x.shape, self.config.hidden
         gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)    # [B, T, 4H]
-        h = c = x.new_zeros(b, hidden, dtype=gates_x.dtype)
+        with torch.autocast("cpu", enabled=False):
+            return self._recurrence(gates_x.float(), b, t, hidden)
+
+    def _recurrence(self, gates_x: Tensor, b: int, t: int, hidden: int) -> Tensor:
+        lstm = self.lstm
+        h = c = gates_x.new_zeros(b, hidden)
         out = []
         for step in range(t):               # PyTorch's gate order: input, forget, cell, output
             i, f, g, o = torch.addmm(gates_x[:, step], h, lstm.weight_hh_l0.t()).chunk(4, 1)
@@ -122,6 +131,11 @@ class Head(nn.Module):
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         return torch.lstm(y, (zeros, zeros), rest, True, lstm.num_layers - 1, lstm.dropout, self.training,
                           False, True)[0]        # layers 1.. as nn.LSTM runs them (has_biases, batch_first)
+
+
+def splits_input(input_dim: int, hidden: int) -> bool:
+    """Whether a CPU head runs layer 0 as one input GEMM + recurrence (Head._lstm_split)."""
+    return input_dim > SPLIT_INPUT_RATIO * hidden
 
 
 def frame_mask(length: Tensor, frames: int) -> Tensor:

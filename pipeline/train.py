@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from pipeline.cache import FeatureCache
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.head import INPUTS, Head, HeadConfig, InputTransform, masked_bce
+from pipeline.head import INPUTS, Head, HeadConfig, InputTransform, masked_bce, splits_input
 
 # ----------------------------------------------------------------------------- constants
 
@@ -80,11 +80,12 @@ POSTFIX_EVERY = 20              # steps between progress-bar loss updates (each 
 # Per-epoch validation metrics copied into metrics.jsonl (as val_<name>), from pipeline.metrics.
 EPOCH_METRICS = ("bce", "mae", "pearson", "peak_within_1", "peak_error_frames", "onset_f1", "seed_score")
 
-# --amp auto on CPU: off. Measured on this 2-core CPU (AMX bf16), LSTM 2x512 + FC, batch 16,
-# fwd+bwd+AdamW per clip, float32 vs bf16 autocast: D=2048 0.017 vs 0.012 s; D=8192 0.031 vs
-# 0.038 s; D=25088 0.077 vs 0.49 s (the LSTM backward is slower in bf16 here). On CUDA: bf16 when
-# the device and cuDNN's LSTM take it (probed), else fp16 with a GradScaler.
-CPU_AUTO_AMP = "off"
+# --amp auto on CPU: bf16 when the CPU computes it natively (AMX / AVX512-BF16) and the head reads
+# a wide input (layer 0 as one input GEMM, `head.splits_input`: only that GEMM goes to bf16), else
+# off. Measured on this 2-core CPU (AMX bf16), LSTM 2x512 + FC, batch 16, fwd+bwd+AdamW per clip:
+# D=25088 float32 46 ms vs bf16 31 ms. oneDNN's fused bf16 LSTM (narrow inputs) was slower than
+# float32 at D >= 8192 (backward 6x), so narrow inputs stay float32. On CUDA: bf16 when the device
+# and cuDNN's LSTM take it (probed), else fp16 with a GradScaler.
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PRELOADS = ("none", "ram", "gpu")
 
@@ -133,14 +134,20 @@ def _cuda_lstm_takes_bf16(device: torch.device) -> bool:
         return False
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """--amp auto|bf16|fp16|off → the autocast dtype name used ("bf16", "fp16" or "off")."""
+def resolve_amp(amp: str, device: torch.device, wide_input: bool = False) -> str:
+    """--amp auto|bf16|fp16|off → the autocast dtype name used ("bf16", "fp16" or "off").
+
+    wide_input: the head's input is wide enough for its split layer 0 (`head.splits_input`), which
+    is what makes bf16 pay on CPU."""
     if amp not in AMP_CHOICES:
         raise FoleyError(f"unknown --amp {amp!r}; choose one of: {', '.join(AMP_CHOICES)}")
     if device.type == "cpu":
         if amp == "fp16":               # oneDNN: "could not create a primitive descriptor" for the LSTM
             raise FoleyError("--amp fp16 does not run the LSTM on CPU; use --amp bf16 or off")
-        return CPU_AUTO_AMP if amp == "auto" else amp
+        if amp == "auto":
+            from pipeline.extract import cpu_has_bf16
+            return "bf16" if wide_input and cpu_has_bf16() else "off"
+        return amp
     bf16_ok = torch.cuda.is_bf16_supported() and _cuda_lstm_takes_bf16(device)
     if amp == "auto":
         return "bf16" if bf16_ok else "fp16"
@@ -387,6 +394,7 @@ class CacheBatches:
         self.features = self.envelope = self.length = None
         self.transformed = False
         self.loader = None
+        self._workers_started = False
         self.preload_bytes = 0          # memory the preloaded cache takes (before a shrinking transform)
         self.sampler = _EpochSampler(lambda epoch: epoch_batches(
             shard_sizes, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=dist.rank,
@@ -456,6 +464,22 @@ class CacheBatches:
             for lo in range(0, len(out), step):
                 out[lo:lo + step] = self.transform(self.features[lo:lo + step].to(self.device)).to(out.device)
         self.features, self.transformed = out, True
+
+    def start_workers(self):
+        """Fork the DataLoader's (persistent) workers now, while this process is still small.
+
+        A worker forked after the head and its optimizer state exist shares their pages
+        copy-on-write, and the next optimizer step then copies them page by page: measured at
+        D = 25088 on the 2-core CPU, the first step after validation's workers started took 1.8 s
+        instead of 0.04 s. Started with an empty sampler, so nothing is read now."""
+        if self.loader is None or self.loader.num_workers == 0 or self._workers_started:
+            return
+        batches, self.sampler.batches = self.sampler.batches, []
+        try:
+            iter(self.loader)               # persistent: the DataLoader keeps this iterator and its workers
+        finally:
+            self.sampler.batches = batches
+        self._workers_started = True
 
     # -- iteration
     def set_epoch(self, epoch: int):
@@ -851,7 +875,9 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     resume_config = _run_config(out) if resume else None
     opts = _resolve_options(given, resume_config)
     _check_options(opts)
-    amp = resolve_amp(opts["amp"], device)
+    # motion-energy's 17 values are a narrow input: float32 (see CPU auto amp above)
+    wide = opts["input"] == "features" and splits_input(train_cache.dim, opts["hidden"])
+    amp = resolve_amp(opts["amp"], device, wide_input=wide)
     workers = _default_workers(dist.world_size) if workers is None else workers
     has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite) is not None)
     ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
@@ -870,11 +896,13 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
         cache, transform, opts["batch_size"], shuffle=shuffle, seed=opts["seed"], preload=preload, device=device,
         workers=workers, dist=dist, progress=progress and dist.is_main, name=name)
     train_batches = batches(train_cache, True, "train")
+    val_batches = batches(val_cache, False, "val")      # reads through `transform`, fitted in place below
+    for b in (train_batches, val_batches):
+        b.start_workers()                   # before anything big is allocated (see start_workers)
     if ckpt is None:
         source = train_batches.preloaded or train_cache
         state = _on_main(dist, lambda: _to_cpu(transform.fit(source, progress=progress).state_dict()))
         transform.load_state_dict(state)
-    val_batches = batches(val_cache, False, "val")
     train_batches.prepare()
     val_batches.prepare()
 

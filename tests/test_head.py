@@ -84,6 +84,35 @@ def test_head_cpu_split_lstm_matches_the_fused_lstm(layers):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
 
 
+def test_head_cpu_split_lstm_under_bf16_autocast_keeps_the_recurrence_float32():
+    """--amp bf16 on CPU: only the wide input GEMM is bf16; the result stays near float32's."""
+    torch.manual_seed(0)
+    head = Head(HeadConfig(input_dim=2048, hidden=64)).eval()
+    x = torch.randn(2, 12, 2048)
+    ref = head(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = head(x)
+        hidden = head._lstm_split(x)            # the LSTM's output: computed in float32
+    assert low.shape == ref.shape and torch.isfinite(low).all()
+    err = (low.float() - ref).abs().max().item()
+    assert 0 < err < 0.02 * ref.abs().max().item() + 1e-3     # bf16 rounding of one GEMM, no more
+    assert hidden.dtype == torch.float32
+    low.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in head.parameters())
+
+
+def test_resolve_amp_auto_on_cpu_follows_the_input_width(monkeypatch):
+    from pipeline import extract, train
+
+    for native in (True, False):
+        monkeypatch.setattr(extract, "cpu_has_bf16", lambda native=native: native)
+        cpu = torch.device("cpu")
+        assert train.resolve_amp("auto", cpu, wide_input=True) == ("bf16" if native else "off")
+        assert train.resolve_amp("auto", cpu, wide_input=False) == "off"
+        assert train.resolve_amp("off", cpu, wide_input=True) == "off"
+        assert train.resolve_amp("bf16", cpu) == "bf16"
+
+
 def test_head_config_refuses_bad_sizes():
     with pytest.raises(FoleyError, match="input"):
         HeadConfig(input_dim=4, input="pixels")
