@@ -26,13 +26,12 @@ Both are measured in one child process that runs with OMP_WAIT_POLICY=PASSIVE (u
 policy the `foleycache train-head` CLI sets: on a shared CPU, spinning OpenMP threads slow the
 LSTM's many small steps 2-3x. Frozen and cached sides get the same policy and thread count.
 
-loader_efficiency = bytes/s of train-head's data loader (`CacheBatches` with preload none:
-  shuffled batches from pools of shards, DataLoader workers, shared-memory batches; features as
-  tensors, before the model) / bytes/s of a plain sequential read of the same shard files in one
-  process (`FeatureCache.read_shard(0), read_shard(1), ...`). Also reported, stricter:
-  loader_efficiency_vs_clip_reads, against reading the same files clip by clip in order
-  (`cache[0], cache[1], ...`), which zarr v3 does faster than whole shards here; the loader's gap
-  to it is the copy into each batch and fresh shared memory per batch (page faults).
+loader_efficiency = bytes/s of train-head's data loader (`CacheBatches.raw_batches` with preload
+  none: shuffled batches from pools of shards, DataLoader workers, batches in reused shared-memory
+  buffers; features as tensors, before the model) / bytes/s of a plain sequential read of the same
+  shard files in one process (`FeatureCache.read_shard(0), read_shard(1), ...`, which zarr decodes
+  with its own threads). Also reported: loader_efficiency_vs_clip_reads, against reading the same
+  files clip by clip in order (`cache[0], cache[1], ...`, one thread: the slower plain read here).
   Both warm (page cache), median of interleaved passes, on a cache of the real features tiled to
   LOADER_CLIPS clips. Bytes = decompressed feature bytes.
 """
@@ -58,7 +57,8 @@ SEED = 0
 QUICK = {"clips": 24, "sizes": [224], "rounds": 2}   # 24 clips: epochs of 2 batches, not 1
 FULL = {"clips": 32, "sizes": [224, 112], "rounds": 3}
 CALIBRATION_CLIPS = 4           # clips that set the benchmark backbone's BatchNorm statistics
-LOADER_CLIPS = 128              # clips in the loader-efficiency cache (real features, tiled)
+LOADER_CLIPS = 384              # clips in the loader-efficiency cache (real features, tiled): 24 batches,
+                                # so filling the pipeline at the start of an epoch is not a tenth of it
 LOADER_PASSES = 5               # passes per reader; the median is reported
 SHARD_SIZE = 64                 # extract-features' default
 SEED_TRAIN_CLIPS = 12991        # the seed's train set after removing faulty videos (issue 4's GPU target)
@@ -218,7 +218,7 @@ def loader_efficiency(alt: dict, workdir: Path, device: str) -> dict:
     def loader(epoch: int) -> float:
         batches.set_epoch(epoch)
         t0 = time.perf_counter()
-        for b in batches.loader:                 # the DataLoader itself: tensors, before the model
+        for b in batches.raw_batches():          # the DataLoader's batches: tensors, before the model
             b["features"].to(dev, non_blocking=True)
         _sync(dev)
         return time.perf_counter() - t0

@@ -192,6 +192,44 @@ def test_early_stop_and_fit_reuse_with_another_model(caches, tmp_path):
     assert torch.allclose(head(t(x)), model(x))
 
 
+def test_loader_workers_reuse_their_buffers_without_overwriting_a_batch_in_use(tmp_path):
+    """Workers recycle shared-memory batch buffers once the next batch is asked for; a batch still
+    held (leased) is never written over: a worker with no free buffer allocates a new one."""
+    from pipeline.cache import FeatureCache
+
+    cache = FeatureCache(make_signal_cache(tmp_path / "c", 64, seed=3, dim=48).path)
+    dist = Distributed()
+    batches = tr.CacheBatches(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
+                              preload="none", device=torch.device("cpu"), workers=2, dist=dist)
+    batches.start_workers()
+    slots = []
+    for epoch in range(3):                  # recycled: every batch still equals the cache's clips
+        batches.set_epoch(epoch)
+        for k, b in enumerate(batches.raw_batches()):
+            want = cache.read_many(b["index"].numpy())
+            assert torch.equal(b["features"], torch.from_numpy(want["features"]))
+            assert torch.equal(b["length"], torch.from_numpy(want["length"]).long())
+            if k % 5 == 0:
+                time.sleep(0.05)            # let the workers run ahead into the ring
+        assert int(batches.leases.sum()) == 0
+    # Hold every batch of an epoch (no hand-back): the ring runs out and workers fall back to new
+    # buffers; all held batches stay intact to the end.
+    batches.set_epoch(3)
+    held = [b for b in batches.loader]
+    slots = [int(b["lease"][1]) for b in held]
+    assert len(held) == 16 and max(slots) == tr.LOADER_RING - 1 and slots.count(-1) > 0
+    for b in held:
+        assert torch.equal(b["features"], torch.from_numpy(cache.read_many(b["index"].numpy())["features"]))
+    batches.leases.zero_()
+    # Training through the recycled buffers gives the numbers of a loader without workers.
+    plain = tr.CacheBatches(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
+                            preload="none", device=torch.device("cpu"), workers=0, dist=dist)
+    for b in (batches, plain):
+        b.set_epoch(5)
+    for a, b in zip(batches, plain):
+        assert torch.equal(a["inputs"], b["inputs"]) and torch.equal(a["index"], b["index"])
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
