@@ -294,10 +294,24 @@ def check_cache(run: dict, cache) -> None:
 
 # ----------------------------------------------------------------------------- prediction
 
+def prediction_amp(run: dict, device: torch.device) -> str:
+    """The autocast predict() uses: the run's own ("bf16", "fp16" or "off"; fp16 → off on CPU)."""
+    amp = run["config"].get("amp", "off")
+    if amp not in ("bf16", "fp16") or (amp == "fp16" and device.type == "cpu"):
+        return "off"
+    return amp
+
+
 def predict(run: dict, cache, device: torch.device, batch_size: int = PREDICT_BATCH,
             progress: bool = False) -> np.ndarray:
-    """Head probabilities [N, T] float32 for every clip of `cache`, in cache order (padding kept)."""
+    """Head probabilities [N, T] float32 for every clip of `cache`, in cache order (padding kept).
+
+    Under the autocast the run trained and validated with (its config's `amp`), so that the
+    export scores what training scored (fp16 has no CPU LSTM: float32 there)."""
+    from pipeline.train import autocast
+
     head, transform = run["head"], run["transform"]
+    amp = prediction_amp(run, device)
     head.eval()
     n = len(cache)
     pred = np.zeros((n, cache.frames), dtype=np.float32)
@@ -305,7 +319,8 @@ def predict(run: dict, cache, device: torch.device, batch_size: int = PREDICT_BA
         for lo in range(0, n, batch_size):
             batch = cache.read_many(np.arange(lo, min(n, lo + batch_size)))
             features = torch.from_numpy(batch["features"]).to(device)         # [B, T, D] stored dtype
-            logits = head(transform(features))                                 # [B, T]
+            with autocast(device, amp):
+                logits = head(transform(features))                             # [B, T]
             pred[lo:lo + len(features)] = torch.sigmoid(logits.float()).cpu().numpy()
             bar.update(len(features))
     return pred
@@ -427,7 +442,8 @@ def export_predictions(*, run: Path, out: Path, cache: Path | None = None, video
                 "checkpoint_name": checkpoint, "checkpoint_sha256": run_info["checkpoint_sha256"],
                 "epoch": run_info["epoch"], "input": run_info["input"],
                 "fingerprint": run_info["fingerprint"], "kind": run_info["kind"],
-                "finetuned_backbone": run_info["backbone"] is not None},
+                "finetuned_backbone": run_info["backbone"] is not None,
+                "amp": prediction_amp(run_info, dev)},      # the autocast the predictions ran under
         "cache": {"path": str(cache), "fingerprint": c.fingerprint, "clips": len(c), "failed": len(c.failures)},
         "counts": {"clips": len(c), "failed": len(c.failures), "frames": c.frames, "fps": fps,
                    "classes": len(set(labels_)), "target_onsets": blocks["model"]["n_target_onsets"]},
