@@ -179,8 +179,8 @@ def cache_info_cmd(cache_dir, verify, as_json, quiet):
               "refused with its size if it does not fit).")
 @click.option("--workers", type=int, help="Reader processes per training process (0 = read in it).  "
               "[default: its share of the cores, 1 to 4]")
-@click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA, off on CPU where "
-              "bf16 LSTMs measured slower).  [default: auto]")
+@click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA; on a CPU with native "
+              "bf16, bf16 for a wide input's projection only, else off).  [default: auto]")
 @click.option("--early-stop", type=int, help="Stop after N epochs without a better val loss (0 = never).  [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint-last.pt (its options are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
