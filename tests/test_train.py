@@ -292,6 +292,32 @@ def test_kill_9_after_two_epochs_then_resume_ends_like_an_uninterrupted_run(cach
     assert [m["train_loss"] for m in b] == [m["train_loss"] for m in a]
 
 
+def test_bf16_wide_input_run_interrupted_then_resumed_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The CPU bf16 path (a wide input: split layer 0, bf16 input GEMM): a run that dies after
+    epoch 2's checkpoint resumes to the uninterrupted run's numbers, exactly."""
+    train = make_signal_cache(tmp_path / "train", 24, seed=1, dim=640)
+    val = make_signal_cache(tmp_path / "val", 8, seed=2, dim=640)
+    opts = dict(epochs=4, hidden=32, batch_size=8, lr=3e-3, amp="bf16", device="cpu", progress=False, workers=0)
+    whole = tr.train_head(train.path, val.path, tmp_path / "whole", **opts)
+    assert whole["config"]["amp"] == "bf16" and whole["config"]["head"]["input_dim"] > 4 * 32
+    saves, real = [], tr.atomic_torch_save
+
+    def dies_after_two(obj, path, also=None):
+        real(obj, path, also=also)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt         # after epoch 2's checkpoint, before its metrics line
+    monkeypatch.setattr(tr, "atomic_torch_save", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_head(train.path, val.path, tmp_path / "cut", **opts)
+    monkeypatch.setattr(tr, "atomic_torch_save", real)
+    tr.train_head(train.path, val.path, tmp_path / "cut", resume=True, **opts)
+    a, b = metrics_lines(tmp_path / "whole"), metrics_lines(tmp_path / "cut")
+    assert [m["epoch"] for m in b] == [1, 2, 3, 4]
+    assert [m["train_loss"] for m in b] == [m["train_loss"] for m in a]
+    assert b[-1]["val_loss"] == a[-1]["val_loss"] and b[-1]["val_loss"] < b[0]["val_loss"]
+
+
 def test_torchrun_ddp_trains_and_logs_each_epoch_once(caches, tmp_path):
     run = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
