@@ -304,7 +304,7 @@ class _ClipReader(Dataset):
     batch buffers (a ring of LOADER_RING per worker): a fresh shared-memory batch costs its page
     faults and zeroing on every batch, 20% of the loader's time at [16, 48, 25088] float16 (2
     cores). `leases[worker, slot]` is 1 while the training process holds that buffer; the training
-    process sets it back to 0 once it has transformed the batch (`CacheBatches.__iter__`), and a
+    process sets it back to 0 when it asks for the next batch (`CacheBatches.raw_batches`), and a
     worker that finds no free slot allocates a fresh buffer, so reuse never waits and never
     overwrites a batch still in use.
     """
