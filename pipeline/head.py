@@ -108,13 +108,14 @@ class Head(nn.Module):
         Under bf16 autocast only the input GEMM runs in bf16 (AMX: it is ~95% of the FLOPs); the
         recurrence and the later layers stay float32, as fast here and without bf16's rounding
         accumulating over 48 steps (oneDNN's bf16 LSTM backward was 6x slower than float32)."""
-        lstm, (b, t, _), hidden = self.lstm, x.shape, self.config.hidden
+        lstm = self.lstm
         gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)    # [B, T, 4H]
         with torch.autocast("cpu", enabled=False):
-            return self._recurrence(gates_x.float(), b, t, hidden)
+            return self._recurrence(gates_x.float())
 
-    def _recurrence(self, gates_x: Tensor, b: int, t: int, hidden: int) -> Tensor:
-        lstm = self.lstm
+    def _recurrence(self, gates_x: Tensor) -> Tensor:
+        """Layer 0's recurrence over its input gates [B, T, 4H], then layers 1.. → [B, T, H]."""
+        lstm, (b, t, _), hidden = self.lstm, gates_x.shape, self.config.hidden
         h = c = gates_x.new_zeros(b, hidden)
         out = []
         for step in range(t):               # PyTorch's gate order: input, forget, cell, output

@@ -919,9 +919,10 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     resume_config = _run_config(out) if resume else None
     opts = _resolve_options(given, resume_config)
     _check_options(opts)
-    # motion-energy's 17 values are a narrow input: float32 (see CPU auto amp above)
-    wide = opts["input"] == "features" and splits_input(train_cache.dim, opts["hidden"])
-    amp = resolve_amp(opts["amp"], device, wide_input=wide)
+    # The head reads the transform's output: its width decides CPU autocast (see CPU auto amp above).
+    # Built before the run dir is touched, so a cache motion-energy cannot read costs nothing either.
+    transform = InputTransform(opts["input"], train_cache.dim, cache_config=train_cache.config)
+    amp = resolve_amp(opts["amp"], device, wide_input=splits_input(transform.out_dim, opts["hidden"]))
     workers = _default_workers(dist.world_size) if workers is None else workers
     has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite) is not None)
     ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
@@ -933,9 +934,8 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     # Input transform: statistics from the TRAIN cache only (or the checkpoint's, on resume), fitted
     # from memory when the cache is preloaded; the val cache is read through the same numbers.
     if ckpt is not None:
-        transform = InputTransform.from_state_dict(ckpt["transform"]).to(device)
-    else:
-        transform = InputTransform(opts["input"], train_cache.dim, cache_config=train_cache.config).to(device)
+        transform = InputTransform.from_state_dict(ckpt["transform"])
+    transform = transform.to(device)
     batches = lambda cache, shuffle, name: CacheBatches(  # noqa: E731
         cache, transform, opts["batch_size"], shuffle=shuffle, seed=opts["seed"], preload=preload, device=device,
         workers=workers, dist=dist, progress=progress and dist.is_main, name=name)
