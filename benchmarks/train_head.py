@@ -202,7 +202,7 @@ def loader_efficiency(alt: dict, workdir: Path, device: str) -> dict:
         return time.perf_counter() - t0
 
     def clip_by_clip() -> float:
-        """The same files in the same order, one chunk (clip) per call: faster on zarr v3 here."""
+        """The same files in the same order, one chunk (clip) per call, in one thread."""
         c = FeatureCache(cache.path)
         t0 = time.perf_counter()
         for i in range(len(c)):

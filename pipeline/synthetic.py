@@ -22,8 +22,8 @@ inside the 4 s the model sees (a camera click near the end, sometimes a soft rus
 Everything about a clip follows from its spec (incl. a per-clip seed), so `render_clip` is pure and
 the dataset does not depend on the number of parallel jobs. WebM (VP9 + Opus) files are bit-exact
 for a seed (muxers run with `fflags=+bitexact`, encoders single-threaded); with --format mp4,
-libx264 occasionally takes other, equally good decisions when run in a loaded worker process, so an
-mp4 file may differ in its bytes by compression noise (mean < 1 grey level) while its rendered
+libx264 occasionally takes other, equally good decisions on a loaded machine (even single-threaded,
+with jobs=1), so an mp4 file may differ in its bytes by compression noise while its rendered
 frames, audio, JSONs and events are identical.
 
 Faulty files (~5% of the sound clips per split, at least one per split), recorded in dataset.json:
@@ -1089,7 +1089,8 @@ def write_video(path, frames, fps, audio=None, sample_rate=None, fmt=None, audio
             vs.options = {"preset": "veryfast", "crf": "23", "threads": "1"}
         vs.codec_context.flags |= av.codec.context.Flags.bitexact
         # PyAV's own thread_count (0 = auto) overrides the "threads" option; x264's frame threads and
-        # lookahead make its output depend on scheduling (seen under load), so pin one thread here.
+        # lookahead make its output depend on scheduling, so pin one thread here (this makes it rarer,
+        # not impossible: see the module docstring).
         vs.codec_context.thread_count = 1
         vs.codec_context.thread_type = "SLICE"
         astream = None
