@@ -1,7 +1,9 @@
 """Decoding, frame picking and the audio envelope: everything about the medium lives here.
 
-A clip is the first T = 48 frames at 12 fps (4.0 s) of a video: frames resized, centre-cropped and
-normalised for the 3D CNN, and the loudness envelope of its first audio channel (the target).
+A clip is T = 48 frames at 12 fps (4.0 s) of a video from `start` seconds on (0: the video's first
+frame): frames resized, centre-cropped and normalised for the 3D CNN, and the loudness envelope of its
+first audio channel over the same span (the target). A clip that starts late is reached by seeking to
+the keyframe before it, so a window at minute 9 costs about what one at second 0 does.
 Read top to bottom: constants, `load_clip` (path -> Clip), then the array-level steps it uses
 (`pick_frames`, `preprocess_frames`, `audio_envelope`), each usable on already-decoded data.
 """
@@ -30,6 +32,9 @@ SIGMA_RATE = 44100            # ... 44.1 kHz: 200 / 44100 s = 4.54 ms, scaled to
 REDUCES = ("max", "mean", "sample")  # per-frame window reduction; "sample" = the seed's decimation
 SILENCE = 1e-4                # |x| peak below this (-80 dBFS) over the clip: silent_audio
 AUDIO_MARGIN_S = 0.05         # decode this much audio past the clip so smoothing has no edge there
+SEEK_PREROLL_S = 0.5          # seek this far before `start`: audio decoders (AAC's MDCT overlap, Opus's
+                              # 80 ms pre-roll) need earlier packets to give the samples decoding from
+                              # the file's start gives; seeking at all only pays beyond it
 
 # Reasons a video is faulty (DESIGN.md); the cache's failures.jsonl uses these words.
 REASONS = ("missing", "unreadable", "no_video_stream", "no_audio_stream", "decode_error",
@@ -60,22 +65,31 @@ class Clip:
 
 
 def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, size: int = SIZE,
-              reduce: str = "max", normalize: bool = True, threads: int = 0) -> Clip:
-    """Decode the first `frames / fps` seconds of a video into a Clip.
+              reduce: str = "max", normalize: bool = True, threads: int = 0, start: float = 0.0,
+              seek: bool = True) -> Clip:
+    """Decode `frames / fps` seconds of a video from `start` seconds on into a Clip.
 
-    frames: picked by timestamp, for t_i = i / fps the decoded frame nearest to t_i, so 25/30 fps and
-    millisecond-rounded (WebM) sources work. Decoding stops after the last needed frame.
-    envelope: `audio_envelope` of the first audio channel, on the container's timeline.
+    start: seconds after the video stream's first frame (whatever the container's start_time).
+    frames: picked by timestamp, for t_i = start + i / fps the decoded frame nearest to t_i, so
+    25/30 fps and millisecond-rounded (WebM) sources work. Decoding stops after the last needed frame.
+    envelope: `audio_envelope` of the first audio channel cut to [start, start + frames / fps) on the
+    video's timeline (audio that starts later than the video is zero before it).
+    seek: jump to the keyframe before start - SEEK_PREROLL_S (video and audio) instead of decoding
+    from the file's start; both give the same clip. False exists to check exactly that.
     threads: PyAV decoder threads (0 = FFmpeg's choice); DataLoader workers pass 1.
-    Raises FaultyVideo for any bad input; no other exception escapes for a bad file.
+    Raises FaultyVideo for any bad input (a start past the video's end is `too_short`); no other
+    exception escapes for a bad file. A negative or non-finite start is a ValueError.
     """
+    start = float(start)
+    if not np.isfinite(start) or start < 0:
+        raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
     path = Path(path)
     if not path.exists():
         raise FaultyVideo("missing", str(path))
     if not path.is_file():      # opening a named pipe would block forever; a directory or device is no video
         raise FaultyVideo("unreadable", f"{path} is not a regular file (a directory, pipe or device)")
     try:
-        return _load_clip(path, frames, fps, size, reduce, normalize, threads)
+        return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
     except FaultyVideo:
         raise
     except PermissionError as e:
@@ -84,7 +98,7 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
         raise FaultyVideo("decode_error", f"{type(e).__name__}: {e}") from None
 
 
-def _load_clip(path, frames, fps, size, reduce, normalize, threads) -> Clip:
+def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek) -> Clip:
     if reduce not in REDUCES:
         raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
     try:
@@ -103,16 +117,22 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads) -> Clip:
         if threads:
             vstream.thread_count = threads
         origin = _stream_start(vstream)
-        targets = np.arange(frames) / fps                       # [T] seconds after the first frame
+        clip_origin = origin + start                            # container time (s) of the clip's t = 0
+        if seek and start > SEEK_PREROLL_S:
+            # backward=True: the keyframe at or before the target, so every frame after it decodes
+            container.seek(int(np.floor((clip_origin - SEEK_PREROLL_S) / vstream.time_base)),
+                           stream=vstream, backward=True, any_frame=False)
+        targets = np.arange(frames) / fps                       # [T] seconds after the clip's start
         audio_end = frames / fps + AUDIO_MARGIN_S
         picker = _FramePicker(targets, size)
-        audio = _AudioCollector(origin)
+        # a late clip anchors its audio inside the pre-roll, where decoding from a seek has begun
+        audio = _AudioCollector(clip_origin, anchor=-SEEK_PREROLL_S / 2 if start > SEEK_PREROLL_S else -np.inf)
         video_done = audio_done = False
         # demux yields an empty packet per stream at EOF: decoding it flushes held-back frames
         for packet in container.demux(vstream, astream):
             if packet.stream.type == "video" and not video_done:
                 for frame in packet.decode():
-                    t = _frame_time(frame, picker.count, vstream) - origin
+                    t = _frame_time(frame, picker.count, vstream) - clip_origin
                     video_done = picker.offer(frame, t)
                     if video_done:
                         break
@@ -121,21 +141,25 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads) -> Clip:
                     audio_done = audio.add(frame) >= audio_end
             if video_done and audio_done:
                 break
-        header_duration, whole_file = _header_duration(container, vstream)
+        header_end, whole_file = _header_end(container, vstream)
 
     if picker.count == 0:
         raise FaultyVideo("decode_error", "no video frame could be decoded")
     length = picker.real_frames()
-    decoded_end = picker.last_time + 1.0 / max(picker.source_fps(), 1e-6)
+    decoded_end = picker.last_time + 1.0 / max(picker.source_fps(), 1e-6)   # clip time (s)
+    if start > 0 and decoded_end <= 0:
+        raise FaultyVideo("too_short", f"start {start:.3f} s is past the video's end "
+                                       f"({start + decoded_end:.2f} s)")
     # A container-wide duration also covers the audio: a short video whose audio runs on is not cut.
     reached = max(decoded_end, audio.end()) if whole_file else decoded_end
-    expected_end = min(header_duration, frames / fps) if header_duration else None
+    expected_end = min(header_end - clip_origin, frames / fps) if header_end else None
     if expected_end is not None and reached < expected_end - 2.0 / max(picker.source_fps(), 1.0) \
             and length < frames:
-        raise FaultyVideo("decode_error", f"video stops at {decoded_end:.2f} s but the header says "
-                                          f"{header_duration:.2f} s (truncated file?)")
+        raise FaultyVideo("decode_error", f"video stops at {clip_origin + decoded_end:.2f} s but the header "
+                                          f"says {header_end:.2f} s (truncated file?)")
     if length < MIN_FRAMES:
-        raise FaultyVideo("too_short", f"{length} real frames at {fps} fps (< {MIN_FRAMES})")
+        at = f" from {start:.3f} s" if start else ""
+        raise FaultyVideo("too_short", f"{length} real frames at {fps} fps{at} (< {MIN_FRAMES})")
     samples, sample_rate, channels = audio.first_channel()
     if samples.size == 0:
         raise FaultyVideo("decode_error", "no audio samples could be decoded")
@@ -165,11 +189,13 @@ def _frame_time(frame, index: int, stream) -> float:
     return index / rate
 
 
-def _header_duration(container, stream) -> tuple[float | None, bool]:
-    """(duration in s the header gives the video, whether it is the whole file's rather than the
-    video stream's own). Matroska/WebM keep a per-stream duration in a DURATION tag."""
+def _header_end(container, stream) -> tuple[float | None, bool]:
+    """(container time in s at which the header says the video ends, whether that is the whole
+    file's end rather than the video stream's own). A stream duration counts from the stream's
+    start; Matroska/WebM's per-stream DURATION tag and the file's duration are end times there
+    (a WebM whose video starts at 1.5 s and lasts 60 s says 61.5)."""
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base), False
+        return _stream_start(stream) + float(stream.duration * stream.time_base), False
     tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
     try:
         h, m, s = str(tag).split(":")
@@ -179,6 +205,25 @@ def _header_duration(container, stream) -> tuple[float | None, bool]:
     if container.duration is not None:
         return container.duration / av.time_base, True
     return None, True
+
+
+def video_duration(path: str | os.PathLike) -> float:
+    """Seconds from the video stream's first frame to its end, from the header (no decoding);
+    what `--window-stride` tiles. Raises FaultyVideo when the file cannot say."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaultyVideo("missing" if not path.exists() else "unreadable", str(path))
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise FaultyVideo("no_video_stream", f"streams: {[s.type for s in container.streams]}")
+            vstream = container.streams.video[0]
+            end, _ = _header_end(container, vstream)
+            if end is None:
+                raise FaultyVideo("decode_error", "the header gives no duration")
+            return max(0.0, end - _stream_start(vstream))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise FaultyVideo("unreadable", f"{type(e).__name__}: {e}") from None
 
 
 class _FramePicker:
@@ -195,7 +240,7 @@ class _FramePicker:
         self._last = (None, None)                # (decoded frame, its resized image)
         self.count = 0
         self.times: list[float] = []
-        self.last_time = 0.0
+        self.last_time = -np.inf                 # clip time (s) of the latest frame; frames before a late start are negative
 
     def offer(self, frame, t: float) -> bool:
         """Consider one decoded frame at clip time t (s). Returns True once no later frame can help."""
@@ -271,48 +316,67 @@ def preprocess_frames(frames: np.ndarray | torch.Tensor, size: int = SIZE, norma
     return normalize_frames(x, channel_dim=0) if normalize else x
 
 
-def normalize_frames(x: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
-    """0..255 frames -> ImageNet-normalised float32, on x's device (GPU-side when x is there).
+def normalize_frames(x: torch.Tensor, channel_dim: int = 1, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
+    """0..255 frames -> normalised float32 (ImageNet's mean/std unless a backbone's own are given),
+    on x's device (GPU-side when x is there).
 
     x: [3, T, S, S] (channel_dim=0) or [B, 3, T, S, S] (channel_dim=1).
     """
     shape = [1] * x.dim()
     shape[channel_dim] = 3
-    mean = torch.tensor(MEAN, device=x.device).view(shape) * 255.0
-    inv_std = 1.0 / (torch.tensor(STD, device=x.device).view(shape) * 255.0)
+    mean = torch.tensor(mean, device=x.device).view(shape) * 255.0
+    inv_std = 1.0 / (torch.tensor(std, device=x.device).view(shape) * 255.0)
     return x.float().sub(mean).mul_(inv_std)
 
 
 class _AudioCollector:
-    """Decoded audio as float32 [channels, samples] in [-1, 1], placed on the video's timeline."""
+    """Decoded audio as float32 [channels, samples] in [-1, 1], placed on the clip's timeline.
 
-    def __init__(self, origin: float):
-        self.origin = origin
+    Samples are placed by counting from one frame's timestamp, the anchor: the first frame at or
+    after clip time `anchor` s. Counting is sample-exact where timestamps are rounded (to the
+    millisecond in WebM, and the first frame after a seek is cut short by the decoder's pre-roll),
+    and a fixed anchor puts the samples at the same places whether decoding began at the file's
+    start or at a seek. Chunks that end well before the clip are counted and dropped, so decoding
+    a long file from its start holds no minutes of audio."""
+
+    def __init__(self, origin: float, anchor: float = -np.inf):
+        self.origin = origin                     # container time (s) of the clip's t = 0
+        self.anchor = anchor
+        self.anchored = False
         self.chunks: list[np.ndarray] = []
-        self.start: float | None = None
+        self.first: int | None = None            # clip-timeline index of the first decoded sample
         self.sample_rate = 0
-        self.n = 0
+        self.n = 0                               # samples counted, dropped ones included
+        self.dropped = 0
 
     def add(self, frame) -> float:
         """Append one AudioFrame; returns the clip time (s) decoded so far."""
         data = audio_frame_to_float(frame)                      # [C, n]
-        if self.start is None:
-            self.start = (float(frame.time) if frame.time is not None else 0.0) - self.origin
+        t = (float(frame.time) if frame.time is not None else 0.0) - self.origin
+        if self.first is None:
             self.sample_rate = frame.sample_rate
-        self.chunks.append(data)
+            self.first = int(round(t * self.sample_rate))
+        if not self.anchored and t >= self.anchor:
+            self.anchored = True
+            self.first = int(round(t * self.sample_rate)) - self.n
         self.n += data.shape[1]
+        # before the anchor positions are provisional (off by rounding): keep a second's margin
+        if not self.chunks and self.end() < -1.0:
+            self.dropped = self.n
+        else:
+            self.chunks.append(data)
         return self.end()
 
     def end(self) -> float:
         """Clip time (s) up to which audio was decoded; 0 before any."""
-        return self.start + self.n / self.sample_rate if self.chunks else 0.0
+        return (self.first + self.n) / self.sample_rate if self.first is not None else 0.0
 
     def first_channel(self) -> tuple[np.ndarray, int, int]:
         if not self.chunks:
             return np.zeros(0, np.float32), 0, 0
         channels = min(c.shape[0] for c in self.chunks)
         samples = np.concatenate([c[0] for c in self.chunks]).astype(np.float32)
-        shift = int(round(self.start * self.sample_rate))       # audio may start before/after the video
+        shift = self.first + self.dropped       # audio may start before/after the clip
         if shift > 0:
             samples = np.concatenate([np.zeros(shift, np.float32), samples])
         elif shift < 0:
@@ -386,7 +450,7 @@ def envelope_params(reduce: str = "max", frames: int = FRAMES, fps: float = FPS)
             "frames": frames, "fps": fps, "silence_threshold": SILENCE}
 
 
-def preprocess_params(size: int = SIZE) -> dict:
+def preprocess_params(size: int = SIZE, mean: tuple = MEAN, std: tuple = STD) -> dict:
     """Every parameter of the frame preprocessing, for the cache's config and fingerprint."""
     return {"size": size, "resize": "shorter side, bilinear antialias (torch)", "crop": "centre",
-            "mean": list(MEAN), "std": list(STD), "frame_pick": "nearest timestamp"}
+            "mean": list(mean), "std": list(std), "frame_pick": "nearest timestamp"}
