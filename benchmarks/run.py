@@ -1,6 +1,14 @@
 """foleycache benchmark suite: every benchmark, side by side, in one run, one JSON object.
 
-    python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda] [--size N]
+    python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda] [--precision fp32|bf16|auto]
+                             [--size N] [--emulate-avx2]
+
+--quick (issue 16) fits a 2-core AVX2-only CPU in <= 15 minutes: 112x112x48 (D = 8192), 16 clips,
+2 interleaved rounds, float32 everywhere (bf16 is emulated on AVX2, ~50x slower: a quick run never
+rests on it). Without --quick (larger machines): 224x224x48 (the real configuration) and 112, more
+clips and rounds, precision auto (bf16 where the CPU has it). --emulate-avx2 re-runs the command with
+oneDNN, MKL and ATen limited to AVX2 (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS,
+ATEN_CPU_CAPABILITY): how an AVX2-only CPU's kernels behave, on this one.
 
 Makes synthetic clips (`pipeline.synthetic.make_synthetic`, SSv2-shaped 320x240 VP9+Opus) in a
 temporary directory, then measures:
@@ -9,10 +17,15 @@ temporary directory, then measures:
   storage   (benchmarks/storage.py)    the extracted cache's bytes per clip vs float32 ->
                                        storage_ratio; compression gain; one .npy per video
                                        (file count, bytes, full-pass read speed) vs the shards
-  train-head (benchmarks/train_head.py, another module) -> cache_speedup, loader_efficiency
-and the machine (CPU model, cores, load average, torch, GPU), seconds per phase and peak RSS.
-Targets (issue 8, 2-core CPU): extract_efficiency >= 0.85, cache_speedup >= 20,
-loader_efficiency >= 0.8, storage_ratio <= 0.5.
+  train-head (benchmarks/train_head.py, another module) -> cache_speedup, loader_efficiency and
+                                       loader_vs_npy_float32 (the loader against one float32 .npy
+                                       per video, memory-mapped: issue 16's honest reference)
+  metrics   (benchmarks/metrics.py)    pipeline.metrics.evaluate on 2000 clips, seconds
+and the machine (CPU model, instruction sets in use, cores, torch, GPU), the precision of every
+phase, each phase's seconds and load average, and peak RSS. The ratios all come from interleaved
+rounds within one phase, so load from other work on the shared CPU hits both sides of each.
+Targets (issues 8 and 16, 2-core CPU): extract_efficiency >= 0.85, cache_speedup >= 20,
+loader_efficiency >= 0.8, storage_ratio <= 0.35, loader_vs_npy_float32 >= 0.8, evaluate <= 2 s.
 """
 from __future__ import annotations
 
@@ -34,17 +47,26 @@ if str(ROOT) not in sys.path:          # `python benchmarks/run.py` from anywher
 import torch  # noqa: E402
 
 from benchmarks import extract as bench_extract  # noqa: E402
+from benchmarks import metrics as bench_metrics  # noqa: E402
 from benchmarks import storage as bench_storage  # noqa: E402
 
-TARGETS = {  # name -> (comparison, bound), issue 8, CPU
+TARGETS = {  # name -> (comparison, bound), issues 8 and 16, CPU
     "extract_efficiency": (">=", 0.85),
     "cache_speedup": (">=", 20.0),
     "loader_efficiency": (">=", 0.8),
-    "storage_ratio": ("<=", 0.5),
+    "storage_ratio": ("<=", 0.35),
+    "loader_vs_npy_float32": (">=", 0.8),
+    "metrics_evaluate_s": ("<=", 2.0),
 }
-QUICK_CLIPS = 40        # sound clips generated for --quick (faulty ones the generator adds are dropped); enough
-                        # that extract-features' fixed start-up (weights hash, worker start, first batch) is small
-FULL_CLIPS = 64
+HEADLINE = ("extract_efficiency", "cache_speedup", "loader_efficiency", "storage_ratio", "loader_vs_npy_float32",
+            "metrics_evaluate_s")
+# --quick: 17 sound clips -> 16 decodable (the generator damages 5%, at least one): 4 extract batches of 4,
+# one train-head batch of 16. At 112 px float32 a clip costs ~1.7 s of backbone on this 2-core AVX-512 CPU
+# and ~3.7 s on the 2-core AVX2 AMD (FINDINGS.md); the run does ~8 backbone passes over the clips.
+QUICK = {"clips": 17, "size": 112, "rounds": 2, "precision": "fp32", "also": []}
+FULL = {"clips": 64, "size": 224, "rounds": 2, "precision": "auto", "also": [112]}
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 SEED = 0
 
 
@@ -66,9 +88,44 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": model, "cores": os.cpu_count(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu_bf16": cpu_has_bf16(), "memory_gib": round(mem / 2**30, 1) if mem else None,
+            "cpu_flags": cpu_flags(), "cpu_bf16": cpu_has_bf16(), "isa_limit": isa_limit(),
+            "kernels": "AVX2 (emulated on a wider CPU)" if isa_limit() else native_kernels(),
+            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "memory_gib": round(mem / 2**30, 1) if mem else None,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform(), "gpu": gpu}
+
+
+def cpu_flags() -> list[str]:
+    """Which of ISA_FLAGS the CPU reports (/proc/cpuinfo)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def native_kernels() -> str:
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AVX-512 + AMX bf16"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "unknown"
+
+
+def isa_limit() -> dict:
+    """The environment variables that hold the kernels to AVX2 (--emulate-avx2), where set."""
+    return {k: os.environ[k] for k in AVX2_ENV if os.environ.get(k)}
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """--precision auto -> fp32 or bf16: bf16 only where the hardware has it natively (not under
+    --emulate-avx2, whose CPU still reports AMX in /proc/cpuinfo)."""
+    if precision != "auto":
+        return precision
+    from pipeline.extract import resolve_precision as product_rule
+    if device == "cpu" and isa_limit():
+        return "fp32"
+    return product_rule("auto", torch.device(device))
 
 
 def peak_rss_mib() -> dict:
@@ -93,15 +150,20 @@ def make_clips(out: Path, n: int) -> tuple[Path, Path, dict]:
                                          "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def train_head_benchmark(quick: bool, device: str, workdir: Path) -> dict:
-    """benchmarks/train_head.py (its own module): cache_speedup and loader_efficiency."""
+def train_head_benchmark(quick: bool, device: str, workdir: Path, *, size: int, rounds: int, precision: str,
+                         videos: Path, annotations: Path) -> dict:
+    """benchmarks/train_head.py (its own module) on these clips: cache_speedup, loader_efficiency and
+    loader_vs_npy_float32. Full mode adds 112 beside a 224 headline."""
     try:
         from benchmarks import train_head
     except ImportError as e:
         return {"error": f"benchmarks/train_head.py is not available ({e})"}
     t0 = time.perf_counter()
+    sizes = [size] + ([112] if not quick and size != 112 else [])
     try:
-        result = dict(train_head.run(quick=quick, device=device, workdir=workdir))
+        result = dict(train_head.run(quick=quick, device=device, workdir=workdir, sizes=sizes,
+                                     rounds=None if quick else max(rounds, 3), precision=precision,
+                                     videos=videos, annotations=annotations))
     except Exception as e:          # report it next to the other numbers instead of losing them
         return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
     result.setdefault("seconds", round(time.perf_counter() - t0, 2))
@@ -118,70 +180,99 @@ def check_targets(results: dict) -> dict:
 
 
 def summary_table(r: dict) -> str:
-    """The README's table: one line per measured figure."""
+    """The README's table: one line per measured figure, with the CPU and precision they come from."""
     ex, st, th = r["extract"], r["storage"], r.get("train_head", {})
+    m = r["machine"]
     f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    goal = lambda name: "{} {}".format(*TARGETS[name]).replace(">=", "≥").replace("<=", "≤")  # noqa: E731
+    loader = th.get("loader", {})
+    cps = loader.get("clips_per_s", {})
     lines = [
-        "| figure | value | target |",
+        f"CPU: {m['cpu']} ({m['cores_usable']} cores usable; kernels: {m['kernels']}); torch {m['torch']}; "
+        f"precision: {r['precision']}; load average {r['load_average_start'][0]} -> {r['load_average_end'][0]}",
+        "",
+        "| figure | value | goal |",
         "|---|---|---|",
-        f"| extract_efficiency (extract ÷ min(decode, backbone); median of rounds "
-        f"{', '.join(f'{e:.3f}' for e in ex['efficiency_per_round'])}) | {f(r['extract_efficiency'], 3)} | ≥ 0.85 |",
-        f"| cache_speedup (frozen-backbone epoch ÷ cached epoch) | {f(r['cache_speedup'], 1)} | ≥ 20 |",
-        f"| loader_efficiency (loader ÷ sequential read) | {f(r['loader_efficiency'], 3)} | ≥ 0.8 |",
-        f"| storage_ratio (bytes on disk ÷ float32) | {f(r['storage_ratio'], 3)} | ≤ 0.5 |",
+        f"| extract_efficiency ({ex['size']}x{ex['size']}x48, {ex['precision']}, {ex['clips']} clips; rounds "
+        f"{', '.join(f'{e:.3f}' for e in ex['efficiency_per_round'])}) | {f(r['extract_efficiency'], 3)} | "
+        f"{goal('extract_efficiency')} |",
+        f"| cache_speedup (frozen-backbone s/clip ÷ cached train-head s/clip; {th.get('size')} px, backbone "
+        f"{th.get('backbone_precision')}, head amp {th.get('head_amp')}) | {f(r['cache_speedup'], 1)} | "
+        f"{goal('cache_speedup')} |",
+        f"| loader_efficiency (loader ÷ sequential read of the same shards) | {f(r['loader_efficiency'], 3)} | "
+        f"{goal('loader_efficiency')} |",
+        f"| loader_vs_npy_float32 (loader ÷ one float32 .npy per video, memory-mapped; clips/s) | "
+        f"{f(r['loader_vs_npy_float32'], 3)} | {goal('loader_vs_npy_float32')} |",
+        f"| storage_ratio (bytes on disk ÷ float32) | {f(r['storage_ratio'], 3)} | {goal('storage_ratio')} |",
+        f"| metrics evaluate, 2000 clips | {f(r['metrics_evaluate_s'], 3)} s | {goal('metrics_evaluate_s')} s |",
         f"| decode-only, {ex['workers']} worker(s) | {f(ex['decode_only']['clips_per_s'])} clips/s | |",
         f"| backbone-only, {ex['precision']}, batch {ex['batch_size']} | {f(ex['backbone_only']['clips_per_s'])} clips/s | |",
         f"| extract-features end to end | {f(ex['extract']['clips_per_s'])} clips/s | |",
         f"| cache bytes per clip ({st['format']} {st['dtype']}) | {st['bytes_per_clip'] / 1e6:.2f} MB "
         f"(float32 {st['float32_bytes_per_clip'] / 1e6:.2f} MB; compression ×{st['compression_gain']:.2f} over raw float16) | |",
     ]
-    npy = {v["variant"]: v for v in st["variants"]}
-    cache_v = st["variants"][0]
-    npy32 = st["variants"][4]
-    lines.append(f"| full-pass read, warm: cache / one .npy (float32) per video | {cache_v['read_warm_clips_per_s']:.0f} / "
-                 f"{npy32['read_warm_clips_per_s']:.0f} clips/s | |")
-    if cache_v["read_cold_clips_per_s"]:
-        lines.append(f"| full-pass read, cold: cache / .npy float32 | {cache_v['read_cold_clips_per_s']:.0f} / "
-                     f"{npy32['read_cold_clips_per_s']:.0f} clips/s | |")
-    lines.append(f"| files: cache / .npy per video | {cache_v['files']} ({st['npy_comparison']['shards_cache']} shard(s)) / "
-                 f"{npy32['files']} | |")
-    del npy
-    for key in ("cached_epoch_s", "frozen_backbone_epoch_s"):
-        if key in th:
-            lines.append(f"| train-head {key} | {th[key]} | |")
+    for key in ("frozen_backbone_s_per_clip", "cached_s_per_clip"):
+        if th.get("by_size") and key in th["by_size"][0]:
+            lines.append(f"| train-head benchmark {key} | {th['by_size'][0][key]} | |")
+    for other in th.get("by_size", [])[1:]:
+        lines.append(f"| cache_speedup at {other['size']} px | {f(other['cache_speedup'], 1)} | |")
+    if cps:
+        lines.append("| loader clips/s: " + ", ".join(f"{k} {v:.0f}" for k, v in cps.items()) + " | | |")
+        for key in ("loader_uncompressed_vs_npy_float32", "flat_float16_shards_vs_npy_float32",
+                    "preload_ram_vs_npy_float32"):
+            lines.append(f"| {key} | {f(loader.get(key), 3)} | |")
     lines.append(f"| peak RSS (main / largest worker) | {r['peak_rss_mib']['self']:.0f} / "
                  f"{r['peak_rss_mib']['largest_child']:.0f} MiB | |")
     lines.append(f"| wall time of the whole run | {r['seconds']:.0f} s | |")
     return "\n".join(lines)
 
 
+def _emulate_avx2(argv: list[str]):
+    """Re-run this command with the kernels held to AVX2 (the variables must be set before torch loads)."""
+    env = dict(os.environ, **AVX2_ENV)
+    args = [a for a in argv if a != "--emulate-avx2"]
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *args], env)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"{QUICK_CLIPS} clips, one size (~5 min on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK['size']} px, {QUICK['clips']} clips, {QUICK['precision']} (<= 15 min on a 2-core AVX2 CPU)")
     p.add_argument("--json", type=Path, help="write the JSON object here (it is always printed too)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--size", type=int, default=224,
-                   help="frame size of the extract benchmark (224 = the real configuration)")
-    p.add_argument("--clips", type=int, help=f"sound clips to generate (default {QUICK_CLIPS} quick, {FULL_CLIPS} full)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                   help=f"every phase's backbone autocast and head amp (default: {QUICK['precision']} with --quick, "
+                        f"else {FULL['precision']}: bf16 where the hardware has it)")
+    p.add_argument("--size", type=int, help=f"frame size of the extract and train-head benchmarks "
+                                             f"(default {QUICK['size']} quick, {FULL['size']} full)")
+    p.add_argument("--clips", type=int, help=f"sound clips to generate (default {QUICK['clips']} quick, {FULL['clips']} full)")
     p.add_argument("--batch-size", type=int, default=4, help="extract-features --batch-size (its default: 4)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="extract rounds, each between decode-only/backbone-only measurements (median)")
+    p.add_argument("--rounds", type=int, help="extract rounds, each between decode-only/backbone-only measurements (median)")
     p.add_argument("--workers", type=int, help="decode workers (default: what extract-features uses)")
     p.add_argument("--also-size", type=int, action="append", default=None,
                    help="extra extract benchmark at this size (default: 112 without --quick)")
     p.add_argument("--workdir", type=Path, help="keep scratch data here instead of a temporary directory")
     p.add_argument("--skip-train-head", action="store_true", help="do not run benchmarks/train_head.py")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="hold oneDNN/MKL/ATen to AVX2 (re-runs the command with their environment variables)")
     args = p.parse_args(argv)
+    if args.emulate_avx2 and not isa_limit():
+        _emulate_avx2(list(argv) if argv is not None else sys.argv[1:])
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    clips = args.clips or (QUICK_CLIPS if args.quick else FULL_CLIPS)
-    also = args.also_size if args.also_size is not None else ([] if args.quick else [112 if args.size != 112 else 224])
+    plan = QUICK if args.quick else FULL
+    clips = args.clips or plan["clips"]
+    size = args.size or plan["size"]
+    rounds = args.rounds or plan["rounds"]
+    precision = resolve_precision(args.precision or plan["precision"], args.device)
+    also = args.also_size if args.also_size is not None else [s for s in plan["also"] if s != size]
 
     started = time.perf_counter()
     result = {"benchmark": "foleycache benchmarks/run.py", "quick": args.quick,
               "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+              "machine": machine(), "precision": precision, "size": size,
+              "load_average_start": [round(x, 2) for x in os.getloadavg()], "phases": {}}
     tmp = None
     if args.workdir:
         work = args.workdir
@@ -189,37 +280,59 @@ def main(argv=None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="foleycache-bench-")
         work = Path(tmp.name)
+
+    def phase(name: str, t0: float, load0: tuple, precision_used: dict | None = None):
+        result["phases"][name] = {"seconds": round(time.perf_counter() - t0, 1),
+                                  "load_average": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
+                                  **({"precision": precision_used} if precision_used else {})}
+
     try:
         _log(f"making {clips} synthetic clips in {work}")
+        t0, load0 = time.perf_counter(), os.getloadavg()
         videos, annotations, result["clips"] = make_clips(work / "synthetic", clips)
-        _log(f"extract benchmark at {args.size}x{args.size}x48 on {args.device}")
-        t0 = time.perf_counter()
-        ex = bench_extract.run(videos, annotations, work / "extract", size=args.size, batch_size=args.batch_size,
-                               workers=args.workers, device=args.device, rounds=args.rounds)
+        phase("make_clips", t0, load0)
+        _log(f"extract benchmark at {size}x{size}x48 on {args.device}, {precision}")
+        t0, load0 = time.perf_counter(), os.getloadavg()
+        ex = bench_extract.run(videos, annotations, work / "extract", size=size, batch_size=args.batch_size,
+                               workers=args.workers, device=args.device, precision=precision, rounds=rounds)
         ex["seconds_total"] = round(time.perf_counter() - t0, 1)
         result["extract"] = ex
         result["extract_efficiency"] = ex["extract_efficiency"]
+        phase("extract", t0, load0, {"backbone": ex["precision"]})
         _log("storage benchmark")
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()
         st = bench_storage.run(Path(ex["cache_dir"]), work / "storage")
         st["seconds"] = round(time.perf_counter() - t0, 2)
         result["storage"] = st
         result["storage_ratio"] = st["storage_ratio"]
+        phase("storage", t0, load0)
         result["other_sizes"] = []
-        for size in also:
-            _log(f"extract benchmark at {size}x{size}x48")
-            other = bench_extract.run(videos, annotations, work / f"extract-{size}", size=size,
-                                      batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                      rounds=args.rounds)
-            result["other_sizes"].append(other)
+        for other in also:
+            _log(f"extract benchmark at {other}x{other}x48")
+            t0, load0 = time.perf_counter(), os.getloadavg()
+            result["other_sizes"].append(bench_extract.run(
+                videos, annotations, work / f"extract-{other}", size=other, batch_size=args.batch_size,
+                workers=args.workers, device=args.device, precision=precision, rounds=rounds))
+            phase(f"extract_{other}", t0, load0, {"backbone": precision})
         if args.skip_train_head:
             result["train_head"] = {"error": "skipped (--skip-train-head)"}
         else:
             _log("train-head benchmark (benchmarks/train_head.py)")
-            result["train_head"] = train_head_benchmark(args.quick, args.device, work / "train_head")
+            t0, load0 = time.perf_counter(), os.getloadavg()
+            result["train_head"] = train_head_benchmark(args.quick, args.device, work / "train_head", size=size,
+                                                        rounds=rounds, precision=precision, videos=videos,
+                                                        annotations=annotations)
+            th = result["train_head"]
+            phase("train_head", t0, load0, {"backbone": th.get("backbone_precision"), "head_amp": th.get("head_amp"),
+                                            "cached_amp": th.get("cached_amp")})
         th = result["train_head"]
-        result["cache_speedup"] = th.get("cache_speedup")
-        result["loader_efficiency"] = th.get("loader_efficiency")
+        for key in ("cache_speedup", "loader_efficiency", "loader_vs_npy_float32"):
+            result[key] = th.get(key)
+        _log("metrics benchmark (benchmarks/metrics.py)")
+        t0, load0 = time.perf_counter(), os.getloadavg()
+        result["metrics"] = bench_metrics.run()
+        result["metrics_evaluate_s"] = result["metrics"]["seconds"]
+        phase("metrics", t0, load0)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -227,7 +340,7 @@ def main(argv=None) -> int:
     result["peak_rss_mib"] = peak_rss_mib()
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = check_targets(result)
-    ordered = {k: result[k] for k in ("extract_efficiency", "cache_speedup", "loader_efficiency", "storage_ratio")}
+    ordered = {k: result.get(k) for k in HEADLINE}
     ordered.update(result)
     text = json.dumps(ordered, indent=1)
     if args.json:

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark code paths at tiny sizes (benchmarks/run.py, extract.py, storage.py,
-gpu.py on the CPU). They check structure and arithmetic, never timings: no speed thresholds here."""
+train_head.py, metrics.py, gpu.py on the CPU). They check structure and arithmetic, never timings:
+no speed thresholds here."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 from benchmarks import extract as bench_extract
+from benchmarks import metrics as bench_metrics
 from benchmarks import run as bench_run
 from benchmarks import storage as bench_storage
+from benchmarks import train_head as bench_train_head
 
 SIZE = 32           # frame size of the smoke runs: the model is cheap there
 
@@ -76,37 +79,111 @@ def test_storage_benchmark_compares_layouts_on_the_real_cache(extract_result, tm
     assert not any(p.name.startswith("npy-") for p in tmp_path.iterdir())   # scratch copies removed
 
 
-def test_run_writes_one_json_with_the_four_ratios(tmp_path, monkeypatch):
+def test_run_writes_one_json_with_every_ratio_the_cpu_and_the_precision(tmp_path, monkeypatch):
     calls = {}
 
-    def fake_train_head(quick, device, workdir):        # benchmarks/train_head.py has its own tests
-        calls.update(quick=quick, device=device)
-        return {"cache_speedup": 25.0, "loader_efficiency": 0.9}
+    def fake_train_head(quick, device, workdir, **kwargs):      # the real one: test_train_head_benchmark_...
+        calls.update(quick=quick, device=device, **kwargs)
+        return {"cache_speedup": 25.0, "loader_efficiency": 0.9, "loader_vs_npy_float32": 0.5,
+                "backbone_precision": "fp32", "head_amp": "off", "cached_amp": "off"}
 
     monkeypatch.setattr(bench_run, "train_head_benchmark", fake_train_head)
+    monkeypatch.setattr(bench_metrics, "CLIPS", 50)
     out = tmp_path / "out.json"
     assert bench_run.main(["--quick", "--size", str(SIZE), "--clips", "6", "--batch-size", "2", "--rounds", "1",
                            "--json", str(out), "--workdir", str(tmp_path / "work")]) == 0
     r = json.loads(out.read_text())
-    for key in ("extract_efficiency", "cache_speedup", "loader_efficiency", "storage_ratio"):
+    for key in bench_run.HEADLINE:
         assert isinstance(r[key], float), key
-    assert list(r)[:4] == ["extract_efficiency", "cache_speedup", "loader_efficiency", "storage_ratio"]
-    assert calls == {"quick": True, "device": "cpu"}
+    assert tuple(r)[:len(bench_run.HEADLINE)] == bench_run.HEADLINE
+    assert calls["quick"] is True and calls["device"] == "cpu" and calls["size"] == SIZE
+    assert calls["precision"] == "fp32" and calls["videos"].is_dir()    # the quick default; the same clips
+    assert r["precision"] == "fp32" and r["extract"]["precision"] == "fp32"
+    assert r["phases"]["extract"]["precision"] == {"backbone": "fp32"}
+    assert r["phases"]["train_head"]["precision"]["head_amp"] == "off"
+    for name in ("make_clips", "extract", "storage", "train_head", "metrics"):
+        assert r["phases"][name]["seconds"] >= 0 and len(r["phases"][name]["load_average"]) == 2
     assert r["extract"]["size"] == SIZE and r["extract"]["rounds"] == 1 and r["other_sizes"] == []
-    assert r["machine"]["cores"] >= 1 and r["machine"]["torch"] == torch.__version__
+    m = r["machine"]
+    assert m["cores"] >= 1 and m["torch"] == torch.__version__ and m["cpu"] and m["kernels"]
+    assert r["metrics"]["clips"] > 0 and r["metrics_evaluate_s"] == r["metrics"]["seconds"]
     assert r["peak_rss_mib"]["self"] > 0 and r["seconds"] > 0
     assert set(r["targets"]) == set(bench_run.TARGETS)
-    assert r["targets"]["cache_speedup"]["met"] is True
+    assert r["targets"]["cache_speedup"]["met"] is True and r["targets"]["loader_vs_npy_float32"]["met"] is False
     table = bench_run.summary_table(r)
-    assert "extract_efficiency" in table and "storage_ratio" in table
+    assert "extract_efficiency" in table and "loader_vs_npy_float32" in table and m["cpu"] in table
+
+
+def test_precision_auto_is_fp32_where_the_kernels_are_held_to_avx2(monkeypatch):
+    for name, value in bench_run.AVX2_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert bench_run.resolve_precision("auto", "cpu") == "fp32"
+    assert bench_run.resolve_precision("bf16", "cpu") == "bf16"        # asked for explicitly
+    assert bench_run.machine()["kernels"].startswith("AVX2")
+    for name in bench_run.AVX2_ENV:
+        monkeypatch.delenv(name)
+    assert bench_run.isa_limit() == {}
+
+
+def test_train_head_precisions_map_to_backbone_and_head():
+    cpu = torch.device("cpu")
+    assert bench_train_head.phase_precisions("fp32", cpu) == ("fp32", "off")
+    assert bench_train_head.phase_precisions("bf16", cpu) == ("bf16", "bf16")
+    assert bench_train_head.phase_precisions("auto", cpu)[1] == "auto"
+    with pytest.raises(ValueError):
+        bench_train_head.phase_precisions("fp16", cpu)
+
+
+def test_train_head_benchmark_measures_both_sides_and_every_loader_reader(clips, tmp_path, monkeypatch):
+    """benchmarks/train_head.py in this process at a tiny size: one round, a small loader cache."""
+    monkeypatch.setattr(bench_train_head, "CACHED_MIN_CLIPS", 20)
+    monkeypatch.setattr(bench_train_head, "LOADER_PASSES", 1)
+    videos, annotations = clips
+    r = bench_train_head.measure(True, "cpu", tmp_path, sizes=[SIZE], rounds=1, precision="fp32",
+                                 videos=videos, annotations=annotations, loader_clips=40)
+    s = r["by_size"][0]
+    assert s["backbone_precision"] == "fp32" and s["head_amp"] == "off" and r["cached_amp"] == "off"
+    assert s["frozen_clips"] == r["clips"] >= 4 and s["cached_clips"] == 20      # tiled to CACHED_MIN_CLIPS
+    assert s["cache_speedup"] == pytest.approx(s["frozen_backbone_s_per_clip"] / s["cached_s_per_clip"], rel=0.02)
+    loader = r["loader"]
+    cps = loader["clips_per_s"]
+    assert set(cps) == {"loader", "shard_files", "clip_reads", "npy_float32_memmap", "loader_uncompressed",
+                        "preload_ram", "flat_float16_shards_memmap"}
+    assert r["loader_vs_npy_float32"] == pytest.approx(cps["loader"] / cps["npy_float32_memmap"], rel=0.01)
+    assert r["loader_efficiency"] == pytest.approx(cps["loader"] / cps["shard_files"], rel=0.01)
+    assert loader["clips"] == 40
+    disk = loader["disk_bytes_per_clip"]
+    assert disk["cache_zstd"] < disk["uncompressed_float16"] < disk["npy_float32"]
+    assert not (tmp_path / "loader-npy-float32").exists()           # scratch copies removed
+
+
+def test_uncompressed_copy_reads_back_the_same_features(clips, tmp_path):
+    import numpy as np
+    from pipeline.cache import FeatureCache, write_cache
+
+    rng = np.random.default_rng(0)
+    feats = np.maximum(rng.standard_normal((5, 4, 16)), 0).astype(np.float16)
+    c = write_cache(tmp_path / "c", [str(i) for i in range(5)], ["a"] * 5, feats, np.zeros((5, 4), np.float32),
+                    np.full(5, 4), fmt="zarr", dtype="float16", shard_size=2, config={}, overwrite=True)
+    raw = FeatureCache(bench_train_head.uncompressed_copy(c.path, tmp_path / "raw"))
+    assert (raw.read_many(range(5))["features"] == feats).all()
+
+
+def test_metrics_benchmark_times_evaluate_without_a_threshold():
+    r = bench_metrics.run(clips=60, repeats=2)
+    assert r["clips"] == 60 and len(r["seconds_all"]) == 2 and r["seconds"] > 0
+    assert r["target_s"] is None            # the 2-second goal is for 2000 clips only
+    target, length = bench_metrics.envelopes(40)
+    assert target.shape == (40, 48) and target.max() <= 1 and (target[-2:] == 0).all()
 
 
 def test_targets_are_checked_in_the_right_direction():
     r = bench_run.check_targets({"extract_efficiency": 0.9, "cache_speedup": 19.0, "loader_efficiency": None,
-                                 "storage_ratio": 0.3})
+                                 "storage_ratio": 0.3, "metrics_evaluate_s": 2.5})
     assert r["extract_efficiency"]["met"] is True and r["cache_speedup"]["met"] is False
     assert r["loader_efficiency"]["met"] is None and r["storage_ratio"]["met"] is True
-    assert bench_run.check_targets({"storage_ratio": 0.6})["storage_ratio"]["met"] is False
+    assert r["metrics_evaluate_s"]["met"] is False
+    assert bench_run.check_targets({"storage_ratio": 0.36})["storage_ratio"]["met"] is False
 
 
 def test_missing_train_head_module_is_reported_not_fatal(tmp_path, monkeypatch):
@@ -120,7 +197,8 @@ def test_missing_train_head_module_is_reported_not_fatal(tmp_path, monkeypatch):
         return real_import(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", no_train_head)
-    r = bench_run.train_head_benchmark(True, "cpu", tmp_path)
+    r = bench_run.train_head_benchmark(True, "cpu", tmp_path, size=SIZE, rounds=1, precision="fp32",
+                                       videos=tmp_path, annotations=tmp_path / "a.json")
     assert "not available" in r["error"] and "cache_speedup" not in r
 
 

@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -340,13 +339,3 @@ def test_baselines_through_evaluate():
     assert scores["mean_envelope"]["onset_ap"] < 0.5
     # without pred, "shuffled" is another clip's target
     assert (baselines(target, length, train_mean)["shuffled"] == target[perm]).all()
-
-
-def test_evaluate_2000_clips_is_fast():
-    target, length, _ = make_envelopes(2000, n_silent=100)
-    pred = np.clip(np.roll(target, 1, axis=1) + 0.05, 0, 1)
-    labels = [f"class{i % 12}" for i in range(2000)]
-    start = time.perf_counter()
-    evaluate(pred, target, length, labels=labels)
-    # ~0.3 s alone on this machine; generous bound because the 2 cores are shared
-    assert time.perf_counter() - start < 2.0
