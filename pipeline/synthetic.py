@@ -42,6 +42,7 @@ import json
 import math
 import time
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ VAL_JSON = "something-something-v2-validation.json"
 LABELS_JSON = "something-something-v2-labels.json"
 EVENTS_JSON = "events.json"
 DATASET_JSON = "dataset.json"
-DATASET_VERSION = 1
+DATASET_VERSION = 2          # 2: looks, per-clip variety and sound facts
 FORMATS = {  # fmt -> (container suffix, video codec, default audio codec)
     "webm": ("webm", "libvpx-vp9", "libopus"),
     "mkv": ("mkv", "libvpx-vp9", "libopus"),
@@ -97,12 +98,32 @@ DUST_DRAG_S = 0.15
 # --- Audio -------------------------------------------------------------------------------------
 IMPACT_GAIN = (0.55, 0.75)  # peak amplitude of an impact at V_REF
 HIDDEN_GAIN = 0.85          # a hidden impact sounds a little muffled
-NOISE_RMS = (0.002, 0.008)
+NOISE_RMS = (0.002, 0.010)  # room noise (brown-ish)
 CAMERA_CLICK_P = 0.3
 SOFT_SOUND_P = 0.15
 CLICK_IN_WINDOW = (0.15, 0.35)  # x loudest impact in the window: never the envelope's peak
 CLICK_LATE = (0.4, 0.8)         # after the window it may be as loud as in the seed's example
 SOFT_SOUND = (0.05, 0.15)
+# Procedural impact materials: partial frequencies (Hz), how many, ring and noise decay (s), noise weight.
+MATERIALS = {
+    "click":   {"freq": (900, 3000), "partials": (1, 2), "tau_tone": (0.003, 0.010), "tau_noise": (0.002, 0.006), "noise": 0.8},
+    "thud":    {"freq": (60, 220), "partials": (1, 2), "tau_tone": (0.015, 0.045), "tau_noise": (0.004, 0.012), "noise": 0.4},
+    "wood":    {"freq": (300, 1200), "partials": (2, 3), "tau_tone": (0.012, 0.05), "tau_noise": (0.002, 0.006), "noise": 0.3},
+    "glass":   {"freq": (1500, 5000), "partials": (2, 4), "tau_tone": (0.03, 0.10), "tau_noise": (0.001, 0.003), "noise": 0.2},
+    "plastic": {"freq": (500, 1800), "partials": (1, 2), "tau_tone": (0.006, 0.02), "tau_noise": (0.003, 0.008), "noise": 0.6},
+    "clap":    {"freq": (700, 2500), "partials": (1, 1), "tau_tone": (0.002, 0.005), "tau_noise": (0.006, 0.015), "noise": 1.0},
+}
+BALL_MATERIALS = ("click", "plastic", "glass", "wood", "clap")
+BOX_MATERIALS = ("thud", "wood", "plastic", "clap", "click")
+REVERB_S = (0.08, 0.6)      # room decay (T60), s
+REVERB_WET = (0.0, 0.8)     # wet gain of a unit-energy impulse response: a tail, never the peak
+HUM_P = 0.4                 # mains hum (50/60 Hz and harmonics) in the room tone
+HUM_RMS = (0.0005, 0.003)
+SAMPLE_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")
+SAMPLE_MAX_S = 1.2          # recorded samples are cut (with a fade) so cymbal tails do not fill the clip
+SAMPLE_ONSET = 0.1          # a sample starts where |x| first reaches this fraction of its peak
+SAMPLE_PRE_S = 0.002        # ... minus this much, so the attack is kept whole
+SAMPLE_OTHER_GROUP_P = 0.25 # per event: a sound from another group (material) of the folder
 
 # --- Vocabulary --------------------------------------------------------------------------------
 BALLS = ["a ball", "a tennis ball", "an orange", "an apple", "a ping pong ball", "a rubber ball", "a plum"]
@@ -119,6 +140,74 @@ PALETTE = np.array([
     [20, 170, 180], [240, 240, 240], [30, 30, 30], [200, 60, 140], [120, 200, 60], [140, 90, 50],
 ], dtype=np.float32)
 SKIN = np.array([[224, 172, 105], [198, 134, 66], [141, 85, 36], [255, 219, 172], [241, 194, 125]], np.float32)
+
+# --- Looks: families of appearance settings, drawn per clip (FINDINGS.md: a head trained on one
+# renderer's look learns the look, not the event; so the look varies, and a held-out look tests it) ---
+# Object names per look; the name also picks how the object is drawn (VISUALS).
+VISUALS = {
+    "a ball": "ball", "a rubber ball": "ball", "a ping pong ball": "ball", "a tennis ball": "striped",
+    "a beach ball": "striped", "an orange": "fruit", "an apple": "fruit", "a plum": "fruit",
+    "a lemon": "egg", "an egg": "egg", "a potato": "egg",
+    "a book": "book", "a box": "box", "a wooden block": "box", "a phone": "box", "a remote control": "box",
+    "a wallet": "box", "a toy car": "box", "a can": "can", "a bottle": "bottle", "a jar": "can",
+    "a crate": "crate", "a brick": "box", "a carton": "crate",
+}
+ASPECT = {"bottle": (0.55, 1.7), "can": (0.75, 1.35), "book": (1.25, 0.6)}  # (hx, hy) factors of a box
+PHOTO_WALLS = ("coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png",
+               "brick.png", "page.png", "camera.png", "text.png")   # scikit-image's bundled photographs
+PHOTO_FLOORS = ("gravel.png", "grass.png", "brick.png")
+LOOK_FAMILIES = {
+    # The default: a broad family of indoor scenes (rooms, tables, hand-held phones).
+    "home": {
+        "walls": ("plain", "stripes", "tiles", "wallpaper", "gradient", "clutter", "wood"),
+        "floors": ("grain", "plain", "tiles"), "palettes": ("saturated", "muted", "wood"),
+        "balls": ("a ball", "a rubber ball", "a ping pong ball", "a tennis ball", "a beach ball"),
+        "boxes": ("a book", "a box", "a wooden block", "a phone", "a remote control", "a wallet", "a can"),
+        "scale": (0.8, 1.25), "brightness": (0.8, 1.15), "tint": 0.06, "contrast": (0.85, 1.15),
+        "vignette": (0.0, 0.3), "zoom": (1.0, 1.3), "pan": 0.08, "floor_at": (0.72, 0.9),
+        "shake": (0.3, 1.5), "shake_p": 0.5, "blur_p": 0.4, "occluder_p": 0.25, "distractor_p": 0.35,
+        "noise": (0.0, 0.0)},   # VP9 at crf 32 smooths faint sensor noise away: the looks below carry it
+    # The held-out look: photographed backdrops and outdoor floors, fruit, bottles and crates in
+    # pastel / dark / metal colours, a closer, shakier camera, stronger coloured light.
+    "workshop": {
+        "walls": ("photo", "photo", "photo", "brick", "fabric", "checker"), "floors": ("photo", "cloth", "concrete"),
+        "palettes": ("pastel", "dark", "metal"),
+        "balls": ("an orange", "an apple", "a plum", "a lemon", "an egg", "a potato"),
+        "boxes": ("a bottle", "a crate", "a jar", "a brick", "a carton"),
+        "scale": (0.85, 1.3), "brightness": (0.7, 1.25), "tint": 0.15, "contrast": (0.75, 1.35),
+        "vignette": (0.2, 0.55), "zoom": (1.25, 1.55), "pan": 0.1, "floor_at": (0.6, 0.8),
+        "shake": (1.0, 3.5), "shake_p": 0.8, "blur_p": 0.7, "occluder_p": 0.4, "distractor_p": 0.5,
+        "noise": (2.0, 5.0)},
+    # Dim light: dark walls, high sensor noise, a spot of light.
+    "night": {
+        "walls": ("plain", "gradient", "clutter", "fabric"), "floors": ("plain", "grain", "cloth"),
+        "palettes": ("saturated", "pastel", "metal"), "balls": BALLS, "boxes": BOXES + ["a can", "a bottle"],
+        "scale": (0.8, 1.25), "brightness": (0.35, 0.6), "tint": 0.1, "contrast": (0.9, 1.2),
+        "vignette": (0.4, 0.7), "zoom": (1.0, 1.3), "pan": 0.08, "floor_at": (0.7, 0.88),
+        "shake": (0.5, 2.0), "shake_p": 0.5, "blur_p": 0.6, "occluder_p": 0.2, "distractor_p": 0.3,
+        "noise": (4.0, 8.0)},
+    # make-synthetic before looks existed: one textured wall, a wooden table, a fixed side camera.
+    "classic": {
+        "walls": ("plain", "stripes", "tiles", "wallpaper"), "floors": ("grain",),
+        "palettes": ("saturated",), "balls": BALLS, "boxes": BOXES, "scale": (1.0, 1.0),
+        "brightness": (1.0, 1.0), "tint": 0.0, "contrast": (1.0, 1.0), "vignette": (0.0, 0.0),
+        "zoom": (1.0, 1.0), "pan": 0.0, "floor_at": None, "shake": (0.0, 0.0), "shake_p": 0.0,
+        "blur_p": 0.0, "occluder_p": 0.0, "distractor_p": 0.0, "noise": (0.0, 0.0)},
+}
+LOOKS = tuple(LOOK_FAMILIES)
+DEFAULT_LOOK = "home"       # what --look defaults to: broad on purpose
+HELDOUT_LOOK = "workshop"   # the demo's unseen look: other walls, floors, objects, colours and camera
+LOOK_ID_BASE = 1_000_000    # look k's clip ids lie in [k * 1e6 + 100000, k * 1e6 + 999999]: disjoint
+SHAKE_HZ = (0.4, 2.5)       # hand-held sway (scene px at 240 px height), plus per-frame jitter
+BLUR_TRAIL = (0.35, 0.55, 0.85)  # motion blur: a moving body is drawn at 3 times in the exposure, oldest
+                                 # faintest (a trail; a body at rest stays opaque where the copies overlap)
+BLUR_EXPOSURE = (0.3, 0.8)  # x the frame interval
+LOOK_STREAM = 1             # the look's random stream: [clip seed, LOOK_STREAM]
+NOISE_FIELDS = 6            # sensor noise: a few precomputed fields, one picked per frame (cheap)
+STEM, LEAF = np.array([90, 60, 30], np.float32), np.array([60, 150, 50], np.float32)
+PAGES = np.array([235, 230, 215], np.float32)
+SHADOW = np.array([0, 0, 0], np.float32)
+DISTRACTORS = ("hand", "roller", "swing")   # silent motion: never an event, never a sound
 
 
 # =================================================================================================
@@ -156,6 +245,7 @@ class _Scene:
         self.decor = []            # (layer, draw(img, t, s)) for scenery, hands, occluders
         self.placeholders = []
         self.pair_last = {}
+        self.family, self.variety = None, None   # the look's family and this clip's draws (_render)
 
     def floor(self, y=None):
         y = self.floor_y if y is None else y
@@ -329,39 +419,150 @@ def _fill_rect(img, x0, y0, x1, y1, colour, alpha=1.0):
     region += cover[..., None] * (np.asarray(colour, np.float32) - region)
 
 
-def _background(rng, width, height, floor_y):
-    """A textured wall above floor_y and a textured table/floor below it: [H, W, 3] float32."""
+def _smooth_noise(rng, height, width, cells_y, cells_x, amp):
+    """Low-frequency colour noise: [height, width, 3] float32, about N(0, amp)."""
     from scipy.ndimage import zoom
 
-    def smooth_noise(cells_y, cells_x, amp):
-        grid = rng.standard_normal((cells_y, cells_x, 3)).astype(np.float32) * amp
-        out = zoom(grid, (height / cells_y, width / cells_x, 1), order=1)
-        return out[:height, :width]
+    grid = rng.standard_normal((cells_y, cells_x, 3)).astype(np.float32) * amp
+    return zoom(grid, (height / cells_y, width / cells_x, 1), order=1)[:height, :width]
 
+
+@lru_cache(maxsize=16)
+def _photo_file(name):
+    """A photograph bundled with scikit-image (uint8 [h, w, 3]), or None when it is not installed.
+    Found by file, without importing scikit-image; only its bundled files are read, nothing is fetched."""
+    from importlib.util import find_spec
+
+    from PIL import Image
+
+    try:
+        spec = find_spec("skimage")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "data" / name
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _photo(rng, name, height, width):
+    """A random crop of a bundled photograph resized to [height, width, 3] float32 (None: no photo)."""
+    from PIL import Image
+
+    src = _photo_file(name)
+    if src is None:
+        return None
+    h, w = src.shape[:2]
+    frac = rng.uniform(0.6, 1.0)
+    ch = int(min(h, w * height / width) * frac)
+    cw = int(ch * width / height)
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = Image.fromarray(src[y0:y0 + ch, x0:x0 + cw]).resize((width, height), Image.BILINEAR)
+    img = np.asarray(crop, np.float32)
+    if np.ptp(img.reshape(-1, 3).mean(0)) < 2:     # a grey photo: give it a colour cast
+        img = img * (1 + rng.normal(0, 0.15, 3)).astype(np.float32)
+    return img
+
+
+def _wall(rng, kind, height, width, s):
+    """The wall behind the scene, [height, width, 3] float32 (0..255 before clipping). s: px per scene unit."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    wall = rng.uniform(90, 210) + rng.normal(0, 25, 3)
+    if kind == "photo":
+        img = _photo(rng, str(rng.choice(PHOTO_WALLS)), height, width)
+        if img is not None:
+            return img
+        kind = "brick"      # scikit-image not installed: the look keeps a procedural wall of its own
     img = np.empty((height, width, 3), np.float32)
-    img[:] = wall
-    img += smooth_noise(int(rng.integers(3, 8)), int(rng.integers(4, 10)), rng.uniform(5, 18))
-    pattern = rng.choice(["plain", "stripes", "tiles", "wallpaper"])
+    img[:] = rng.uniform(90, 210) + rng.normal(0, 25, 3)
+    img += _smooth_noise(rng, height, width, int(rng.integers(3, 8)), int(rng.integers(4, 10)), rng.uniform(5, 18))
     amp = rng.uniform(6, 16)
-    if pattern == "stripes":
-        period = rng.uniform(8, 40) * height / SCENE_H
-        img += (amp * np.sign(np.sin(2 * np.pi * xx / period)))[..., None]
-    elif pattern == "tiles":
-        period = rng.uniform(15, 45) * height / SCENE_H
+    if kind == "stripes":
+        img += (amp * np.sign(np.sin(2 * np.pi * xx / (rng.uniform(8, 40) * s))))[..., None]
+    elif kind == "tiles":
+        period = rng.uniform(15, 45) * s
         img += (amp * ((np.floor(xx / period) + np.floor(yy / period)) % 2 * 2 - 1))[..., None]
-    elif pattern == "wallpaper":
-        period = rng.uniform(10, 30) * height / SCENE_H
+    elif kind == "wallpaper":
+        period = rng.uniform(10, 30) * s
         img += (amp * np.sin(2 * np.pi * xx / period) * np.sin(2 * np.pi * yy / period))[..., None]
-    fy = int(round(floor_y * height / SCENE_H))
-    floor = np.clip(rng.uniform(60, 190) + rng.normal(0, 30, 3), 20, 235)
-    img[fy:] = floor
-    grain_period = rng.uniform(3, 9) * height / SCENE_H
-    grain = np.sin(2 * np.pi * yy[fy:] / grain_period + 3 * np.sin(xx[fy:] / rng.uniform(20, 60)))
-    img[fy:] += (rng.uniform(4, 12) * grain)[..., None]
-    img[fy:fy + max(1, height // 120)] *= 0.7   # the table edge
-    img += rng.normal(0, 2.5, (height, width, 1)).astype(np.float32)  # static speckle, same every frame
+    elif kind == "gradient":
+        other = np.clip(rng.uniform(40, 230) + rng.normal(0, 35, 3), 0, 255).astype(np.float32)
+        a = rng.uniform(0, 2 * np.pi)
+        u = (np.cos(a) * xx / width + np.sin(a) * yy / height)
+        u = (u - u.min()) / max(np.ptp(u), 1e-6)
+        img += u[..., None] * (other - img.mean((0, 1)))
+    elif kind == "wood":
+        period = rng.uniform(25, 60) * s
+        plank = np.floor(xx / period)
+        grain = np.sin(xx / (rng.uniform(1.5, 4) * s) + 4 * np.sin(yy / (rng.uniform(20, 60) * s) + plank))
+        img[:] = np.array([150, 100, 55], np.float32) * rng.uniform(0.6, 1.3)
+        img += (8 * grain + 10 * np.sin(plank * 2.3))[..., None] - 30 * (np.abs(xx / period - plank) < 0.03)[..., None]
+    elif kind == "clutter":     # frames, posters and shelves on a plain wall
+        for _ in range(int(rng.integers(3, 8))):
+            w, h = rng.uniform(20, 90) * s, rng.uniform(15, 70) * s
+            x0, y0 = rng.uniform(-10, width), rng.uniform(-10, height * 0.75)
+            col = np.clip(rng.uniform(20, 240) + rng.normal(0, 40, 3), 0, 255)
+            _fill_rect(img, x0, y0, x0 + w, y0 + h, col * 0.6)
+            _fill_rect(img, x0 + 3 * s, y0 + 3 * s, x0 + w - 3 * s, y0 + h - 3 * s, col)
+    elif kind == "brick":
+        bh, bw = rng.uniform(8, 16) * s, rng.uniform(22, 40) * s
+        row = np.floor(yy / bh)
+        col = np.floor(xx / bw + 0.5 * (row % 2))
+        base = np.array([150, 70, 50], np.float32) * rng.uniform(0.6, 1.3) + rng.normal(0, 15, 3)
+        jitter = np.sin(row * 12.9898 + col * 78.233) * 43758.5453 % 1.0        # a colour per brick
+        img[:] = base
+        img += (30 * (jitter - 0.5))[..., None]
+        mortar = (yy % bh < 1.5 * s) | ((xx / bw + 0.5 * (row % 2)) % 1.0 * bw < 1.5 * s)
+        img[mortar] = rng.uniform(150, 210)
+    elif kind == "fabric":
+        f = rng.uniform(0.8, 2.0) / s
+        img += (amp * 1.5 * np.sin(xx * f * 2.1) * np.sin(yy * f * 1.9))[..., None]
+        img += rng.normal(0, amp * 0.6, (height, width, 1)).astype(np.float32)
+    elif kind == "checker":
+        period = rng.uniform(20, 60) * s
+        other = np.clip(rng.uniform(20, 240) + rng.normal(0, 30, 3), 0, 255).astype(np.float32)
+        mask = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(bool)
+        img[mask] = other
+    return img
+
+
+def _floor(rng, kind, img, fy, s):
+    """Paint the table / floor below pixel row fy of img [H, W, 3] in place."""
+    height, width = img.shape[:2]
+    if fy >= height:
+        return
+    part = img[fy:]
+    yy, xx = np.mgrid[fy:height, 0:width].astype(np.float32)
+    if kind == "photo":
+        photo = _photo(rng, str(rng.choice(PHOTO_FLOORS)), height - fy, width)
+        if photo is not None:
+            part[:] = photo
+            part[:max(1, height // 120)] *= 0.7
+            return
+        kind = "concrete"
+    part[:] = np.clip(rng.uniform(60, 190) + rng.normal(0, 30, 3), 20, 235)
+    if kind == "grain":
+        grain = np.sin(2 * np.pi * yy / (rng.uniform(3, 9) * s) + 3 * np.sin(xx / rng.uniform(20, 60)))
+        part += (rng.uniform(4, 12) * grain)[..., None]
+    elif kind == "tiles":
+        period = rng.uniform(20, 50) * s
+        part -= 25 * ((xx % period < 1.2 * s) | ((yy - fy) % (period * 0.4) < 1.0 * s))[..., None]
+    elif kind == "cloth":
+        f = rng.uniform(1.0, 2.5) / s
+        part += (rng.uniform(6, 14) * np.sin(xx * f) * np.sin(yy * f * 1.3))[..., None]
+    elif kind == "concrete":
+        part += rng.normal(0, rng.uniform(4, 10), part.shape[:2] + (1,)).astype(np.float32)
+        part += _smooth_noise(rng, height - fy, width, 3, 6, rng.uniform(5, 15))
+    part[:max(1, height // 120)] *= 0.7   # the table edge
+
+
+def _backdrop(rng, variety, height, width, floor_px, s):
+    """Wall + floor (+ static speckle), the same every frame: [height, width, 3] float32."""
+    img = _wall(rng, variety["wall"], height, width, s)
+    _floor(rng, variety["floor"], img, int(round(floor_px)), s)
+    img += rng.normal(0, 2.5, (height, width, 1)).astype(np.float32)   # static speckle
     return np.clip(img, 0, 255)
 
 
@@ -376,7 +577,8 @@ def _squash(body, t):
     return min(q, 0.5), nx, ny
 
 
-def _draw_body(img, body, x, y, t, s):
+def _draw_body(img, body, x, y, t, s, alpha=1.0):
+    """Draw a body at (x, y) (scene units), squashed by its recent impacts; alpha < 1 for motion trails."""
     q, nx, ny = _squash(body, t)
     hx, hy = body.hx, body.hy
     if q > 0:
@@ -386,33 +588,83 @@ def _draw_body(img, body, x, y, t, s):
         else:
             x, y, hx, hy = x - nx * hx * q, y, hx * (1 - q), hy * (1 + 0.5 * q)
     c = body.colour
+    visual = VISUALS.get(body.name, body.shape)
     if body.shape == "ball":
-        _fill_ellipse(img, x * s, y * s, hx * s, hy * s, c * 0.6)
-        _fill_ellipse(img, x * s, y * s, (hx - 1.2) * s, (hy - 1.2) * s, c)
-        _fill_ellipse(img, (x - 0.35 * hx) * s, (y - 0.35 * hy) * s, 0.3 * hx * s, 0.25 * hy * s,
-                      np.minimum(c + 70, 255))
-    else:
-        _fill_rect(img, (x - hx) * s, (y - hy) * s, (x + hx) * s, (y + hy) * s, c * 0.55)
-        _fill_rect(img, (x - hx + 1.5) * s, (y - hy + 1.5) * s, (x + hx - 1.5) * s, (y + hy - 1.5) * s, c)
-        _fill_rect(img, (x - hx + 1.5) * s, (y - hy + 1.5) * s, (x + hx - 1.5) * s, (y - hy + 3.5) * s,
-                   np.minimum(c + 50, 255))
-
-
-def _fill_capsule(img, x0, y0, x1, y1, r, colour):
-    """A thick segment (an arm) from (x0, y0) to (x1, y1) with radius r, in pixels."""
-    h, w = img.shape[:2]
-    bx0, bx1 = max(int(min(x0, x1) - r - 1), 0), min(int(max(x0, x1) + r + 2), w)
-    by0, by1 = max(int(min(y0, y1) - r - 1), 0), min(int(max(y0, y1) + r + 2), h)
-    if bx0 >= bx1 or by0 >= by1:
+        rx = hx * (0.82 if visual == "egg" else 1.0)     # an egg or a lemon: narrower than its hit circle
+        _fill_ellipse(img, x * s, y * s, rx * s, hy * s, c * 0.6, alpha)
+        _fill_ellipse(img, x * s, y * s, (rx - 1.2) * s, (hy - 1.2) * s, c, alpha)
+        if visual == "striped":
+            _fill_ellipse(img, x * s, y * s, (rx - 1.2) * s, 0.3 * hy * s, np.minimum(255 - c * 0.7, 255), alpha)
+        elif visual == "fruit":
+            _fill_rect(img, (x - 0.8) * s, (y - hy - 3.5) * s, (x + 0.8) * s, (y - hy + 1) * s, STEM, alpha)
+            _fill_ellipse(img, (x + 3) * s, (y - hy - 1.5) * s, 3 * s, 1.5 * s, LEAF, alpha)
+        _fill_ellipse(img, (x - 0.35 * rx) * s, (y - 0.35 * hy) * s, 0.3 * rx * s, 0.25 * hy * s,
+                      np.minimum(c + 70, 255), alpha)
         return
-    px = np.arange(bx0, bx1, dtype=np.float32)[None, :] + 0.5 - x0
-    py = np.arange(by0, by1, dtype=np.float32)[:, None] + 0.5 - y0
+    x0, y0, x1, y1 = x - hx, y - hy, x + hx, y + hy
+    if visual == "bottle":      # a wide body and a narrow neck inside the hit box
+        neck = y0 + 0.4 * (y1 - y0)
+        _fill_rect(img, (x - 0.4 * hx) * s, y0 * s, (x + 0.4 * hx) * s, neck * s, c * 0.7, alpha)
+        _fill_rect(img, (x - 0.45 * hx) * s, y0 * s, (x + 0.45 * hx) * s, (y0 + 3) * s, c * 0.35, alpha)
+        _fill_rect(img, x0 * s, neck * s, x1 * s, y1 * s, c * 0.6, alpha)
+        _fill_rect(img, (x0 + 1.5) * s, (neck + 1.5) * s, (x1 - 1.5) * s, (y1 - 1.5) * s, c, alpha)
+        _fill_rect(img, (x0 + 0.25 * hx) * s, (neck + 2) * s, (x0 + 0.45 * hx) * s, (y1 - 3) * s,
+                   np.minimum(c + 80, 255), alpha)
+        return
+    _fill_rect(img, x0 * s, y0 * s, x1 * s, y1 * s, c * 0.55, alpha)
+    _fill_rect(img, (x0 + 1.5) * s, (y0 + 1.5) * s, (x1 - 1.5) * s, (y1 - 1.5) * s, c, alpha)
+    if visual == "can":
+        _fill_ellipse(img, x * s, (y0 + 1.5) * s, hx * s, 2.5 * s, np.minimum(c + 60, 255), alpha)
+        _fill_rect(img, (x0 + 1.5) * s, (y - 0.3 * hy) * s, (x1 - 1.5) * s, (y + 0.3 * hy) * s, 255 - c * 0.5, alpha)
+    elif visual == "book":
+        _fill_rect(img, (x0 + 1.5) * s, (y0 + 1.5) * s, (x1 - 1.5) * s, (y0 + 0.45 * (y1 - y0)) * s, PAGES, alpha)
+    elif visual == "crate":
+        for f in (0.3, 0.65):
+            _fill_rect(img, x0 * s, (y0 + f * (y1 - y0)) * s, x1 * s, (y0 + f * (y1 - y0) + 1.5) * s, c * 0.45, alpha)
+    else:
+        _fill_rect(img, (x0 + 1.5) * s, (y0 + 1.5) * s, (x1 - 1.5) * s, (y0 + 3.5) * s, np.minimum(c + 50, 255), alpha)
+
+
+def _draw_shadows(img, scene, k, s, strength):
+    """Soft shadows of the free bodies on the floor, fainter and wider the higher they are (k: step)."""
+    if strength <= 0:
+        return
+    for b in scene.bodies:
+        if b.control is not None:
+            continue
+        x, y = b.track[min(k, len(b.track) - 1)]
+        h = scene.floor_y - (y + b.hy)
+        if -2 <= h < 200:
+            a = strength * math.exp(-max(h, 0) / 90)
+            _fill_ellipse(img, x * s, (scene.floor_y + 1.5) * s, b.hx * (1 + h / 150) * s, 2.5 * s, SHADOW, a)
+
+
+def _fill_capsule(img, x0, y0, x1, y1, r, colour, piece_px=24.0):
+    """A thick segment (an arm) from (x0, y0) to (x1, y1) with radius r, in pixels.
+
+    Drawn in pieces of ~piece_px along the segment, each pixel by the piece its projection falls in:
+    a long diagonal arm touches a strip of pixels, not its whole bounding box.
+    """
+    h, w = img.shape[:2]
     dx, dy = x1 - x0, y1 - y0
-    u = np.clip((px * dx + py * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
-    dist = np.sqrt((px - u * dx) ** 2 + (py - u * dy) ** 2)
-    cover = np.clip(r - dist + 0.5, 0.0, 1.0)
-    region = img[by0:by1, bx0:bx1]
-    region += cover[..., None] * (np.asarray(colour, np.float32) - region)
+    n = max(int(math.hypot(dx, dy) / piece_px), 1)
+    inv = 1.0 / max(dx * dx + dy * dy, 1e-9)
+    colour = np.asarray(colour, np.float32)
+    for k in range(n):
+        ax, ay, bx, by = x0 + dx * k / n, y0 + dy * k / n, x0 + dx * (k + 1) / n, y0 + dy * (k + 1) / n
+        bx0, bx1 = max(int(min(ax, bx) - r - 1), 0), min(int(max(ax, bx) + r + 2), w)
+        by0, by1 = max(int(min(ay, by) - r - 1), 0), min(int(max(ay, by) + r + 2), h)
+        if bx0 >= bx1 or by0 >= by1:
+            continue
+        px = np.arange(bx0, bx1, dtype=np.float32)[None, :] + 0.5 - x0
+        py = np.arange(by0, by1, dtype=np.float32)[:, None] + 0.5 - y0
+        raw = (px * dx + py * dy) * inv
+        mine = ((raw >= k / n) | (k == 0)) & ((raw < (k + 1) / n) | (k == n - 1))
+        u = np.clip(raw, 0.0, 1.0)
+        dist = np.sqrt((px - u * dx) ** 2 + (py - u * dy) ** 2)
+        cover = np.clip(r - dist + 0.5, 0.0, 1.0) * mine
+        region = img[by0:by1, bx0:bx1]
+        region += cover[..., None] * (colour - region)
 
 
 def _draw_hand(img, x, y, s, colour, arm_to=(0.0, -1.0)):
@@ -423,21 +675,180 @@ def _draw_hand(img, x, y, s, colour, arm_to=(0.0, -1.0)):
 
 
 # =================================================================================================
+# Looks: per-clip appearance settings, camera, lighting, occluders and silent distractor motion
+# =================================================================================================
+def _family(look):
+    if look not in LOOK_FAMILIES:
+        raise FoleyError(f"unknown look {look!r}: expected one of {', '.join(LOOKS)}")
+    return LOOK_FAMILIES[look]
+
+
+def _pick(rng, options):
+    return str(options[int(rng.integers(len(options)))])
+
+
+def _draw_variety(rng, look, fps):
+    """Every appearance setting of one clip, drawn from its look's family: a JSON-serialisable dict.
+
+    Units: zoom x the frame, pan x the frame width, floor_at x the frame height (where the table edge
+    sits), shake px at 240 px height, blur x the frame interval (0 = sharp), noise (0..255 levels).
+    """
+    fam = _family(look)
+    u = lambda r: round(float(rng.uniform(*r)), 3)     # noqa: E731 (a short local helper)
+    tint = 1 + rng.uniform(-fam["tint"], fam["tint"], 3)
+    v = {
+        "look": look, "wall": _pick(rng, fam["walls"]), "floor": _pick(rng, fam["floors"]),
+        "palette": _pick(rng, fam["palettes"]), "object_scale": u(fam["scale"]),
+        "light": {"brightness": u(fam["brightness"]), "tint": [round(float(c), 3) for c in tint / tint.mean()],
+                  "contrast": u(fam["contrast"]), "vignette": u(fam["vignette"]),
+                  "centre": [round(float(c), 3) for c in rng.uniform(-0.3, 0.3, 2)],
+                  "shadow": round(float(rng.uniform(0.15, 0.45)) if fam["zoom"][1] > 1 else 0.0, 3)},
+        "camera": {"zoom": u(fam["zoom"]), "pan": round(float(rng.uniform(-fam["pan"], fam["pan"])), 3),
+                   "floor_at": u(fam["floor_at"]) if fam["floor_at"] else None,
+                   "shake": u(fam["shake"]) if rng.random() < fam["shake_p"] else 0.0,
+                   "shake_hz": [u(SHAKE_HZ), u(SHAKE_HZ)], "phase": [u((0, 6.283)) for _ in range(4)]},
+        "blur": u(BLUR_EXPOSURE) if rng.random() < fam["blur_p"] else 0.0,
+        "noise": u(fam["noise"]),
+        "occluder": None, "distractor": None,
+    }
+    if rng.random() < fam["occluder_p"]:
+        side = 1 if rng.random() < 0.5 else -1
+        v["occluder"] = {"kind": _pick(rng, ("post", "mug", "glass")),
+                         "x": round(0.5 + side * float(rng.uniform(0.22, 0.45)), 3),
+                         "width": u((0.06, 0.16)), "top": u((0.0, 0.55)),
+                         "colour": [round(float(c), 1) for c in np.clip(rng.uniform(20, 220) + rng.normal(0, 30, 3), 0, 255)]}
+    if rng.random() < fam["distractor_p"]:
+        v["distractor"] = {"kind": _pick(rng, DISTRACTORS), "t0": u((0.0, 2.5)), "seconds": u((1.0, 2.5)),
+                           "x": u((0.2, 0.8)), "y": u((0.2, 0.6)), "size": u((0.6, 1.1)),
+                           "direction": 1 if rng.random() < 0.5 else -1}
+    return v
+
+
+def _colour(rng, scene=None):
+    """An object colour from the clip's palette: float32 [3], 0..255."""
+    c = PALETTE[rng.integers(len(PALETTE))] + rng.normal(0, 12, 3).astype(np.float32)
+    palette = scene.variety["palette"] if scene is not None and scene.variety else "saturated"
+    if palette == "muted":
+        c = 0.5 * c + 0.5 * c.mean() - 15
+    elif palette == "pastel":
+        c = 0.45 * c + 135
+    elif palette == "dark":
+        c = 0.45 * c + 8
+    elif palette == "metal":
+        c = rng.uniform(80, 215) + np.array([0, 2, 8], np.float32) + rng.normal(0, 5, 3)
+    elif palette == "wood":
+        c = np.array([150, 100, 55], np.float32) * rng.uniform(0.55, 1.35) + rng.normal(0, 8, 3)
+    return np.clip(c, 0, 255).astype(np.float32)
+
+
+def _camera(rng, variety, width, height, floor_y, n_frames, fps):
+    """Zoom, framing and shake: (px per scene unit, canvas (h, w), crop origins int [n_frames, 2] as (x, y)).
+
+    The scene is drawn on a canvas `zoom` times the frame and each frame is a crop of it, so a zoom
+    costs no resampling and a shake is a moving crop (clamped inside the canvas).
+    """
+    cam = variety["camera"]
+    z = cam["zoom"]
+    s = z * height / SCENE_H
+    cw, ch = int(math.ceil(width * z)), int(math.ceil(height * z))
+    ox = (cw - width) / 2 + cam["pan"] * width
+    oy = floor_y * s - cam["floor_at"] * height if cam["floor_at"] else (ch - height) / 2
+    t = np.arange(n_frames) / fps
+    amp = cam["shake"] * height / SCENE_H
+    f1, f2 = cam["shake_hz"]
+    p = cam["phase"]
+    dx = amp * (0.8 * np.sin(2 * np.pi * f1 * t + p[0]) + 0.4 * np.sin(2 * np.pi * f2 * t + p[1]))
+    dy = amp * (0.6 * np.sin(2 * np.pi * f2 * t + p[2]) + 0.3 * np.sin(2 * np.pi * f1 * t + p[3]))
+    jitter = rng.normal(0, 0.3 * amp, (n_frames, 2)) if amp > 0 else np.zeros((n_frames, 2))
+    xs = np.clip(np.round(ox + dx + jitter[:, 0]), 0, cw - width)
+    ys = np.clip(np.round(oy + dy + jitter[:, 1]), 0, ch - height)
+    return s, (ch, cw), np.stack([xs, ys], 1).astype(int)
+
+
+def _lighting(variety, height, width):
+    """Per-pixel gain A and offset B [H, W, 3] float32: a frame is lit as frame * A + B."""
+    li = variety["light"]
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy = li["centre"]
+    r2 = ((xx / width - 0.5 - cx) ** 2 + (yy / height - 0.5 - cy) ** 2) / 0.5
+    gain = li["brightness"] * np.clip(1 - li["vignette"] * r2, 0.15, None)[..., None] * np.asarray(li["tint"], np.float32)
+    c = li["contrast"]
+    return (c * gain).astype(np.float32), (128 * (1 - c) * gain).astype(np.float32)
+
+
+def _draw_occluder(img, occ):
+    """Something close to the camera covering part of the frame (screen coordinates): img [H, W, 3]."""
+    if occ is None:
+        return
+    height, width = img.shape[:2]
+    col = np.asarray(occ["colour"], np.float32)
+    x0, x1 = (occ["x"] - occ["width"] / 2) * width, (occ["x"] + occ["width"] / 2) * width
+    if occ["kind"] == "post":       # out of focus: soft edges
+        _fill_rect(img, x0, -2, x1, height + 2, col * 0.8, 0.6)
+        _fill_rect(img, x0 + 2, -2, x1 - 2, height + 2, col, 0.95)
+    elif occ["kind"] == "mug":
+        top = height * (0.45 + 0.5 * occ["top"])
+        _fill_rect(img, x0, top, x1, height + 2, col * 0.75)
+        _fill_rect(img, x0 + 2, top + 2, x1 - 2, height + 2, col)
+        _fill_ellipse(img, (x0 + x1) / 2, top, (x1 - x0) / 2, 3, col * 0.5)
+    else:                           # a glass pane or a bottle: the scene shows through it
+        _fill_rect(img, x0, height * occ["top"], x1, height + 2, col, 0.35)
+
+
+def _add_distractor(scene, variety):
+    """Silent motion (variety["distractor"]) as decor: a hand passing, an object rolling along a
+    shelf, or a hanging thing swinging. Smooth motion with no contact: never an event or a sound."""
+    d = variety["distractor"]
+    if d is None:
+        return
+    t0, dur, k = d["t0"], d["seconds"], d["size"]
+    x_mid, y_mid, sign = d["x"] * scene.w, d["y"] * scene.floor_y, d["direction"]
+    colour = np.asarray(SKIN[int(d["x"] * 1000) % len(SKIN)], np.float32)
+    obj_colour = np.asarray(PALETTE[int(d["y"] * 1000) % len(PALETTE)], np.float32) * 0.8
+
+    if d["kind"] == "hand":         # reaches in from above, hovers, leaves: a cosine-smooth path
+        def draw(img, t, s):
+            u = (t - t0) / dur
+            if 0 <= u <= 1:
+                reach = math.sin(math.pi * u) ** 2
+                _draw_hand(img, x_mid + sign * 30 * (u - 0.5), -40 + reach * (y_mid + 40), s, colour)
+        scene.decor.append((3, draw))
+    elif d["kind"] == "roller":     # far behind (small, high in the picture), constant speed
+        y = scene.floor_y - 30 - 40 * d["y"]
+        r = 6 * k
+
+        def draw(img, t, s):
+            x = x_mid + sign * 60 * (t - t0 - dur / 2)
+            _fill_rect(img, 0, (y + r) * s, scene.w * s, (y + r + 2) * s, obj_colour * 0.5)   # the shelf
+            _fill_ellipse(img, x * s, y * s, r * s, r * s, obj_colour)
+        scene.decor.append((0, draw))
+    else:                           # swing: a lamp or an ornament on a string
+        length = (0.3 + 0.4 * d["y"]) * scene.floor_y
+        omega = 2 * math.pi / (1.2 + dur * 0.5)
+
+        def draw(img, t, s):
+            a = 0.5 * k * math.sin(omega * (t - t0)) * math.exp(-max(t - t0, 0) / 6)
+            bx, by = x_mid + length * math.sin(a), length * math.cos(a)
+            _fill_capsule(img, x_mid * s, -5 * s, bx * s, by * s, 0.8 * s, obj_colour * 0.4)
+            _fill_ellipse(img, bx * s, by * s, 9 * k * s, 7 * k * s, obj_colour)
+        scene.decor.append((1, draw))
+
+
+# =================================================================================================
 # Scenes: one builder per template, all in scene coordinates
 # =================================================================================================
-def _colour(rng):
-    return np.clip(PALETTE[rng.integers(len(PALETTE))] + rng.normal(0, 12, 3), 0, 255).astype(np.float32)
-
-
-def _object(rng, kind=None, big=False):
-    """A random movable object: (name, shape, hx, hy, colour, restitution)."""
+def _object(rng, scene, kind=None, big=False):
+    """A random movable object of the clip's look: (name, shape, hx, hy, colour, restitution).
+    The name picks how it is drawn (VISUALS) and its proportions (a bottle is tall, a book flat)."""
     kind = kind or ("ball" if rng.random() < 0.5 else "box")
-    scale = 1.25 if big else 1.0
+    scale = (1.25 if big else 1.0) * scene.variety["object_scale"]
     if kind == "ball":
         r = rng.uniform(10, 20) * scale
-        return str(rng.choice(BALLS)), "ball", r, r, _colour(rng), rng.uniform(0.45, 0.7)
-    return (str(rng.choice(BOXES)), "box", rng.uniform(11, 24) * scale, rng.uniform(8, 16) * scale,
-            _colour(rng), rng.uniform(0.15, 0.35))
+        return _pick(rng, scene.family["balls"]), "ball", r, r, _colour(rng, scene), rng.uniform(0.45, 0.7)
+    name = _pick(rng, scene.family["boxes"])
+    fx, fy = ASPECT.get(VISUALS.get(name, "box"), (1.0, 1.0))
+    return (name, "box", rng.uniform(11, 24) * scale * fx, rng.uniform(8, 16) * scale * fy,
+            _colour(rng, scene), rng.uniform(0.15, 0.35))
 
 
 def _first_impact_time(rng, duration):
@@ -480,12 +891,13 @@ def _static_box(scene, box, colour, layer=0, jolt_from=None):
                     off += 3.0 * min(speed / V_REF, 1.2) * math.exp(-(t - te) / SQUASH_TAU_S)
         _fill_rect(img, x0 * s, (y0 + off) * s, x1 * s, (y1 + off) * s, colour * 0.7)
         _fill_rect(img, (x0 + 2) * s, (y0 + 2 + off) * s, (x1 - 2) * s, (y1 - 1 + off) * s, colour)
+    draw.static = jolt_from is None     # the same every frame: _render paints it into the backdrop
     scene.decor.append((layer, draw))
 
 
 def _drop_scene(rng, scene, duration, land_top, x_range, name_list=None):
     """A held object released above `land_top` (the y it lands on) within x_range."""
-    name, shape, hx, hy, colour, e = _object(rng)
+    name, shape, hx, hy, colour, e = _object(rng, scene)
     x = rng.uniform(*x_range)
     h = rng.uniform(45, max(50.0, min(130.0, land_top - 2 * hy - 12)))
     y = land_top - hy - h
@@ -498,7 +910,7 @@ def _drop_scene(rng, scene, duration, land_top, x_range, name_list=None):
 
 
 def _scene_hitting(rng, scene, duration):
-    tname, _, thx, thy, tcol, _ = _object(rng, "box")
+    tname, _, thx, thy, tcol, _ = _object(rng, scene, "box")
     F = scene.floor_y
     d = 1 if rng.random() < 0.5 else -1
     xc = scene.w / 2 + d * rng.uniform(-20, 50)
@@ -543,7 +955,7 @@ def _scene_hitting(rng, scene, duration):
 
 def _scene_throw_against(rng, scene, duration):
     F = scene.floor_y
-    name, shape, hx, hy, colour, e = _object(rng, "ball" if rng.random() < 0.7 else "box")
+    name, shape, hx, hy, colour, e = _object(rng, scene, "ball" if rng.random() < 0.7 else "box")
     d = 1 if rng.random() < 0.5 else -1
     face = scene.w / 2 + d * rng.uniform(50, 100)   # inside the centre crop the model sees
     top = rng.uniform(-10, 40)   # above anything thrown: the ball never lands on top of it
@@ -563,7 +975,7 @@ def _scene_throw_against(rng, scene, duration):
 
 def _scene_throw_onto(rng, scene, duration):
     F = scene.floor_y
-    name, shape, hx, hy, colour, e = _object(rng)
+    name, shape, hx, hy, colour, e = _object(rng, scene)
     d = 1 if rng.random() < 0.5 else -1
     x0 = scene.w / 2 - d * rng.uniform(60, 120)   # lands near the middle: the model sees a centre crop
     y0 = F - rng.uniform(70, 140)
@@ -597,7 +1009,7 @@ def _scene_drop_onto(rng, scene, duration):
 def _scene_drop_into(rng, scene, duration):
     F = scene.floor_y
     cname = str(rng.choice(CONTAINERS))
-    name, shape, hx, hy, colour, e = _object(rng)
+    name, shape, hx, hy, colour, e = _object(rng, scene)
     cw, ch, tw = rng.uniform(2 * hx + 14, 2 * hx + 40), rng.uniform(max(35, 2 * hy + 8), 75), 5.0
     xc = scene.w / 2 + rng.uniform(-70, 70)
     left = (xc - cw / 2 - tw, F - ch, xc - cw / 2, F)
@@ -622,7 +1034,7 @@ def _scene_drop_into(rng, scene, duration):
 def _scene_drop_behind(rng, scene, duration):
     F = scene.floor_y
     oname = str(rng.choice(OCCLUDERS))
-    name, shape, hx, hy, colour, e = _object(rng)
+    name, shape, hx, hy, colour, e = _object(rng, scene)
     ow, oh = rng.uniform(70, 130), rng.uniform(max(50, 2 * hy + 15), 110)
     xc = scene.w / 2 + rng.uniform(-60, 60)
     occ = (xc - ow / 2, F - oh, xc + ow / 2, F)
@@ -644,7 +1056,7 @@ def _scene_drop_in_front(rng, scene, duration):
     bname = str(rng.choice(BACKDROPS))
     bw, bh = rng.uniform(25, 60), rng.uniform(50, 120)
     xc = scene.w / 2 + rng.uniform(-60, 60)
-    bcol = _colour(rng) * 0.8
+    bcol = _colour(rng, scene) * 0.8
     back_floor = F - rng.uniform(6, 14)  # further from the camera: stands higher in the picture
     _static_box(scene, (xc - bw / 2, back_floor - bh, xc + bw / 2, back_floor), bcol)
     scene.decor.append((0, lambda img, t, s: _fill_ellipse(
@@ -666,8 +1078,8 @@ def _approach(rng, duration, xc, gap_a, gap_b, va, vb, decel):
 
 def _scene_collide_deflect(rng, scene, duration):
     F = scene.floor_y
-    a_name, _, ra, _, ca, _ = _object(rng, "ball")
-    b_name, _, rb, _, cb, _ = _object(rng, "ball")
+    a_name, _, ra, _, ca, _ = _object(rng, scene, "ball")
+    b_name, _, rb, _, cb, _ = _object(rng, scene, "ball")
     va, vb = rng.uniform(200, 450), rng.uniform(200, 450)
     xc = scene.w / 2 + rng.uniform(-50, 50)
     decel = 50.0
@@ -683,8 +1095,8 @@ def _scene_collide_deflect(rng, scene, duration):
 
 def _scene_deflected_from(rng, scene, duration):
     F = scene.floor_y
-    a_name, a_shape, ahx, ahy, ca, _ = _object(rng, "ball")
-    b_name, _, bhx, bhy, cb, _ = _object(rng, "box", big=True)
+    a_name, a_shape, ahx, ahy, ca, _ = _object(rng, scene, "ball")
+    b_name, _, bhx, bhy, cb, _ = _object(rng, scene, "box", big=True)
     d = 1 if rng.random() < 0.5 else -1
     xb = scene.w / 2 + d * rng.uniform(20, 80)
     b = scene.add(_Body(b_name, "box", xb, F - bhy, bhx, bhy, cb, mass=8.0, e=0.1, decel=3000.0),
@@ -713,8 +1125,8 @@ def _scene_deflected_from(rng, scene, duration):
 
 def _scene_collide_halt(rng, scene, duration):
     F = scene.floor_y
-    a_name, _, ahx, ahy, ca, _ = _object(rng, "box")
-    b_name, _, bhx, bhy, cb, _ = _object(rng, "box")
+    a_name, _, ahx, ahy, ca, _ = _object(rng, scene, "box")
+    b_name, _, bhx, bhy, cb, _ = _object(rng, scene, "box")
     va, vb = rng.uniform(250, 500), rng.uniform(250, 500)
     xc = scene.w / 2 + rng.uniform(-50, 50)
     t_first_guess = 3.2
@@ -740,7 +1152,7 @@ def _scene_stack(rng, scene, duration):
     hx, hy = rng.uniform(13, 22), rng.uniform(6, 11)
     d = 1 if rng.random() < 0.5 else -1
     xc = scene.w / 2 - d * rng.uniform(0, 50)   # the blocks fly towards the middle
-    base_col = _colour(rng)
+    base_col = _colour(rng, scene)
     bottom = (xc - hx, F - 2 * hy, xc + hx, F)
     _static_box(scene, bottom, base_col)
     v_poke = rng.uniform(120, 280)
@@ -787,8 +1199,8 @@ def _scene_stack(rng, scene, duration):
 
 def _scene_move_collide(rng, scene, duration):
     F = scene.floor_y
-    a_name, a_shape, ahx, ahy, ca, _ = _object(rng)
-    b_name, b_shape, bhx, bhy, cb, _ = _object(rng)
+    a_name, a_shape, ahx, ahy, ca, _ = _object(rng, scene)
+    b_name, b_shape, bhx, bhy, cb, _ = _object(rng, scene)
     y = F - max(ahy, bhy) - rng.uniform(10, 90)
     va, vb = rng.uniform(120, 300), rng.uniform(120, 300)
     xc = scene.w / 2 + rng.uniform(-50, 50)
@@ -826,7 +1238,7 @@ def _scene_move_collide(rng, scene, duration):
 
 def _scene_push(rng, scene, duration):
     F = scene.floor_y
-    name, _, hx, hy, colour, _ = _object(rng, "box")
+    name, _, hx, hy, colour, _ = _object(rng, scene, "box")
     v = rng.uniform(50, 110)
     t0, t1 = rng.uniform(0.2, 0.8), duration - rng.uniform(0.2, 0.6)
 
@@ -840,7 +1252,7 @@ def _scene_push(rng, scene, duration):
 
 def _scene_lift(rng, scene, duration):
     F = scene.floor_y
-    name, shape, hx, hy, colour, _ = _object(rng)
+    name, shape, hx, hy, colour, _ = _object(rng, scene)
     v = rng.uniform(40, 90)
     t0 = rng.uniform(0.3, 1.0)
     t1 = min(duration - 0.2, t0 + rng.uniform(1.0, 2.0))
@@ -864,14 +1276,20 @@ SCENES = dict(zip(TEMPLATES_12 + OTHER_TEMPLATES, [
 # =================================================================================================
 # Audio
 # =================================================================================================
-def _impact_sound(rng, sample_rate, amplitude, shape):
-    """A decaying noisy click (balls) or thud (boxes), 10-40 ms, peak |x| = amplitude: [L]."""
-    n = int(0.06 * sample_rate)
+def _impact_sound(rng, sample_rate, amplitude, material):
+    """One impact of a material (MATERIALS): a few decaying partials plus a noise burst, peak |x| =
+    amplitude: [L]. Harder hits are not brighter here: loudness alone follows the speed."""
+    m = MATERIALS[material]
+    tau_tone, tau_noise = rng.uniform(*m["tau_tone"]), rng.uniform(*m["tau_noise"])
+    n = int(min(6 * max(tau_tone, tau_noise) + 0.005, 0.6) * sample_rate)
     t = np.arange(n) / sample_rate
-    tau_noise = rng.uniform(0.003, 0.008)
-    tau_tone = rng.uniform(0.006, 0.014)
-    f = rng.uniform(500, 1800) if shape == "ball" else rng.uniform(120, 450)
-    x = 0.6 * rng.standard_normal(n) * np.exp(-t / tau_noise) + np.sin(2 * np.pi * f * t) * np.exp(-t / tau_tone)
+    f0 = rng.uniform(*m["freq"])
+    x = m["noise"] * rng.standard_normal(n) * np.exp(-t / tau_noise)
+    for k in range(int(rng.integers(m["partials"][0], m["partials"][1] + 1))):
+        ratio = 1.0 if k == 0 else rng.uniform(1.4, 3.2)                # inharmonic modes
+        x += np.sin(2 * np.pi * f0 * ratio * t + rng.uniform(0, 6.3)) * np.exp(-t / (tau_tone / (1 + 0.5 * k))) / (1 + k)
+    if material == "clap":          # a clap is two or three bursts a few ms apart
+        x += np.roll(x, int(rng.uniform(0.004, 0.012) * sample_rate)) * 0.6
     x *= np.minimum(t / 0.0005, 1.0)  # 0.5 ms attack, no discontinuity
     return (amplitude * x / np.abs(x).max()).astype(np.float32)
 
@@ -910,30 +1328,74 @@ def _add(track, sound, start):
     track[..., max(i0, 0):i1] += sound[max(-i0, 0):i1 - i0]
 
 
-def _render_audio(rng, scene, events, duration, sample_rate, channels):
-    """Background noise + one sound per impact + distractors: ([C, S] float32, distractor list)."""
+def _room_tone(rng, n, sample_rate, channels):
+    """Background noise (brown-ish, partly shared by the channels) and sometimes mains hum: ([C, S], facts)."""
     from scipy.signal import lfilter
 
-    n = int(round(duration * sample_rate))
-    gain = rng.uniform(*IMPACT_GAIN)
     rms = rng.uniform(*NOISE_RMS)
     noise = np.empty((channels, n), np.float32)
-    common = lfilter([1.0], [1.0, -0.97], rng.standard_normal(n))  # brown-ish room noise
+    common = lfilter([1.0], [1.0, -0.97], rng.standard_normal(n))
     for c in range(channels):
         own = lfilter([1.0], [1.0, -0.97], rng.standard_normal(n))
         mix = 0.7 * common + 0.3 * own + 0.3 * np.std(common) * rng.standard_normal(n)
         noise[c] = rms * mix / np.std(mix)
-    audio = noise
+    hum = 0.0
+    if rng.random() < HUM_P:
+        hum = rng.uniform(*HUM_RMS)
+        f, t = (50.0 if rng.random() < 0.5 else 60.0), np.arange(n) / sample_rate
+        wave = sum(np.sin(2 * np.pi * f * h * t + rng.uniform(0, 6.3)) / h for h in (1, 2, 3))
+        noise += (hum * wave / np.std(wave)).astype(np.float32)
+    return noise, {"noise_rms": round(float(rms), 4), "hum_rms": round(float(hum), 4)}
+
+
+def _reverb(rng, dry, sample_rate):
+    """A room: dry [C, S] plus an exponentially decaying noise tail (unit-energy impulse response
+    times a wet gain, so the tail never holds the peak): ([C, S], facts)."""
+    from scipy.signal import fftconvolve
+
+    t60, wet = rng.uniform(*REVERB_S), rng.uniform(*REVERB_WET)
+    n = int(t60 * sample_rate)
+    ir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)   # -60 dB at t60
+    ir[: int(0.003 * sample_rate)] = 0                               # the first reflection after 3 ms
+    ir /= np.sqrt(np.sum(ir ** 2))
+    tail = fftconvolve(dry, ir[None], axes=1)[:, :dry.shape[1]]
+    return (dry + wet * tail).astype(np.float32), {"t60": round(float(t60), 3), "wet": round(float(wet), 3)}
+
+
+def _render_audio(rng, scene, events, duration, sample_rate, channels, bank=None):
+    """Room tone + one sound per impact (+ room reverb) + distractors: ([C, S] float32, distractors, facts).
+
+    An impact's peak amplitude is proportional to its speed (recorded samples are peak-normalised
+    first); bank (load_sounds) picks recorded samples instead of the procedural materials."""
+    n = int(round(duration * sample_rate))
+    gain = rng.uniform(*IMPACT_GAIN)
+    if bank is None:
+        mats = {"ball": _pick(rng, BALL_MATERIALS), "box": _pick(rng, BOX_MATERIALS)}
+        facts = {"source": "procedural", "materials": mats}
+    else:
+        group = int(rng.integers(len(bank["groups"])))
+        facts = {"source": "samples", "folder": bank["folder"], "group": bank["groups"][group]["name"], "samples": []}
+    impacts = np.zeros((channels, n), np.float32)
     amps = []
     for ev in events:
         amp = gain * min(ev["speed"] / V_REF, 1.25) * (HIDDEN_GAIN if ev["hidden"] else 1.0)
         amps.append(amp)
-        snd = _impact_sound(rng, sample_rate, amp, ev["bodies"][0].shape)
+        if bank is None:
+            snd = _impact_sound(rng, sample_rate, amp, mats[ev["bodies"][0].shape])
+        else:
+            g = group if rng.random() >= SAMPLE_OTHER_GROUP_P else int(rng.integers(len(bank["groups"])))
+            name, wave = _pick_sample(rng, bank, g, ev["speed"], sample_rate)
+            snd = amp * wave
+            facts["samples"].append(name)
         # Stereo: a mild pan by where it happened (the first channel keeps >= 75% of the level).
         pan = np.clip(ev["x"] / scene.w - 0.5, -0.5, 0.5) * 0.5
         gains = [1.0] if channels == 1 else [1.0 - max(pan, 0.0), 1.0 - max(-pan, 0.0)]
         for c in range(channels):
-            _add(audio[c], snd * gains[c], ev["t"] * sample_rate)
+            _add(impacts[c], snd * gains[c], ev["t"] * sample_rate)
+    impacts, facts["reverb"] = _reverb(rng, impacts, sample_rate)
+    audio, tone = _room_tone(rng, n, sample_rate, channels)
+    facts.update(tone)
+    audio += impacts
     in_window = [a * 0.75 for a, ev in zip(amps, events) if ev["t"] < WINDOW_S]  # worst case after panning
     ref = max(in_window) if in_window else (max(amps) if amps else 0.1)
     distractors = []
@@ -948,7 +1410,80 @@ def _render_audio(rng, scene, events, duration, sample_rate, channels):
         amp = rng.uniform(*SOFT_SOUND) * ref
         _add(audio, _soft_sound(rng, sample_rate, amp), t_soft * sample_rate)
         distractors.append({"kind": "soft_sound", "time": round(float(t_soft), 3), "amplitude": round(float(amp), 4)})
-    return np.clip(audio, -1.0, 1.0).astype(np.float32), distractors
+    return np.clip(audio, -1.0, 1.0).astype(np.float32), distractors, facts
+
+
+# --- recorded samples (--sounds DIR) -------------------------------------------------------------
+def _decode_audio(path):
+    """Decode a sound file with PyAV: (first-channels mean, float64 [S], sample rate). Raises FoleyError."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                raise FoleyError(f"--sounds: {path} has no audio stream")
+            stream = c.streams.audio[0]
+            planar = av.AudioResampler(format="fltp")
+            parts = [g.to_ndarray() for f in c.decode(stream) for g in planar.resample(f)]
+            rate = stream.rate
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise FoleyError(f"--sounds: {path} is not a readable audio file ({e})") from None
+    if not parts or not rate:
+        raise FoleyError(f"--sounds: {path} holds no audio samples")
+    x = np.concatenate(parts, axis=1).astype(np.float64).mean(axis=0)
+    if not np.isfinite(x).all() or np.abs(x).max() <= 1e-4:
+        raise FoleyError(f"--sounds: {path} is silent")
+    return x, int(rate)
+
+
+@lru_cache(maxsize=256)
+def _sample_wave(path, sample_rate):
+    """A recorded impact ready to mix: mono, starting at its onset, at most SAMPLE_MAX_S with a fade,
+    at `sample_rate`, peak 1: float32 [L]. Cached per worker process."""
+    from scipy.signal import resample_poly
+
+    x, rate = _decode_audio(path)
+    start = max(int(np.argmax(np.abs(x) >= SAMPLE_ONSET * np.abs(x).max())) - int(SAMPLE_PRE_S * rate), 0)
+    x = x[start:start + int(SAMPLE_MAX_S * rate)]
+    fade = min(int(0.05 * rate), len(x))
+    x[len(x) - fade:] *= np.linspace(1, 0, fade)
+    if rate != sample_rate:
+        g = math.gcd(rate, sample_rate)
+        x = resample_poly(x, sample_rate // g, rate // g)
+    return (x / np.abs(x).max()).astype(np.float32)
+
+
+def load_sounds(folder) -> dict:
+    """Index a folder of recorded impact samples for make_synthetic(sounds=...).
+
+    Every folder (the root or any sub-folder) that directly holds audio files (SAMPLE_SUFFIXES) is a
+    group: a material, an instrument or one velocity layer. Within a group the files are ordered by
+    their recorded peak level, softest first, and an impact picks the file whose rank matches its
+    speed (then plays it at a peak proportional to the speed). Every file is decoded once here, so
+    a bad one fails now, naming the file. Returns {"folder", "groups": [{"name", "files": [...]}]}.
+    """
+    if not Path(folder).is_dir():
+        raise FoleyError(f"--sounds {folder}: not a directory")
+    root = Path(folder).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SAMPLE_SUFFIXES)
+    if not files:
+        raise FoleyError(f"--sounds {folder}: no audio files ({', '.join(SAMPLE_SUFFIXES)}) in it or its sub-folders")
+    groups = {}
+    for p in files:
+        x, _ = _decode_audio(p)
+        groups.setdefault(str(p.parent.relative_to(root)), []).append((float(np.abs(x).max()), str(p)))
+    return {"folder": str(root),
+            "groups": [{"name": name, "files": [path for _, path in sorted(entries)]}
+                       for name, entries in sorted(groups.items())]}
+
+
+def _pick_sample(rng, bank, group, speed, sample_rate):
+    """The sample of `group` whose loudness rank matches the impact speed (with a little jitter):
+    (path relative to the folder, wave [L] with peak 1)."""
+    files = bank["groups"][group]["files"]
+    q = min(speed / V_REF, 1.0) * (len(files) - 1) + rng.normal(0, 0.5)
+    path = files[int(np.clip(round(q), 0, len(files) - 1))]
+    return str(Path(path).relative_to(bank["folder"])), _sample_wave(path, sample_rate)
 
 
 # =================================================================================================
@@ -987,35 +1522,58 @@ def _dust(rng, events, s):
     return np.asarray(parts, np.float64).reshape(-1, 8)
 
 
-def _render(spec):
-    """Everything about one clip, from its spec: frames, audio, events and facts for dataset.json."""
+def _render(spec, bank=None):
+    """Everything about one clip, from its spec: frames, audio, events and facts for dataset.json.
+
+    The physics and the sound draw from the clip's seed; the look (spec["look"], DEFAULT_LOOK when
+    absent) draws from a stream of its own, so a look changes how a clip appears, not when it sounds.
+    """
     rng = np.random.default_rng(int(spec["seed"]))
+    look = spec.get("look", DEFAULT_LOOK)
     width, height = (int(v) for v in spec["size"])
     duration, fps = float(spec["duration"]), int(spec["fps"])
     sample_rate, channels = int(spec["sample_rate"]), int(spec["channels"])
-    s = height / SCENE_H
-    scene = _Scene(width / s, rng.uniform(180, 215), rng.uniform(*GRAVITY), duration)
+    n_frames = int(round(duration * fps))
+    vrng = np.random.default_rng([int(spec["seed"]), LOOK_STREAM])
+    variety = _draw_variety(vrng, look, fps)
+    scene = _Scene(width * SCENE_H / height, rng.uniform(180, 215), rng.uniform(*GRAVITY), duration)
+    scene.family, scene.variety = LOOK_FAMILIES[look], variety
     SCENES[spec["template"]](rng, scene, duration)
+    _add_distractor(scene, variety)
     _simulate(scene)
     events = [ev for ev in _merge_events(scene.events) if ev["t"] < duration]
 
-    background = _background(rng, width, height, scene.floor_y)
+    s, (ch, cw), crops = _camera(vrng, variety, width, height, scene.floor_y, n_frames, fps)
+    backdrop = _backdrop(vrng, variety, ch, cw, scene.floor_y * s, s)
+    gain, offset = _lighting(variety, height, width)
+    if variety["noise"] > 0:        # a few fields of sensor noise, the lighting offset folded in
+        offset = offset + vrng.normal(0, variety["noise"], (NOISE_FIELDS, height, width, 1)).astype(np.float32)
     dust_colour = np.clip(rng.uniform(170, 230) + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
     dust = _dust(rng, events, s)
-    n_frames = int(round(duration * fps))
-    frames = np.empty((n_frames, height, width, 3), np.uint8)
     layered = sorted([(b.layer, i, "body", b) for i, b in enumerate(scene.bodies)] +
                      [(layer, i, "decor", fn) for i, (layer, fn) in enumerate(scene.decor)], key=lambda x: x[:2])
-    for i in range(n_frames):
-        t = i / fps
-        img = background.copy()
-        k = int(round(t / SIM_DT))
-        for layer, _, kind, obj in layered:
-            if kind == "body":
+    # Scenery drawn first and the same in every frame (walls, tables, shelves) is painted once.
+    while layered and layered[0][2] == "decor" and getattr(layered[0][3], "static", False):
+        layered.pop(0)[3](backdrop, 0.0, s)
+    exposure = variety["blur"] / fps
+    canvas = np.empty_like(backdrop)
+
+    def compose(t):
+        img = canvas
+        np.copyto(img, backdrop)
+        k = max(int(round(t / SIM_DT)), 0)
+        _draw_shadows(img, scene, k, s, variety["light"]["shadow"])
+        for _, _, kind, obj in layered:
+            if kind == "decor":
+                obj(img, t, s)
+            elif exposure > 0:
+                for j, a in enumerate(BLUR_TRAIL):
+                    tj = t - exposure * (len(BLUR_TRAIL) - 1 - j) / (len(BLUR_TRAIL) - 1)
+                    x, y = obj.track[min(max(int(round(tj / SIM_DT)), 0), len(obj.track) - 1)]
+                    _draw_body(img, obj, x, y, tj, s, a)
+            else:
                 x, y = obj.track[min(k, len(obj.track) - 1)]
                 _draw_body(img, obj, x, y, t, s)
-            else:
-                obj(img, t, s)
         # Dust: drifts out with drag and rises, grows and fades.
         for t0, x0, y0, vx, vy, r0, life, a0 in dust:
             age = t - t0
@@ -1024,28 +1582,42 @@ def _render(spec):
                 u = age / life
                 _fill_ellipse(img, (x0 + vx * drift) * s, (y0 + vy * drift) * s, r0 * (1 + 1.5 * u) * s,
                               r0 * (1 + 1.5 * u) * s, dust_colour, a0 * (1 - u) ** 1.5)
-        np.clip(img, 0, 255, out=img)
-        np.copyto(frames[i], img, casting="unsafe")
-    audio, distractors = _render_audio(rng, scene, events, duration, sample_rate, channels)
+        return img
+
+    frames = np.empty((n_frames, height, width, 3), np.uint8)
+    lit = np.empty((height, width, 3), np.float32)
+    for i in range(n_frames):
+        img = compose(i / fps)
+        x0, y0 = crops[i]
+        view = img[y0:y0 + height, x0:x0 + width]
+        _draw_occluder(view, variety["occluder"])
+        np.multiply(view, gain, out=lit)
+        lit += offset[int(vrng.integers(NOISE_FIELDS))] if offset.ndim == 4 else offset
+        np.clip(lit, 0, 255, out=lit)
+        np.copyto(frames[i], lit, casting="unsafe")
+    audio, distractors, sound = _render_audio(rng, scene, events, duration, sample_rate, channels, bank)
     return {
         "frames": frames, "audio": audio, "fps": fps, "sample_rate": sample_rate,
         "events": [round(float(ev["t"]), 3) for ev in events],
         "speeds": [round(float(ev["speed"]), 1) for ev in events],
         "hidden": [ev["hidden"] is not None for ev in events],
         "placeholders": scene.placeholders, "distractors": distractors,
+        "variety": variety, "sound": sound,
     }
 
 
-def render_clip(spec: dict):
+def render_clip(spec: dict, sounds: dict | None = None):
     """Render one clip from its spec; pure and deterministic (the spec carries the clip's seed).
 
     spec: {"template": one of TEMPLATES_12 / OTHER_TEMPLATES, "seed": int, "duration": s,
-           "fps": int, "sample_rate": Hz, "channels": 1|2, "size": (width, height)}
+           "fps": int, "sample_rate": Hz, "channels": 1|2, "size": (width, height),
+           optional "look": one of LOOKS (default DEFAULT_LOOK)}
+    sounds: a load_sounds() index to take impact sounds from recorded samples (None: procedural).
     Returns (frames uint8 [N, H, W, 3] with N = round(duration * fps),
              audio float32 [C, S] in [-1, 1] with S = round(duration * sample_rate),
              events: impact times in seconds (sorted), fps, sample_rate).
     """
-    out = _render(spec)
+    out = _render(spec, sounds)
     return out["frames"], out["audio"], out["events"], out["fps"], out["sample_rate"]
 
 
@@ -1150,9 +1722,9 @@ def _probe_reason(path):
     return "too_short" if len(times) < MIN_FRAMES else None
 
 
-def _make_clip(spec, videos_dir, fmt):
+def _make_clip(spec, videos_dir, fmt, bank=None):
     """Render, encode and (for faulty clips) damage one clip. Runs in a worker; returns its facts."""
-    out = _render(spec)
+    out = _render(spec, bank)
     path = Path(videos_dir) / f"{spec['id']}.{FORMATS[fmt][0]}"
     fault = spec.get("fault")
     audio = out["audio"]
@@ -1176,6 +1748,7 @@ def _make_clip(spec, videos_dir, fmt):
             "stream_sample_rate": (OPUS_RATE if FORMATS[fmt][2] == "libopus" else spec["sample_rate"]),
             "channels": spec["channels"], "seed": spec["seed"], "impact_speeds": out["speeds"],
             "hidden_impacts": out["hidden"], "distractors": out["distractors"],
+            "look": out["variety"]["look"], "variety": out["variety"], "sound": out["sound"],
             **({"fault": fault, "reason": reason} if fault else {}),
         },
     }
@@ -1198,7 +1771,7 @@ def labels_map():
     return {name: str(i) for i, name in enumerate(names)}
 
 
-def _split_specs(rng, split, n_sound, ids, size, split_index, seed):
+def _split_specs(rng, split, n_sound, ids, size, split_index, seed, look):
     n_other = max(1, -(-n_sound // OTHER_PER_SOUND_CLIPS)) if n_sound else 0
     templates = [TEMPLATES_12[i % len(TEMPLATES_12)] for i in range(n_sound)]
     templates = [templates[i] for i in rng.permutation(n_sound)]
@@ -1212,26 +1785,37 @@ def _split_specs(rng, split, n_sound, ids, size, split_index, seed):
     kinds = {i: FAULT_KINDS[(j + 2 * split_index) % len(FAULT_KINDS)] for j, i in enumerate(faulty)}
     specs = []
     for i, template in enumerate(templates):
-        clip_seed = int(np.random.SeedSequence([seed, split_index, i]).generate_state(1)[0])
+        clip_seed = int(np.random.SeedSequence([seed, split_index, i, _look_code(look)]).generate_state(1)[0])
         crng = np.random.default_rng(clip_seed)
         specs.append({
             "id": ids[i], "split": split, "template": template, "seed": clip_seed,
             "duration": round(float(crng.uniform(*DURATION_S)), 2),
             "fps": int(crng.choice(FPS_CHOICES)), "sample_rate": int(crng.choice(RATE_CHOICES)),
-            "channels": int(crng.choice([1, 2])), "size": list(size), "fault": kinds.get(i),
+            "channels": int(crng.choice([1, 2])), "size": list(size), "fault": kinds.get(i), "look": look,
         })
     return specs
 
 
-def make_specs(n_train=240, n_val=60, seed=0, size=(320, 240)):
-    """All clip specs of a dataset, in JSON order: list of dicts (see render_clip)."""
-    rng = np.random.default_rng(seed)
+def _look_code(look):
+    """A look's number: its index in LOOKS (stable: new looks are appended)."""
+    _family(look)
+    return LOOKS.index(look)
+
+
+def make_specs(n_train=240, n_val=60, seed=0, size=(320, 240), look=DEFAULT_LOOK):
+    """All clip specs of a dataset, in JSON order: list of dicts (see render_clip).
+
+    Ids and clip seeds depend on (seed, look): two looks made with the same seed share no clip
+    (ids of look k lie in k * LOOK_ID_BASE + [100000, 999999], so both sets can be used together).
+    """
+    code = _look_code(look)
+    rng = np.random.default_rng([seed, code] if code else seed)   # the default look keeps seed-only streams
     n_other = [max(1, -(-n // OTHER_PER_SOUND_CLIPS)) if n else 0 for n in (n_train, n_val)]
     total = n_train + n_val + sum(n_other)
-    ids = [str(v) for v in (rng.choice(900_000, size=total, replace=False) + 100_000)]
+    ids = [str(v) for v in (rng.choice(900_000, size=total, replace=False) + 100_000 + code * LOOK_ID_BASE)]
     n_tr = n_train + n_other[0]
-    return (_split_specs(rng, "train", n_train, ids[:n_tr], size, 0, seed)
-            + _split_specs(rng, "validation", n_val, ids[n_tr:], size, 1, seed))
+    return (_split_specs(rng, "train", n_train, ids[:n_tr], size, 0, seed, look)
+            + _split_specs(rng, "validation", n_val, ids[n_tr:], size, 1, seed, look))
 
 
 def _prepare_out(out: Path):
@@ -1260,11 +1844,15 @@ def _write_json(path, obj):
 
 
 def make_synthetic(out: Path, n_train: int = 240, n_val: int = 60, seed: int = 0, fmt: str = "webm",
-                   jobs: int = -1, progress: bool = True, size: tuple = (320, 240)) -> dict:
+                   jobs: int = -1, progress: bool = True, size: tuple = (320, 240), look: str = DEFAULT_LOOK,
+                   sounds: Path | str | None = None) -> dict:
     """Write a Something-Something-shaped dataset with sound into `out` (layout: module docstring).
 
-    n_train / n_val: clips of the 12 sound templates per split; each split also gets
-    ceil(n / 25) clips of non-sound templates (the class filter removes them). size: (width, height).
+    n_train / n_val: clips of the 12 sound templates per split (either may be 0, not both); each
+    non-empty split also gets ceil(n / 25) clips of non-sound templates (the class filter removes
+    them). size: (width, height). look: one of LOOKS, the family of appearance settings the clips
+    are drawn from (same seed, other look: other clips, other ids). sounds: a folder of recorded
+    impact samples (load_sounds) for the impact sounds; None = procedural sounds.
     jobs: joblib processes (-1 = all cores); the output does not depend on it.
     Returns a summary dict (JSON-serialisable); dataset.json holds the full record.
     """
@@ -1280,12 +1868,14 @@ def make_synthetic(out: Path, n_train: int = 240, n_val: int = 60, seed: int = 0
     width, height = (int(v) for v in size)
     if width < 16 or height < 16 or width % 2 or height % 2:
         raise FoleyError(f"frame size must be even and at least 16x16, got {width}x{height}")
+    _family(look)
+    bank = load_sounds(sounds) if sounds is not None else None
     out = Path(out)
     _prepare_out(out)
     started = time.perf_counter()
-    specs = make_specs(n_train, n_val, seed, (width, height))
+    specs = make_specs(n_train, n_val, seed, (width, height), look)
     results = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(_make_clip)(spec, str(out / "videos"), fmt) for spec in specs)
+        delayed(_make_clip)(spec, str(out / "videos"), fmt, bank) for spec in specs)
     results = list(tqdm(results, total=len(specs), desc="make-synthetic", unit="clip", disable=not progress))
 
     lists = {"train": [], "validation": []}
@@ -1307,6 +1897,7 @@ def make_synthetic(out: Path, n_train: int = 240, n_val: int = 60, seed: int = 0
     suffix = FORMATS[fmt][0]
     _write_json(out / DATASET_JSON, {
         "generator": "foleycache make-synthetic", "version": DATASET_VERSION, "seed": seed, "format": fmt,
+        "look": look, "sounds": bank["folder"] if bank else None,
         "video_codec": FORMATS[fmt][1], "audio_codec": FORMATS[fmt][2], "size": [width, height],
         "videos": f"videos/{{id}}.{suffix}", "counts": counts, "faulty": faulty,
         "notes": [
@@ -1317,11 +1908,16 @@ def make_synthetic(out: Path, n_train: int = 240, n_val: int = 60, seed: int = 0
             "Distractors (camera clicks, soft sounds) are not events; inside the first 4 s they stay below",
             f"{CLICK_IN_WINDOW[1]:.2f} x the loudest impact. Opus audio decodes at 48 kHz whatever the clip's sample_rate.",
             "Non-sound templates (OTHER_TEMPLATES) have no events and exist to exercise the class filter.",
+            "clips[id].variety: the appearance drawn for the clip from its look (wall, floor, palette, object_scale,",
+            "light, camera zoom/pan/floor_at/shake, blur, noise, occluder, distractor: silent motion, never an event);",
+            "clips[id].sound: procedural materials or the recorded samples used, reverb and room tone.",
+            f"Ids of look k (LOOKS = {list(LOOKS)}) lie in k * {LOOK_ID_BASE} + [100000, 999999]: looks never share ids.",
         ],
         "clips": clips,
     })
     return {
-        "out": str(out), "seed": seed, "format": fmt, "clips": len(specs), "train": counts["train"],
+        "out": str(out), "seed": seed, "format": fmt, "look": look, "sounds": bank["folder"] if bank else None,
+        "clips": len(specs), "train": counts["train"],
         "validation": counts["validation"], "faulty": faulty,
         "events": sum(len(v) for v in events.values()), "seconds": round(time.perf_counter() - started, 1),
     }
