@@ -99,10 +99,15 @@ def checkpoint_arg(value: str):
 
 @cli.command("extract-features")
 @click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of {id}.webm/.mp4/.mkv videos.")
-@click.option("--annotations", required=True, type=EXISTING_FILE, help="SSv2 annotation JSON (train or validation).")
+@click.option("--annotations", required=True, type=click.Path(path_type=Path),
+              help="SSv2 JSON, a CSV / TSV / JSON Lines manifest (video[,start][,label][,id]), a folder "
+              "inside --videos, or 'none': every video in --videos, labelled by sub-folder.")
 @click.option("--out", required=True, type=OUT_DIR, help="Cache directory (created; re-run to resume).")
 @click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (checks templates, gives class indices).")
-@click.option("--classes", default="sound12", help="sound12, all, or a file of templates (one per line).")
+@click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
+              "[default: sound12 for an SSv2 JSON, all for other manifests].")
+@click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Tile each video into windows of frames/fps s, one every this many seconds.")
 @click.option("--backbone", default="model3d_1", help="Registered backbone name.")
 @click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors) or 'none' "
               "(seeded random init with calibrated BatchNorm; loud warning).")
@@ -124,14 +129,16 @@ def checkpoint_arg(value: str):
 @click.option("--calibration-clips", default=64, type=click.IntRange(1), help="Clips for BatchNorm calibration (--checkpoint none).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache built with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_features_cmd(videos, annotations, out, labels, classes, backbone, checkpoint, frames, fps, size, fmt,
-                         dtype, shard_size, batch_size, workers, device, precision, envelope_reduce, limit, seed,
+def extract_features_cmd(videos, annotations, out, labels, classes, window_stride, backbone, checkpoint, frames,
+                         fps, size, fmt, dtype, shard_size, batch_size, workers, device, precision,
+                         envelope_reduce, limit, seed,
                          calibration_clips, overwrite, quiet):
     """Run the 3D CNN once per video; cache features + audio envelope in HDF5/Zarr shards."""
     from pipeline.extract import extract_features
     setup_logging(quiet)
     summary = extract_features(
-        videos=videos, annotations=annotations, out=out, labels=labels, classes=classes, backbone=backbone,
+        videos=videos, annotations=annotations, out=out, labels=labels, classes=classes,
+        window_stride=window_stride, backbone=backbone,
         checkpoint=checkpoint_arg(checkpoint), frames=frames, fps=fps, size=size, fmt=fmt, dtype=dtype,
         shard_size=shard_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
         limit=limit, overwrite=overwrite, envelope_reduce=envelope_reduce, seed=seed,
@@ -213,11 +220,16 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 
 @cli.command("finetune")
 @click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of the train AND validation videos.")
-@click.option("--annotations", required=True, type=EXISTING_FILE, help="SSv2 train annotation JSON.")
-@click.option("--val-annotations", required=True, type=EXISTING_FILE, help="SSv2 validation annotation JSON.")
+@click.option("--annotations", required=True, type=click.Path(path_type=Path),
+              help="Train manifest: SSv2 JSON, CSV / TSV / JSON Lines, or a folder inside --videos.")
+@click.option("--val-annotations", required=True, type=click.Path(path_type=Path),
+              help="Validation manifest (same kinds).")
 @click.option("--out", required=True, type=OUT_DIR, help="Run directory.")
 @click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON.")
-@click.option("--classes", default="sound12", help="sound12, all, or a file of templates.")
+@click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
+              "[default: sound12 for an SSv2 JSON, all for other manifests].")
+@click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Tile each video into windows of frames/fps s, one every this many seconds.")
 @click.option("--backbone", default=None, help="Registered backbone [default: the --init-head cache's, else model3d_1].")
 @click.option("--checkpoint", default=None, help="Backbone weights, or 'none' [default: the weights the --init-head "
               "cache was extracted with, else none].")
@@ -241,7 +253,8 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR/checkpoint-last.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in RUN_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, backbone, checkpoint, init_head,
+def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, window_stride, backbone, checkpoint,
+                 init_head,
                  freeze_blocks, size, epochs, batch_size, lr, backbone_lr, weight_decay, input_, seed, amp,
                  activation_checkpointing, device, workers, limit, resume, overwrite, quiet):
     """Train backbone and head end to end from videos."""
@@ -249,7 +262,8 @@ def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, bac
     setup_logging(quiet)
     summary = finetune(
         videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
-        classes=classes, backbone=backbone, checkpoint=checkpoint_arg(checkpoint) if checkpoint else None,
+        classes=classes, window_stride=window_stride, backbone=backbone,
+        checkpoint=checkpoint_arg(checkpoint) if checkpoint else None,
         init_head=init_head, freeze_blocks=freeze_blocks, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
         backbone_lr=backbone_lr, weight_decay=weight_decay, input=input_, seed=seed, amp=amp,
         activation_checkpointing=activation_checkpointing, device=device, workers=workers, limit=limit,
@@ -279,25 +293,30 @@ def plots_arg(value: str):
               "fingerprint must match the run's).")
 @click.option("--videos", type=EXISTING_DIR, default=None, help="Videos folder: with --annotations, features are "
               "extracted into OUT/cache with the run's backbone; with --cache, the source of the renders.")
-@click.option("--annotations", type=EXISTING_FILE, default=None, help="SSv2 annotation JSON of the clips to predict.")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None,
+              help="Manifest of the clips to predict: SSv2 JSON, CSV / TSV / JSON Lines, a folder inside "
+              "--videos, or 'none' (every video in --videos).")
 @click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (with --annotations).")
-@click.option("--classes", default="sound12", help="sound12, all, or a file of templates (with --annotations).")
+@click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
+              "[default: sound12 for an SSv2 JSON, all for other manifests] (with --annotations).")
+@click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Tile each video into windows of frames/fps s, one every this many seconds.")
 @click.option("--checkpoint", default="best", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
 @click.option("--plots", default="24", help="Clips to plot (a seeded random sample) or 'all'.")
 @click.option("--render", default=0, type=click.IntRange(0), help="GIF renders for the first N plotted clips "
               "(needs --videos).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
-def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes, checkpoint, plots, render, device,
-                           quiet):
+def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes, window_stride, checkpoint, plots,
+                           render, device, quiet):
     """Write predictions, metrics, report, plots and renders for a trained run."""
     from pipeline.export import export_predictions
     setup_logging(quiet)
     if (cache is None) == (annotations is None):
         raise FoleyError("give either --cache CACHE_DIR or --videos DIR --annotations FILE")
     s = export_predictions(run=run, out=out, cache=cache, videos=videos, annotations=annotations, labels=labels,
-                           classes=classes, checkpoint=checkpoint, plots=plots_arg(plots), render=render,
-                           device=device, progress=not quiet)
+                           classes=classes, window_stride=window_stride, checkpoint=checkpoint,
+                           plots=plots_arg(plots), render=render, device=device, progress=not quiet)
     echo(f"{s['clips']} clips predicted; {s['plots']} plots, {s['renders']} renders in {s['wall_seconds']} s", quiet)
     echo(s["verdict"], quiet)
     echo(f"report: {s['report']} and {s['html']} (open in a browser; works offline); metrics: {s['metrics']}", quiet)

@@ -388,17 +388,20 @@ def tile_windows(entries: list[Annotation], videos: str | os.PathLike, stride: f
     ids are window_id(video stem, start). A video whose duration cannot be read gives one clip at the
     entry's start, so its failure is recorded when it is decoded, like any faulty video's.
     """
-    out, seen = [], set()
+    videos, out, seen = Path(videos), [], set()
     for a in entries:
         stem = PurePosixPath(a.video).stem if a.video is not None else a.id
+        video = a.video or a.id             # a window's id is no file name: the clip keeps its video's
         try:
-            duration = video_duration(find_video(videos, a))
+            path = find_video(videos, a)
+            video = path.relative_to(videos).as_posix()
+            duration = video_duration(path)
             count = max(1, int(math.floor((duration - a.start - MIN_FRAMES / fps) / stride + 1e-9)) + 1)
         except FaultyVideo:
             count = 1
         for k in range(count):
             start = a.start + k * stride
-            w = replace(a, id=validate_id(window_id(stem, start)), start=start)
+            w = replace(a, id=validate_id(window_id(stem, start)), video=video, start=start)
             if w.id in seen:
                 raise FoleyError(f"window {w.id!r} appears twice: two rows tile the same video and start")
             seen.add(w.id)

@@ -157,12 +157,15 @@ def _mean_envelope_from_videos(run: dict, videos: Path, annotations: Path, progr
 
     config = run["ckpt"].get("config") or run["config"]
     settings = run_extract_settings(run)
-    entries = load_annotations(annotations, classes=config.get("classes", "sound12"), labels_path=config.get("labels"))
+    entries = load_annotations(annotations, classes=config.get("classes", "sound12"),
+                               labels_path=config.get("labels"), videos=videos,
+                               window_stride=config.get("window_stride"), frames=settings["frames"],
+                               fps=settings["fps"])
     envelopes, lengths = [], []
     for a in tqdm(entries, desc="train envelopes", unit="clip", disable=not progress, leave=False):
         try:
-            clip = load_clip(find_video(videos, a.id), settings["frames"], settings["fps"], 32,
-                             reduce=settings["envelope_reduce"], threads=1)
+            clip = load_clip(find_video(videos, a), settings["frames"], settings["fps"], 32,
+                             reduce=settings["envelope_reduce"], threads=1, start=a.start)
         except FaultyVideo:
             continue
         envelopes.append(clip.envelope)
@@ -256,14 +259,15 @@ def _backbone_for_videos(run: dict, out: Path) -> tuple[Path, dict]:
     return weights, settings
 
 
-def features_from_videos(run: dict, out: Path, videos: Path, annotations: Path, labels: Path | None,
-                         classes: str, device: str, progress: bool) -> Path:
+def features_from_videos(run: dict, out: Path, videos: Path, annotations: Path | str, labels: Path | None,
+                         classes: str | None, window_stride: float | None, device: str, progress: bool) -> Path:
     """Extract the clips of `annotations` into OUT/cache with the run's backbone; returns the cache dir."""
     from pipeline.extract import extract_features
 
     weights, settings = _backbone_for_videos(run, out)
     cache_dir = out / RUN_CACHE_DIR
     extract_features(videos=videos, annotations=annotations, out=cache_dir, labels=labels, classes=classes,
+                     window_stride=window_stride,
                      checkpoint=weights, device=device, progress=progress, **settings)
     return cache_dir
 
@@ -370,13 +374,30 @@ def select_clips(n: int, plots: int | str, seed: int = SELECTION_SEED) -> np.nda
     return np.sort(rng.choice(n, size=int(plots), replace=False))
 
 
-def _render_frames(videos: Path, clip_id: str, frames: int, fps: float) -> np.ndarray:
-    """uint8 [T, S, S, 3] frames of a clip for a GIF (same frame picking as the model saw)."""
+def _render_frames(videos: Path, clip, frames: int, fps: float) -> np.ndarray:
+    """uint8 [T, S, S, 3] frames of a clip (a pipeline.data.Annotation) for a GIF (same frame picking
+    as the model saw)."""
     from pipeline.data import find_video
     from pipeline.media import load_clip
 
-    clip = load_clip(find_video(videos, clip_id), frames=frames, fps=fps, size=R.RENDER_SIZE, normalize=False)
+    clip = load_clip(find_video(videos, clip), frames=frames, fps=fps, size=R.RENDER_SIZE, normalize=False,
+                     start=clip.start)
     return np.clip(clip.frames.permute(1, 2, 3, 0).numpy(), 0, 255).round().astype(np.uint8)
+
+
+def _clips_for_renders(cache, videos: Path) -> dict:
+    """{id: Annotation} of the cache's recorded manifest (a clip's video path and start); {} when
+    it cannot be read again, and then an id is taken for what it says (`clip_of_id`)."""
+    from pipeline.data import load_annotations
+
+    m = cache.config.get("manifest") or {}
+    try:
+        entries = load_annotations(m["annotations"], classes=m.get("classes", "sound12"),
+                                   labels_path=m.get("labels"), videos=videos, window_stride=m.get("window_stride"),
+                                   frames=cache.frames, fps=float(cache.config.get("fps", 12.0)))
+    except (KeyError, TypeError, FoleyError):
+        return {}
+    return {a.id: a for a in entries}
 
 
 def _videos_for_renders(videos: Path | None, cache) -> Path | None:
@@ -389,7 +410,8 @@ def _videos_for_renders(videos: Path | None, cache) -> Path | None:
 # ----------------------------------------------------------------------------- the command
 
 def export_predictions(*, run: Path, out: Path, cache: Path | None = None, videos: Path | None = None,
-                       annotations: Path | None = None, labels: Path | None = None, classes: str = "sound12",
+                       annotations: Path | str | None = None, labels: Path | None = None,
+                       classes: str | None = None, window_stride: float | None = None,
                        checkpoint: str = "best", plots: int | str = DEFAULT_PLOTS, render: int = 0,
                        device: str = "auto", batch_size: int = PREDICT_BATCH, progress: bool = True) -> dict:
     """Predict every clip of a cache (or of videos + annotations) with a trained run; write the report.
@@ -414,8 +436,8 @@ def export_predictions(*, run: Path, out: Path, cache: Path | None = None, video
     run_info = load_run(run, checkpoint, device=dev)
 
     if cache is None:
-        cache = features_from_videos(run_info, out, Path(videos), Path(annotations), labels, classes, device,
-                                     progress)
+        cache = features_from_videos(run_info, out, Path(videos), annotations, labels, classes, window_stride,
+                                     device, progress)
     c = FeatureCache(cache)
     check_cache(run_info, c)
     if len(c) == 0:
@@ -478,11 +500,13 @@ def export_predictions(*, run: Path, out: Path, cache: Path | None = None, video
         source = _videos_for_renders(videos, c)
         if source is None:
             raise FoleyError("--render needs the videos: pass --videos DIR (the cache does not record them)")
+        from pipeline.data import clip_of_id
         from pipeline.media import FaultyVideo
+        clips = _clips_for_renders(c, source)
         for card, i in tqdm(list(zip(cards, shown))[:render], desc="renders", unit="gif", disable=not progress,
                             leave=False):
             try:
-                frames = _render_frames(source, ids[i], c.frames, fps)
+                frames = _render_frames(source, clips.get(ids[i]) or clip_of_id(ids[i]), c.frames, fps)
             except FaultyVideo as e:
                 log.warning("render of %s skipped: %s", ids[i], e)
                 continue

@@ -24,7 +24,7 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from pipeline import backbones, cache
-from pipeline.data import Annotation, find_video, load_annotations
+from pipeline.data import Annotation, find_video, load_annotations, manifest_sha256, manifest_source
 from pipeline.errors import FoleyError
 from pipeline.media import FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
 
@@ -94,12 +94,12 @@ class ClipDataset(torch.utils.data.Dataset):
         shard, ann = self.items[k]
         item = {"shard": shard, "id": ann.id, "label": ann.template, "path": ""}
         try:
-            path = find_video(self.videos, ann.id)
+            path = find_video(self.videos, ann)
             item["path"] = str(path)
             clip = load_clip(path, frames=self.frames, fps=self.fps, size=self.size, reduce=self.reduce,
-                             normalize=self.normalize, threads=1)
+                             normalize=self.normalize, threads=1, start=ann.start)
         except FaultyVideo as e:
-            item["failure"] = {"id": ann.id, "path": item["path"] or str(self.videos / ann.id),
+            item["failure"] = {"id": ann.id, "path": item["path"] or str(self.videos / (ann.video or ann.id)),
                                "reason": e.reason, "detail": e.detail}
             return item
         item.update(frames=clip.frames, envelope=clip.envelope, length=clip.length)
@@ -173,8 +173,9 @@ def save_calibrated(model, out: Path, provenance: dict):
 
 # --- the command ----------------------------------------------------------------------------
 
-def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path | None = None,
-                     classes: str = "sound12", backbone: str = "model3d_1", checkpoint: str | Path = "none",
+def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels: Path | None = None,
+                     classes: str | None = None, window_stride: float | None = None,
+                     backbone: str = "model3d_1", checkpoint: str | Path = "none",
                      frames: int = 48, fps: float = 12, size: int = 224, fmt: str = "zarr",
                      dtype: str = "float16", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 4,
                      workers: int | None = None, device: str = "auto", precision: str = "auto",
@@ -184,6 +185,8 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
     """Build (or resume) a feature cache in `out`. Returns a summary dict.
 
     compile: wrap the model in torch.compile (pays off on a GPU over many clips; costs a warm-up).
+    annotations, classes, window_stride: the manifest (`pipeline.data.load_annotations`: SSv2 JSON,
+    CSV / JSON Lines, a folder or "none"; windows of frames / fps s every window_stride s).
 
     Cached per clip: features [frames', D] (D = 512 * ceil(size/32)^2), envelope [frames] float32,
     length. Faulty videos are recorded in failures.jsonl and skipped; they never stop the run.
@@ -199,7 +202,8 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
     dim = backbones.feature_dim(backbone, size)
     if frames < 1 or fps <= 0 or shard_size < 1 or batch_size < 1:
         raise FoleyError("--frames, --fps, --shard-size and --batch-size must be positive")
-    manifest = load_annotations(annotations, classes=classes, labels_path=labels)
+    manifest = load_annotations(annotations, classes=classes, labels_path=labels, videos=videos,
+                                window_stride=window_stride, frames=frames, fps=fps)
     if limit is not None:
         manifest = manifest[:limit]
     n_shards = (len(manifest) + shard_size - 1) // shard_size
@@ -211,7 +215,7 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     dist = _Dist(world)
     dataset_args = dict(videos=videos, frames=frames, fps=fps, size=size, reduce=envelope_reduce)
-    manifest_sha = hashlib.sha256("\n".join(f"{a.id}\t{a.template}" for a in manifest).encode()).hexdigest()
+    manifest_sha = manifest_sha256(manifest)
     _check_same_manifest(out, manifest_sha, overwrite)
 
     # Rank 0 builds/calibrates the network and claims the cache; the others then load the same weights.
@@ -224,7 +228,12 @@ def extract_features(*, videos: Path, annotations: Path, out: Path, labels: Path
                                                dataset_args, batch_size, workers, out, progress)
             fp_params, config = _fingerprint_params(model, provenance, spec, frames, fps, size, dtype,
                                                     precision, envelope_reduce)
-            config.update(manifest={"annotations": str(Path(annotations).resolve()), "classes": str(classes),
+            if window_stride is not None:   # only then: caches made without windows keep their fingerprint
+                fp_params["windows"] = config["windows"] = {"stride_s": float(window_stride),
+                                                            "seconds": frames / fps}
+            config.update(manifest={"annotations": manifest_source(annotations), "videos": str(videos.resolve()),
+                                    "classes": None if classes is None else str(classes),
+                                    "window_stride": window_stride,
                                     "labels": str(labels) if labels else None, "limit": limit,
                                     "candidates": len(manifest), "sha256": manifest_sha},
                           shard_size=shard_size, format=fmt)

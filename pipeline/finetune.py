@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline import backbones
-from pipeline.data import find_video, load_annotations
+from pipeline.data import find_video, load_annotations, manifest_source
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.extract import CALIBRATED_WEIGHTS, cpu_has_bf16, weights_sha256
@@ -85,14 +85,15 @@ class VideoClips(Dataset):
         return len(self.entries)
 
     def __getitem__(self, k: int) -> dict:
-        path = find_video(self.videos, self.entries[k].id)
+        entry = self.entries[k]
+        path = find_video(self.videos, entry)
         if not self.augment:
-            clip = load_clip(path, self.frames, self.fps, self.size, threads=1)
+            clip = load_clip(path, self.frames, self.fps, self.size, threads=1, start=entry.start)
             x = clip.frames
         else:
             rng = np.random.default_rng([self.seed, self.epoch, k])
             big = int(round(self.size * rng.uniform(*SCALE_JITTER)))
-            clip = load_clip(path, self.frames, self.fps, big, threads=1)
+            clip = load_clip(path, self.frames, self.fps, big, threads=1, start=entry.start)
             top, left = rng.integers(0, big - self.size + 1, size=2)
             x = clip.frames[:, :, top:top + self.size, left:left + self.size].contiguous()
         return {"inputs": x, "target": torch.from_numpy(clip.envelope), "length": clip.length, "index": k}
@@ -140,10 +141,11 @@ def _scan(entries, videos, frames, fps, workers, progress) -> tuple[list, list]:
         def __getitem__(self, k):
             a = entries[k]
             try:
-                load_clip(find_video(videos, a.id), frames, fps, 32, threads=1)
+                load_clip(find_video(videos, a), frames, fps, 32, threads=1, start=a.start)
                 return None
             except FaultyVideo as e:
-                return {"id": a.id, "path": str(Path(videos) / a.id), "reason": e.reason, "detail": e.detail}
+                return {"id": a.id, "path": str(Path(videos) / (a.video or a.id)), "reason": e.reason,
+                        "detail": e.detail}
 
     loader = DataLoader(Probe(), batch_size=None, num_workers=workers, worker_init_fn=_worker_init)
     failures = list(tqdm(loader, total=len(entries), desc="checking videos", unit="clip", disable=not progress,
@@ -168,8 +170,9 @@ def _init_head_defaults(init_head: Path | None) -> dict:
             "weights_sha256": cache_config.get("weights_sha256")}
 
 
-def finetune(*, videos: Path, annotations: Path, val_annotations: Path, out: Path, labels: Path | None = None,
-             classes: str = "sound12", backbone: str | None = None, checkpoint: str | Path | None = None,
+def finetune(*, videos: Path, annotations: Path | str, val_annotations: Path | str, out: Path,
+             labels: Path | None = None, classes: str | None = None, window_stride: float | None = None,
+             backbone: str | None = None, checkpoint: str | Path | None = None,
              init_head: Path | None = None, freeze_blocks: int | None = None, size: int | None = None,
              frames: int | None = None, fps: float | None = None, epochs: int | None = None,
              batch_size: int | None = None, lr: float | None = None, backbone_lr: float | None = None,
@@ -180,6 +183,8 @@ def finetune(*, videos: Path, annotations: Path, val_annotations: Path, out: Pat
     """Train backbone + head end to end on `annotations`, validate on `val_annotations` (same videos dir).
 
     Options left None take DEFAULTS, the --init-head run's values, or (with resume) the run's own.
+    annotations, val_annotations, classes, window_stride: manifests as `pipeline.data.load_annotations`
+    reads them (SSv2 JSON, CSV / JSON Lines, a folder inside `videos`; windows of frames / fps s).
     Returns fit()'s summary plus the paths of the run's files.
     """
     out, videos = Path(out), Path(videos)
@@ -210,8 +215,8 @@ def finetune(*, videos: Path, annotations: Path, val_annotations: Path, out: Pat
         if amp == "auto" and dev.type == "cpu":
             amp = "bf16" if cpu_has_bf16() else "off"    # the backbone dominates: bf16 is 2-5x faster here
         amp = resolve_amp(amp, dist.device)
-        return _finetune(videos, annotations, val_annotations, out, labels, classes, init, opts, amp,
-                         activation_checkpointing, dist, workers, limit, resume, overwrite, progress)
+        return _finetune(videos, annotations, val_annotations, out, labels, classes, window_stride, init, opts,
+                         amp, activation_checkpointing, dist, workers, limit, resume, overwrite, progress)
     finally:
         dist.close()
 
@@ -229,12 +234,14 @@ def _check(o: dict):
         raise FoleyError(f"--size must be >= 32, got {o['size']}")
 
 
-def _finetune(videos, annotations, val_annotations, out, labels, classes, init, opts, amp, checkpointing,
-              dist, workers, limit, resume, overwrite, progress) -> dict:
+def _finetune(videos, annotations, val_annotations, out, labels, classes, window_stride, init, opts, amp,
+              checkpointing, dist, workers, limit, resume, overwrite, progress) -> dict:
     device = dist.device
     workers = max(1, min(4, (torch.get_num_threads() or 2) - 1)) if workers is None else workers
-    train_entries = load_annotations(annotations, classes=classes, labels_path=labels)[:limit]
-    val_entries = load_annotations(val_annotations, classes=classes, labels_path=labels)[:limit]
+    manifest = dict(classes=classes, labels_path=labels, videos=videos, window_stride=window_stride,
+                    frames=opts["frames"], fps=opts["fps"])
+    train_entries = load_annotations(annotations, **manifest)[:limit]
+    val_entries = load_annotations(val_annotations, **manifest)[:limit]
 
     # Rank 0 checks (and with --overwrite empties) the run dir and finds the faulty videos.
     def prepare():
@@ -311,8 +318,9 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, init, 
     config = {
         "command": "finetune", "options": opts, "amp": amp, "device": str(device), "workers": workers,
         "world_size": dist.world_size, "activation_checkpointing": checkpointing,
-        "videos": str(videos.resolve()), "annotations": str(Path(annotations).resolve()),
-        "val_annotations": str(Path(val_annotations).resolve()), "classes": str(classes),
+        "videos": str(videos.resolve()), "annotations": manifest_source(annotations),
+        "val_annotations": manifest_source(val_annotations), "classes": None if classes is None else str(classes),
+        "window_stride": window_stride,
         "labels": str(labels) if labels else None, "train_clips": len(train_entries), "val_clips": len(val_entries),
         "failed": n_failed, "init_head": init.get("path"),
         "init_backbone_sha256": init_weights, "steps_per_epoch": len(train_batches), "total_steps": total_steps,
