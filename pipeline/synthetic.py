@@ -1536,6 +1536,7 @@ def _render(spec, bank=None):
     n_frames = int(round(duration * fps))
     vrng = np.random.default_rng([int(spec["seed"]), LOOK_STREAM])
     variety = _draw_variety(vrng, look, fps)
+    variety.update(spec.get("variety") or {})   # settings fixed by the caller (tests, ablations) win
     scene = _Scene(width * SCENE_H / height, rng.uniform(180, 215), rng.uniform(*GRAVITY), duration)
     scene.family, scene.variety = LOOK_FAMILIES[look], variety
     SCENES[spec["template"]](rng, scene, duration)
@@ -1611,7 +1612,8 @@ def render_clip(spec: dict, sounds: dict | None = None):
 
     spec: {"template": one of TEMPLATES_12 / OTHER_TEMPLATES, "seed": int, "duration": s,
            "fps": int, "sample_rate": Hz, "channels": 1|2, "size": (width, height),
-           optional "look": one of LOOKS (default DEFAULT_LOOK)}
+           optional "look": one of LOOKS (default DEFAULT_LOOK), optional "variety": settings that
+           replace the drawn ones (keys as in dataset.json's clips[id].variety, sub-dicts whole)}
     sounds: a load_sounds() index to take impact sounds from recorded samples (None: procedural).
     Returns (frames uint8 [N, H, W, 3] with N = round(duration * fps),
              audio float32 [C, S] in [-1, 1] with S = round(duration * sample_rate),

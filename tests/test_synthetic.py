@@ -290,3 +290,304 @@ def test_cli(tmp_path):
                                       "--val", "1", "--quiet"])
     assert result.exit_code == 2 and "refusing" in result.output and "Traceback" not in result.output
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
+
+
+# --- looks and variety (issue 15) ----------------------------------------------------------------
+SMALL = (96, 72)
+
+
+def _look_stats(look, n=24, seed=3):
+    """Render (no encoding) n sound clips of a look: per-clip picture statistics and event timings."""
+    specs = [sp for sp in S.make_specs(n, 0, seed, SMALL, look) if sp["template"] in TEMPLATES_12]
+    pics, first, counts = [], [], []
+    for sp in specs:
+        out = S._render(sp)
+        f = out["frames"].astype(np.float32)
+        pics.append((f.mean(), np.abs(np.diff(f, axis=2)).mean(), np.abs(np.diff(f, axis=0)).mean()))
+        first += out["events"][:1]
+        counts.append(len(out["events"]))
+    return np.array(pics), np.array(first), np.array(counts), specs
+
+
+def test_looks_api_and_ids():
+    assert S.DEFAULT_LOOK in S.LOOKS and S.HELDOUT_LOOK in S.LOOKS and S.DEFAULT_LOOK != S.HELDOUT_LOOK
+    home, held = (S.LOOK_FAMILIES[k] for k in (S.DEFAULT_LOOK, S.HELDOUT_LOOK))
+    for axis in ("walls", "floors", "palettes", "balls", "boxes"):   # the held-out look shares none of them
+        assert not set(home[axis]) & set(held[axis]), axis
+    a, b = S.make_specs(30, 10, 0, TINY), S.make_specs(30, 10, 0, TINY, S.HELDOUT_LOOK)
+    assert not {s["id"] for s in a} & {s["id"] for s in b}            # same seed, other look: no shared id
+    assert not {s["seed"] for s in a} & {s["seed"] for s in b}        # ... and no shared clip
+    assert all(s["look"] == S.HELDOUT_LOOK for s in b)
+    with pytest.raises(S.FoleyError, match="unknown look"):
+        S.make_specs(1, 1, 0, TINY, "disco")
+    from pipeline.cli import make_synthetic_cmd
+    choices = next(p for p in make_synthetic_cmd.params if p.name == "look").type.choices
+    assert tuple(choices) == S.LOOKS
+
+
+def test_two_looks_differ_while_timing_stays_alike():
+    pa, fa, ca, sa = _look_stats(S.DEFAULT_LOOK)
+    pb, fb, cb, sb = _look_stats(S.HELDOUT_LOOK)
+    # Pictures: the held-out look is darker on average, more textured (photos, bricks) and noisier.
+    assert pb[:, 0].mean() < pa[:, 0].mean() - 10
+    assert pb[:, 1].mean() > 1.5 * pa[:, 1].mean()
+    assert pb[:, 2].mean() > 2 * pa[:, 2].mean()
+    # Events: when and how many stay alike (the physics does not draw from the look's stream).
+    assert abs(fa.mean() - fb.mean()) < 0.5 and 0.7 < cb.mean() / ca.mean() < 1.4
+    assert np.mean(fa < 4.0) >= 0.85 and np.mean(fb < 4.0) >= 0.85
+    names = {p for s in sb for p in S._render(dict(s, size=TINY))["placeholders"]}
+    assert names & set(S.LOOK_FAMILIES[S.HELDOUT_LOOK]["balls"] + S.LOOK_FAMILIES[S.HELDOUT_LOOK]["boxes"])
+
+
+@pytest.mark.parametrize("look", ["home", "workshop", "night", "classic"])
+def test_each_look_keeps_impacts_at_the_events(look):
+    """Rendered audio of every look: the envelope's main peak within +-1 frame of an event (>= 90%)."""
+    media = pytest.importorskip("pipeline.media")
+    hits = total = 0
+    for sp in S.make_specs(24, 0, 5, (32, 24), look):
+        out = S._render(sp)
+        early = [t for t in out["events"] if t < 4.0]
+        if not early:
+            continue
+        env = media.audio_envelope(out["audio"][0], out["sample_rate"], frames=48, fps=12, reduce="max")
+        length = min(48, len(out["frames"]) * 12 // out["fps"])
+        peak = int(np.argmax(env[:length]))
+        hits += min(abs(peak - int(t * 12)) for t in early) <= 1
+        total += 1
+    assert total >= 20 and hits >= 0.9 * total, (hits, total)
+
+
+def _with(spec, **changes):
+    """Render spec with some drawn variety settings replaced: (render of the base, render changed)."""
+    base = S._render(spec)
+    variety = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base["variety"].items()}
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            variety[outer][inner] = value
+        else:
+            variety[key] = value
+    return base, S._render(dict(spec, variety=variety))
+
+
+QUIET = {"blur": 0.0, "noise": 0.0, "occluder": None, "distractor": None}
+
+
+def _quiet_spec(template="Dropping [something] onto [something]", look="home", **kw):
+    """A spec whose look is stripped of motion extras (no blur, noise, occluder, distractor, shake)."""
+    spec = _spec(template, fps=12, duration=4.0, size=SMALL, look=look, **kw)
+    v = S._render(spec)["variety"]
+    v.update(QUIET)
+    v["camera"] = dict(v["camera"], shake=0.0)
+    return dict(spec, variety=v)
+
+
+def test_variety_axes_change_what_they_claim():
+    spec = _quiet_spec()
+    base = S._render(spec)
+    f0 = base["frames"].astype(np.float32)
+    rel = (np.array(base["events"]) * 12).astype(int)
+    # Quiet: nothing moves before the object is released, so the first frames are identical.
+    assert np.array_equal(f0[0], f0[1])
+    # Brightness scales the picture; a tint shifts the colour balance.
+    _, dim = _with(spec, **{"light": dict(base["variety"]["light"], brightness=0.5 * base["variety"]["light"]["brightness"])})
+    ratio = dim["frames"].astype(np.float32).mean() / f0.mean()
+    assert 0.4 < ratio < 0.65, ratio
+    _, red = _with(spec, light=dict(base["variety"]["light"], tint=[1.3, 1.0, 0.7]))
+    rgb0, rgb1 = f0.mean((0, 1, 2)), red["frames"].astype(np.float32).mean((0, 1, 2))
+    assert rgb1[0] / rgb1[2] > 1.3 * rgb0[0] / rgb0[2]
+    # Camera shake moves the whole picture every frame; framing puts the table edge where floor_at says.
+    _, shaky = _with(spec, camera=dict(base["variety"]["camera"], shake=4.0, zoom=1.3))
+    fs = shaky["frames"].astype(np.float32)
+    assert np.abs(fs[1] - fs[0]).mean() > 1.0
+    # Sensor noise changes every frame a little, everywhere.
+    _, noisy = _with(spec, noise=5.0)
+    dn = np.abs(noisy["frames"][1].astype(np.float32) - noisy["frames"][0])
+    assert (dn > 0).mean() > 0.8
+    # A distractor (silent motion) changes the picture, never the events or the sound.
+    for kind in S.DISTRACTORS:
+        _, busy = _with(spec, distractor={"kind": kind, "t0": 0.2, "seconds": 2.0, "x": 0.3, "y": 0.4,
+                                          "size": 1.0, "direction": 1})
+        assert busy["events"] == base["events"] and np.array_equal(busy["audio"], base["audio"]), kind
+        assert np.abs(busy["frames"][:16].astype(np.float32) - f0[:16]).mean() > 0.05, kind
+    # An occluder covers a fixed part of the frame (the same pixels in every frame it covers).
+    _, occ = _with(spec, occluder={"kind": "post", "x": 0.1, "width": 0.12, "top": 0.0, "colour": [20, 200, 40]})
+    fo = occ["frames"].astype(np.float32)
+    strip = fo[:, :, int(0.07 * SMALL[0]):int(0.13 * SMALL[0])]
+    assert np.abs(strip - f0[:, :, int(0.07 * SMALL[0]):int(0.13 * SMALL[0])]).mean() > 20
+    assert strip.std(axis=0).mean() < 1.0 and occ["events"] == base["events"]
+    # Motion blur leaves a trail while the object falls: far more change than while it is held still.
+    _, blurred = _with(spec, blur=0.8)
+    fb = blurred["frames"].astype(np.float32)
+    k = rel[0]                                      # the last frame before the impact: falling fastest
+    assert np.abs(fb[k] - f0[k]).sum() > 3 * np.abs(fb[1] - f0[1]).sum()
+
+
+def test_object_shapes_sizes_and_palettes():
+    scene = S._Scene(320.0, 200.0, 1800.0, 4.0)
+    rng = np.random.default_rng(0)
+    for look in S.LOOKS:
+        scene.family = S.LOOK_FAMILIES[look]
+        scene.variety = S._draw_variety(rng, look, 12)
+        for _ in range(30):
+            name, shape, hx, hy, colour, _ = S._object(rng, scene)
+            assert name in scene.family["balls" if shape == "ball" else "boxes"]
+            if S.VISUALS.get(name) == "bottle":
+                assert hy > hx                                         # bottles stand tall
+    cols = {}
+    for palette in ("pastel", "dark", "metal"):
+        scene.variety = dict(scene.variety, palette=palette)
+        c = np.array([S._colour(rng, scene) for _ in range(50)])
+        cols[palette] = (c.mean(), (c.max(1) - c.min(1)).mean())
+    assert cols["pastel"][0] > cols["dark"][0] + 60                   # pastel is light, dark is dark
+    assert cols["metal"][1] < 20                                       # metal is grey
+
+
+def test_walls_and_floors_differ():
+    rng = np.random.default_rng(1)
+    walls = {kind: S._wall(rng, kind, 60, 80, 0.25) for fam in S.LOOK_FAMILIES.values() for kind in fam["walls"]}
+    for kind, img in walls.items():
+        assert img.shape == (60, 80, 3) and np.isfinite(img).all(), kind
+    kinds = sorted(walls)
+    for i, a in enumerate(kinds):
+        for b in kinds[i + 1:]:
+            assert np.abs(walls[a] - walls[b]).mean() > 5, (a, b)
+    img = np.full((60, 80, 3), 128, np.float32)
+    for kind in {k for fam in S.LOOK_FAMILIES.values() for k in fam["floors"]}:
+        S._floor(rng, kind, img, 40, 0.25)
+        assert np.abs(img[40:] - 128).mean() > 3 and np.all(img[:40] == 128), kind
+
+
+# --- recorded sounds (--sounds DIR) --------------------------------------------------------------
+SAMPLE_RATE = 22050
+
+
+def _impact_wave(peak, freq, seconds=0.4, delay=0.01):
+    """A recorded-like impact: a little silence, then a decaying tone + noise; int16 [n]."""
+    rng = np.random.default_rng(int(freq))
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    x = (np.sin(2 * np.pi * freq * t) + 0.5 * rng.standard_normal(t.size)) * np.exp(-t / 0.05)
+    x = np.concatenate([np.zeros(int(delay * SAMPLE_RATE)), x])
+    return (peak * 32767 * x / np.abs(x).max()).astype(np.int16)
+
+
+def _write_wav(path, samples):
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(samples.tobytes())
+
+
+def _write_flac(path, samples):
+    with av.open(str(path), "w", format="flac") as c:
+        stream = c.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        c.mux(stream.encode(frame))
+        c.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def sounds_dir(tmp_path_factory):
+    """wood/ (three strengths, WAV), glass/ (three strengths, one FLAC) and a file to ignore."""
+    root = tmp_path_factory.mktemp("sounds")
+    for group, freq in (("wood", 600.0), ("glass", 2500.0)):
+        (root / group).mkdir()
+        for name, peak in (("soft", 0.2), ("med", 0.5), ("hard", 0.9)):
+            path = root / group / f"{group}-{name}.wav"
+            (_write_flac if group == "glass" and name == "med" else _write_wav)(
+                path.with_suffix(".flac") if group == "glass" and name == "med" else path,
+                _impact_wave(peak, freq * (1 + peak)))
+    (root / "drumkit.xml").write_text("<drumkit/>")
+    return root
+
+
+def test_load_sounds_groups_by_folder_and_strength(sounds_dir):
+    bank = S.load_sounds(sounds_dir)
+    assert [g["name"] for g in bank["groups"]] == ["glass", "wood"]
+    for g in bank["groups"]:
+        assert [p.rsplit("-", 1)[1].split(".")[0] for p in g["files"]] == ["soft", "med", "hard"]
+    wave = S._sample_wave(bank["groups"][1]["files"][0], 44100)
+    assert wave.dtype == np.float32 and np.abs(wave).max() == pytest.approx(1.0)
+    assert np.argmax(np.abs(wave) >= 0.1) <= int(0.003 * 44100)      # trimmed to its onset
+
+
+def test_sounds_errors_name_the_folder_or_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    with pytest.raises(S.FoleyError, match="empty.*no audio files"):
+        S.load_sounds(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    _write_wav(tmp_path / "bad" / "good.wav", _impact_wave(0.5, 500.0))
+    (tmp_path / "bad" / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(S.FoleyError, match="broken.wav"):
+        S.load_sounds(tmp_path / "bad")
+    (tmp_path / "quiet").mkdir()
+    _write_wav(tmp_path / "quiet" / "zero.wav", np.zeros(2000, np.int16))
+    with pytest.raises(S.FoleyError, match="zero.wav.*silent"):
+        S.load_sounds(tmp_path / "quiet")
+
+
+def test_sample_loudness_follows_impact_speed(sounds_dir):
+    bank = S.load_sounds(sounds_dir)
+    peaks, speeds, used = [], [], set()
+    for seed in range(4):
+        out = S._render(_spec("Throwing [something] against [something]", seed=seed, duration=5.0), bank)
+        assert out["sound"]["source"] == "samples" and len(out["sound"]["samples"]) == len(out["events"])
+        used |= set(out["sound"]["samples"])
+        x = out["audio"][0]
+        for t, v in zip(out["events"], out["speeds"]):
+            i = int(t * 44100)
+            peaks.append(np.abs(x[i:i + int(0.015 * 44100)]).max())
+            speeds.append(v)
+    r = np.corrcoef(peaks, speeds)[0, 1]
+    assert len(peaks) >= 8 and r > 0.9, r
+    assert used <= {str(p.relative_to(sounds_dir)) for p in sounds_dir.rglob("*.*") if p.suffix != ".xml"}
+
+
+def test_make_synthetic_with_sounds_and_a_heldout_look(tmp_path, sounds_dir):
+    """--sounds end to end (envelope peaks at the events), a validation-only held-out set, and the
+    same seed giving the same files whatever the number of jobs."""
+    media = pytest.importorskip("pipeline.media")
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_synthetic(a, n_train=0, n_val=12, seed=4, jobs=1, progress=False, size=TINY,
+                   look=S.HELDOUT_LOOK, sounds=sounds_dir)
+    make_synthetic(b, n_train=0, n_val=12, seed=4, jobs=2, progress=False, size=TINY,
+                   look=S.HELDOUT_LOOK, sounds=str(sounds_dir))
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert _json(a / S.TRAIN_JSON) == [] and len(_json(a / S.VAL_JSON)) == 13 and _json(a / S.LABELS_JSON)
+    manifest, events = _json(a / S.DATASET_JSON), _json(a / S.EVENTS_JSON)
+    assert manifest["look"] == S.HELDOUT_LOOK and manifest["sounds"] == str(sounds_dir.resolve())
+    hits = total = 0
+    for cid, info in manifest["clips"].items():
+        assert info["look"] == S.HELDOUT_LOOK and info["variety"]["look"] == S.HELDOUT_LOOK
+        assert info["sound"]["source"] == "samples" and info["sound"]["group"] in ("glass", "wood")
+        early = [t for t in events[cid] if t < 4.0]
+        if cid in manifest["faulty"] or not early:
+            continue
+        x, rate = _audio(a / "videos" / f"{cid}.webm")
+        env = media.audio_envelope(x, rate, frames=48, fps=12, reduce="max")
+        length = min(48, info["frames"] * 12 // info["fps"])
+        hits += min(abs(int(np.argmax(env[:length])) - int(t * 12)) for t in early) <= 1
+        total += 1
+    assert total >= 8 and hits >= 0.9 * total, (hits, total)
+
+
+def test_cli_look_and_sounds(tmp_path, sounds_dir):
+    from pipeline.cli import cli
+
+    out = tmp_path / "d"
+    result = CliRunner().invoke(cli, ["make-synthetic", "--out", str(out), "--train", "0", "--val", "1",
+                                      "--look", "night", "--sounds", str(sounds_dir), "--jobs", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _json(out / S.DATASET_JSON)["look"] == "night"
+    (tmp_path / "nothing").mkdir()
+    result = CliRunner().invoke(cli, ["make-synthetic", "--out", str(tmp_path / "e"), "--train", "1", "--val", "0",
+                                      "--sounds", str(tmp_path / "nothing"), "--quiet"])
+    assert result.exit_code != 0 and "no audio files" in result.output and "Traceback" not in result.output
