@@ -1,19 +1,15 @@
 """Clips that start late: seeking (pipeline.media.load_clip(start=...)) and windows over long videos
 (pipeline.data.tile_windows), on long but tiny real videos the tests encode (64x48, a keyframe every 2 s)."""
-from fractions import Fraction
-
-import av
 import numpy as np
 import pytest
 import torch
 
 from pipeline.data import Annotation, find_video, load_annotations, tile_windows
 from pipeline.media import FRAMES, FPS, MIN_FRAMES, FaultyVideo, load_clip, video_duration
-from tests.mediakit import impulse_audio
+from benchmarks.seek import encode_long_video, run as run_seek_benchmark
 
 W, H = 64, 48
 GOP_S = 2.0                   # keyframe interval of the test videos: what a seek lands on
-RATE = 48000
 # Impulses 0.4 frame into a frame of the 12 fps grid, so each lands in one known frame of any window
 # starting on a whole second; gaps between them leave windows with none (20-30 s, 32-42 s).
 IMPULSE_FRAMES = (40, 59, 109, 212, 221, 372, 535, 626, 692)
@@ -37,47 +33,10 @@ def read_grid(frame: torch.Tensor) -> int:
 
 def make_long_video(path, seconds: float, impulses=IMPULSES, video_start: float = 0.0, audio_delay: float = 0.0,
                     aac_pns: bool = False):
-    """A long tiny video: .webm (VP9 + Opus) or .mp4 (H.264 + AAC), 12 fps, mono 48 kHz impulse audio.
-
-    video_start: the first frame's timestamp (a container start_time that is not 0).
-    audio_delay: the audio starts this many seconds after the video.
-    aac_pns: FFmpeg's AAC perceptual noise substitution; off by default because its decoder draws
-    noise from a generator whose state depends on where decoding began (see the PNS test).
-    """
-    webm = str(path).endswith(".webm")
-    container = av.open(str(path), "w")
-    vs = container.add_stream("libvpx-vp9" if webm else "libx264", rate=Fraction(FPS))
-    vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-    vs.codec_context.gop_size = int(GOP_S * FPS)
-    vs.options = {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"} if webm else \
-        {"preset": "ultrafast", "crf": "20"}
-    aus = container.add_stream("libopus" if webm else "aac", rate=RATE)
-    aus.layout = "mono"
-    if not webm and not aac_pns:
-        aus.options = {"aac_pns": "0"}
-    first = int(round(video_start * FPS))
-    for j in range(int(round(seconds * FPS))):
-        frame = av.VideoFrame.from_ndarray(grid_frame(j), format="rgb24")
-        frame.pts, frame.time_base = first + j, Fraction(1, FPS)
-        for packet in vs.encode(frame):
-            container.mux(packet)
-    for packet in vs.encode(None):
-        container.mux(packet)
-    audio = impulse_audio(seconds - audio_delay, RATE, [t - audio_delay for t in impulses])[0]
-    fmt = aus.codec_context.format.name
-    step = aus.codec_context.frame_size or 1024
-    offset = int(round((video_start + audio_delay) * RATE))
-    for k in range(0, audio.size, step):
-        chunk = audio[None, k:k + step]
-        data = np.round(chunk * 32767).astype(np.int16) if fmt.startswith("s16") else chunk.astype(np.float32)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = RATE, offset + k, Fraction(1, RATE)
-        for packet in aus.encode(frame):
-            container.mux(packet)
-    for packet in aus.encode(None):
-        container.mux(packet)
-    container.close()
-    return path
+    """A long tiny video (.webm VP9 + Opus or .mp4 H.264 + AAC), frames from grid_frame, a keyframe
+    every GOP_S s, clicks at `impulses` (benchmarks.seek.encode_long_video)."""
+    return encode_long_video(path, seconds, width=W, height=H, frame=grid_frame, impulses=impulses,
+                             video_start=video_start, audio_delay=audio_delay, gop_s=GOP_S, aac_pns=aac_pns)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +146,22 @@ def test_a_faulty_video_gives_one_window(tmp_path):
     ann = Annotation("broken", "t", "t", None)
     assert [w.id for w in tile_windows([ann], tmp_path, 2.0)] == ["broken@0"]
     assert [w.id for w in tile_windows([Annotation("gone", "t", "t", None)], tmp_path, 2.0)] == ["gone@0"]
+
+
+def test_seek_benchmark_smoke(tmp_path):
+    """benchmarks/seek.py's code path on a tiny video: its fields, never its timings."""
+    video = make_long_video(tmp_path / "bench.webm", 12.0)
+    result = run_seek_benchmark(video, start=7.0, repeats=1, size=32, from_start=True)
+    assert set(result) >= {"cpu", "ratios", "seek_ratio", "decode_from_start_ratio"}
+    assert len(result["ratios"]) == 1 and result["seek_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_five_minutes_with_stride_4_give_75_windows(tmp_path):
+    """The issue's acceptance count: 300 s, stride 4 -> windows at 0, 4, ..., 296 s (the last has 4 s);
+    the last one decodes whole."""
+    video = make_long_video(tmp_path / "five.mp4", 300.0, impulses=(150.0,))
+    windows = load_annotations(_csv(video), videos=tmp_path, window_stride=4.0)
+    assert len(windows) == 75 and len({w.id for w in windows}) == 75
+    assert windows[-1].id == "five@296000"
+    assert load_clip(video, size=32, start=windows[-1].start).length == FRAMES
