@@ -67,25 +67,34 @@ def encode_long_video(path, seconds: float, width: int = WIDTH, height: int = HE
     aus.layout = "mono"
     if not webm and not aac_pns:
         aus.options = {"aac_pns": "0"}
-    first = int(round(video_start * fps))
-    for j in range(int(round(seconds * fps))):
-        f = av.VideoFrame.from_ndarray(frame(j), format="rgb24")
-        f.pts, f.time_base = first + j, Fraction(1, fps)
-        for packet in vs.encode(f):
-            container.mux(packet)
-    for packet in vs.encode(None):
-        container.mux(packet)
     audio = click_audio(seconds - audio_delay, [t - audio_delay for t in impulses], seed=seed)
     fmt = aus.codec_context.format.name
     step = aus.codec_context.frame_size or 1024
-    offset = int(round((video_start + audio_delay) * RATE))
-    for k in range(0, audio.size, step):
+    first_video, first_audio = int(round(video_start * fps)), int(round((video_start + audio_delay) * RATE))
+
+    def encode_audio(k: int):
         chunk = audio[None, k:k + step]
         data = np.round(chunk * 32767).astype(np.int16) if fmt.startswith("s16") else chunk.astype(np.float32)
         f = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="mono")
-        f.sample_rate, f.pts, f.time_base = RATE, offset + k, Fraction(1, RATE)
+        f.sample_rate, f.pts, f.time_base = RATE, first_audio + k, Fraction(1, RATE)
         for packet in aus.encode(f):
             container.mux(packet)
+
+    k = 0
+    for j in range(int(round(seconds * fps))):
+        f = av.VideoFrame.from_ndarray(frame(j), format="rgb24")
+        f.pts, f.time_base = first_video + j, Fraction(1, fps)
+        for packet in vs.encode(f):
+            container.mux(packet)
+        # the audio up to this frame's end, so the file is interleaved as a camera's would be
+        while k < audio.size and (k + audio_delay * RATE) / RATE < (j + 1) / fps:
+            encode_audio(k)
+            k += step
+    for packet in vs.encode(None):
+        container.mux(packet)
+    while k < audio.size:
+        encode_audio(k)
+        k += step
     for packet in aus.encode(None):
         container.mux(packet)
     container.close()

@@ -89,13 +89,21 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
     if not path.is_file():      # opening a named pipe would block forever; a directory or device is no video
         raise FaultyVideo("unreadable", f"{path} is not a regular file (a directory, pipe or device)")
     try:
-        return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
+        try:
+            return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
+        except _SeekMissed:         # the same clip, the slow way
+            return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, False)
     except FaultyVideo:
         raise
     except PermissionError as e:
         raise FaultyVideo("unreadable", f"{type(e).__name__}: {e}") from None
     except (av.FFmpegError, ValueError, RuntimeError, OSError, EOFError, IndexError, ZeroDivisionError) as e:
         raise FaultyVideo("decode_error", f"{type(e).__name__}: {e}") from None
+
+
+class _SeekMissed(Exception):
+    """A seek that failed or landed after the clip's start (a file without an index, audio
+    interleaved late): load_clip then decodes from the file's start."""
 
 
 def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek) -> Clip:
@@ -118,10 +126,14 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
             vstream.thread_count = threads
         origin = _stream_start(vstream)
         clip_origin = origin + start                            # container time (s) of the clip's t = 0
-        if seek and start > SEEK_PREROLL_S:
+        seeking = seek and start > SEEK_PREROLL_S
+        if seeking:
             # backward=True: the keyframe at or before the target, so every frame after it decodes
-            container.seek(int(np.floor((clip_origin - SEEK_PREROLL_S) / vstream.time_base)),
-                           stream=vstream, backward=True, any_frame=False)
+            try:
+                container.seek(int(np.floor((clip_origin - SEEK_PREROLL_S) / vstream.time_base)),
+                               stream=vstream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                raise _SeekMissed from None
         targets = np.arange(frames) / fps                       # [T] seconds after the clip's start
         audio_end = frames / fps + AUDIO_MARGIN_S
         picker = _FramePicker(targets, size)
@@ -141,6 +153,9 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
                     audio_done = audio.add(frame) >= audio_end
             if video_done and audio_done:
                 break
+        audio_late = audio.first is not None and audio.first > 0 and _stream_start(astream) < clip_origin
+        if seeking and ((picker.times and min(picker.times) > 0) or audio_late):
+            raise _SeekMissed
         header_end, whole_file = _header_end(container, vstream)
 
     if picker.count == 0:

@@ -193,3 +193,22 @@ def test_windows_in_a_cache(same_clips, tmp_path):
     assert plain.fingerprint != c.fingerprint
     # the impulse at 3.1 s is at frame 37 of the first window and frame 1 of the one at 3 s
     assert abs(int(np.argmax(c[3]["envelope"])) - 1) <= 1
+
+
+def test_cli_folder_with_windows_and_a_bad_manifest(same_clips, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    out = tmp_path / "cli"
+    args = ["extract-features", "--videos", str(same_clips / "by_class"), "--annotations", "none", "--out", str(out),
+            "--size", "32", "--window-stride", "2", "--calibration-clips", "2", "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    c = FeatureCache(out)
+    assert c.ids == ["11@0", "11@2000", "12@0", "12@2000", "21@0", "21@2000"]     # 4.2 s: 0 and 2 s
+    assert set(c.labels) == {DROP, HIT}                                          # all classes by default
+    bad = write(tmp_path / "bad.csv", "video,start\n../x.webm,1\n")
+    result = CliRunner().invoke(cli, ["extract-features", "--videos", str(same_clips / "videos"), "--annotations",
+                                      str(bad), "--out", str(tmp_path / "bad"), "--quiet"])
+    assert result.exit_code != 0 and "line 2" in result.output and "Traceback" not in result.output

@@ -165,3 +165,17 @@ def test_five_minutes_with_stride_4_give_75_windows(tmp_path):
     assert len(windows) == 75 and len({w.id for w in windows}) == 75
     assert windows[-1].id == "five@296000"
     assert load_clip(video, size=32, start=windows[-1].start).length == FRAMES
+
+
+def test_a_seek_that_lands_late_falls_back_to_decoding_from_the_start(tmp_path, monkeypatch):
+    """A negative pre-roll makes the seek land on the keyframe after start (8 s for 7.25 s): the
+    clip is then decoded from the file's start, the same as seek=False."""
+    import pipeline.media as media
+
+    path = make_long_video(tmp_path / "late.webm", 12.0)
+    monkeypatch.setattr(media, "SEEK_PREROLL_S", -1.0)
+    seek = load_clip(path, size=32, start=7.25, normalize=False)
+    full = load_clip(path, size=32, start=7.25, normalize=False, seek=False)
+    assert torch.equal(seek.frames, full.frames)
+    np.testing.assert_array_equal(seek.envelope, full.envelope)
+    assert read_grid(seek.frames[:, 0]) == 87
