@@ -163,7 +163,7 @@ def run(videos: Path, annotations: Path, workdir: Path, *, size: int = 224, batc
         "bound": "backbone" if backbone_cps <= decode_cps else "decode",
         "efficiency_per_round": per_round,
         "extract_efficiency": round(statistics.median(per_round), 4),
-        "cache_dir": str(cache_dir),
+        "cache_dir": str(cache_dir), "weights": str(weights),
     }
 
 

@@ -151,9 +151,10 @@ def make_clips(out: Path, n: int) -> tuple[Path, Path, dict]:
 
 
 def train_head_benchmark(quick: bool, device: str, workdir: Path, *, size: int, rounds: int, precision: str,
-                         videos: Path, annotations: Path) -> dict:
-    """benchmarks/train_head.py (its own module) on these clips: cache_speedup, loader_efficiency and
-    loader_vs_npy_float32. Full mode adds 112 beside a 224 headline."""
+                         videos: Path, annotations: Path, weights: Path | None = None) -> dict:
+    """benchmarks/train_head.py (its own module) on these clips (and the extract benchmark's
+    calibrated weights): cache_speedup, loader_efficiency and loader_vs_npy_float32. Full mode adds
+    112 beside a 224 headline."""
     try:
         from benchmarks import train_head
     except ImportError as e:
@@ -163,7 +164,7 @@ def train_head_benchmark(quick: bool, device: str, workdir: Path, *, size: int, 
     try:
         result = dict(train_head.run(quick=quick, device=device, workdir=workdir, sizes=sizes,
                                      rounds=None if quick else max(rounds, 3), precision=precision,
-                                     videos=videos, annotations=annotations))
+                                     videos=videos, annotations=annotations, weights=weights))
     except Exception as e:          # report it next to the other numbers instead of losing them
         return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}
     result.setdefault("seconds", round(time.perf_counter() - t0, 2))
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
             t0, load0 = time.perf_counter(), os.getloadavg()
             result["train_head"] = train_head_benchmark(args.quick, args.device, work / "train_head", size=size,
                                                         rounds=rounds, precision=precision, videos=videos,
-                                                        annotations=annotations)
+                                                        annotations=annotations, weights=Path(ex["weights"]))
             th = result["train_head"]
             phase("train_head", t0, load0, {"backbone": th.get("backbone_precision"), "head_amp": th.get("head_amp"),
                                             "cached_amp": th.get("cached_amp")})

@@ -114,11 +114,13 @@ def _decodable(annotations: Path, faulty: set):
 class FrozenBackboneTraining:
     """The alternative the cache replaces: every epoch, decode + frozen backbone + head step.
 
-    Built once (backbone calibrated, head + optimizer as train-head makes them); `epoch()` runs one
-    epoch and returns its seconds, and with keep=True the features/envelopes/lengths it computed.
+    Built once (backbone calibrated, or loaded from `weights`: the extract benchmark's calibrated
+    model3d_1; head + optimizer as train-head makes them); `epoch()` runs one epoch and returns its
+    seconds, and with keep=True the features/envelopes/lengths it computed.
     """
 
-    def __init__(self, items, videos: Path, size: int, dev: torch.device, batch_size: int, precision: str = "auto"):
+    def __init__(self, items, videos: Path, size: int, dev: torch.device, batch_size: int, precision: str = "auto",
+                 weights: Path | None = None):
         from pipeline import backbones
         from pipeline import extract as ex
         from pipeline import train as tr
@@ -128,11 +130,18 @@ class FrozenBackboneTraining:
         self.precision, amp = phase_precisions(precision, dev)
         model = backbones.create_backbone(BACKBONE, seed=SEED)
         self.dataset_args = dict(videos=videos, frames=48, fps=12, size=size, reduce="max")
-        calib = ex.make_loader(ex.ClipDataset(items[:CALIBRATION_CLIPS], **self.dataset_args), 0, torch.device("cpu"))
-        clips = [it["frames"] for it in calib if "failure" not in it]
-        with ex.autocast(torch.device("cpu"), self.precision):
-            backbones.calibrate_batchnorm(model, [torch.stack(clips)])
-        self.model = model.to(dev).to(memory_format=torch.channels_last_3d).eval()
+        if weights is not None:
+            backbones.load_checkpoint(model, weights)
+        else:
+            calib = ex.make_loader(ex.ClipDataset(items[:CALIBRATION_CLIPS], **self.dataset_args), 0,
+                                   torch.device("cpu"))
+            clips = [it["frames"] for it in calib if "failure" not in it]
+            with ex.autocast(torch.device("cpu"), self.precision):
+                backbones.calibrate_batchnorm(model, [torch.stack(clips)])
+        model = model.to(dev)
+        if dev.type == "cuda" or self.precision == "bf16":     # as extract-features lays out model3d_1
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.dim = backbones.feature_dim(BACKBONE, size)
@@ -430,13 +439,14 @@ def preloaded_epoch(n: int, dim: int, device: str, workdir: Path, batch_size: in
 
 def run(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None, clips: int | None = None,
         rounds: int | None = None, precision: str = "auto", videos: Path | None = None,
-        annotations: Path | None = None) -> dict:
+        annotations: Path | None = None, weights: Path | None = None) -> dict:
     """Measure cache_speedup (at each size; the headline at the first) and loader_efficiency.
 
     Both sides run in one child process whose OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE
     unless the environment sets it), as in the `foleycache train-head` CLI: that policy is fixed when
     torch loads, and this (caller's) process may have loaded torch already. videos + annotations:
-    clips already made (benchmarks/run.py's); otherwise the child makes its own.
+    clips already made (benchmarks/run.py's); otherwise the child makes its own. weights: a
+    calibrated model3d_1 (.safetensors) to use instead of calibrating one.
     """
     import subprocess
 
@@ -445,6 +455,8 @@ def run(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None,
     cmd += ["--quick"] if quick else []
     if videos is not None:
         cmd += ["--videos", str(videos), "--annotations", str(annotations)]
+    if weights is not None:
+        cmd += ["--weights", str(weights)]
     for flag, values in (("--size", sizes or []), ("--clips", [clips] if clips else []),
                          ("--rounds", [rounds] if rounds else [])):
         for v in values:
@@ -461,7 +473,7 @@ def run(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None,
 
 def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = None, clips: int | None = None,
             rounds: int | None = None, precision: str = "auto", videos: Path | None = None,
-            annotations: Path | None = None, loader_clips: int = LOADER_CLIPS) -> dict:
+            annotations: Path | None = None, loader_clips: int = LOADER_CLIPS, weights: Path | None = None) -> dict:
     """run()'s measurements, in this process. loader_clips: the loader benchmark's cache (tests: fewer)."""
     from pipeline.cache import write_cache
     from pipeline.train import DEFAULTS
@@ -482,7 +494,8 @@ def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = N
               "by_size": []}
     alt_at_first = None
     for size in sizes:
-        alt = FrozenBackboneTraining(items, videos, size, dev, DEFAULTS["batch_size"], precision=precision)
+        alt = FrozenBackboneTraining(items, videos, size, dev, DEFAULTS["batch_size"], precision=precision,
+                                     weights=weights)
         cache_dir = workdir / f"cache-{size}"
         variants = ["none"] + (["gpu"] if dev.type == "cuda" else [])
         rounds = []         # alternating: frozen-backbone epoch, then cached epoch(s), so load drift hits both
@@ -546,6 +559,7 @@ def main(argv=None) -> int:
                    help="backbone autocast and head amp on both sides (default: fp32 with --quick, else auto)")
     p.add_argument("--videos", type=Path, help="use these clips (with --annotations) instead of making new ones")
     p.add_argument("--annotations", type=Path)
+    p.add_argument("--weights", type=Path, help="calibrated model3d_1 weights to use instead of calibrating")
     p.add_argument("--in-process", action="store_true", help="measure here (run() starts this in a child)")
     args = p.parse_args(argv)
     if (args.videos is None) != (args.annotations is None):
@@ -556,7 +570,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="foleycache-train-head-bench-") as tmp:
         how = measure if args.in_process else run
         result = how(args.quick, args.device, args.workdir or Path(tmp), sizes=args.size, clips=args.clips,
-                     rounds=args.rounds, precision=precision, videos=args.videos, annotations=args.annotations)
+                     rounds=args.rounds, precision=precision, videos=args.videos, annotations=args.annotations,
+                     weights=args.weights)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -98,6 +98,7 @@ def test_run_writes_one_json_with_every_ratio_the_cpu_and_the_precision(tmp_path
     assert tuple(r)[:len(bench_run.HEADLINE)] == bench_run.HEADLINE
     assert calls["quick"] is True and calls["device"] == "cpu" and calls["size"] == SIZE
     assert calls["precision"] == "fp32" and calls["videos"].is_dir()    # the quick default; the same clips
+    assert calls["weights"].is_file()              # the extract benchmark's calibrated model3d_1, not a second one
     assert r["precision"] == "fp32" and r["extract"]["precision"] == "fp32"
     assert r["phases"]["extract"]["precision"] == {"backbone": "fp32"}
     assert r["phases"]["train_head"]["precision"]["head_amp"] == "off"
