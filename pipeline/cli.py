@@ -96,11 +96,13 @@ def setup_logging(quiet: bool = False):
 
 
 def checkpoint_arg(value: str):
-    if value == "none":
-        return value
+    """'none', a weights name ('imagenet': the backbone resolves it), or an existing file."""
     path = Path(value)
+    if value == "none" or (not path.exists() and os.sep not in value and "." not in value):
+        return value
     if not path.is_file():
-        raise click.BadParameter(f"{value} is not a file (give a checkpoint file, or 'none')")
+        raise click.BadParameter(f"{value} is not a file (give a checkpoint file, a weights name such as "
+                                 "'imagenet', or 'none')")
     return path
 
 
@@ -115,12 +117,16 @@ def checkpoint_arg(value: str):
               "[default: sound12 for an SSv2 JSON, all for other manifests].")
 @click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Tile each video into windows of frames/fps s, one every this many seconds.")
-@click.option("--backbone", default="model3d_1", help="Registered backbone name.")
-@click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors) or 'none' "
+@click.option("--backbone", default="model3d_1", help="Registered backbone name (model3d_1, model3d_1_224, mobilenet_v2).")
+@click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors), a named "
+              "published file ('imagenet' for mobilenet_v2: torchvision's, found on disk, sha256-checked) or 'none' "
               "(seeded random init with calibrated BatchNorm; loud warning).")
 @click.option("--frames", default=48, type=click.IntRange(1), help="Frames per clip (T).")
 @click.option("--fps", default=12.0, type=click.FloatRange(min=0, min_open=True), help="Clip frame rate.")
-@click.option("--size", default=224, type=click.IntRange(32), help="Frame size after resize + centre crop.")
+@click.option("--size", default=None, type=click.IntRange(32),
+              help="Frame size after resize + centre crop.  [default: the backbone's: 224 model3d_1, 112 mobilenet_v2]")
+@click.option("--pool", default=None, help="Pooling of the backbone's last map: none, global or KxK (e.g. 2x2).  "
+              "[default: the backbone's: none for model3d_1, 2x2 for mobilenet_v2]")
 @click.option("--format", "fmt", default="zarr", type=click.Choice(["zarr", "hdf5"]), help="Shard format.")
 @click.option("--dtype", default="float16", type=click.Choice(["float16", "float32"]), help="Stored feature dtype.")
 @click.option("--shard-size", default=64, type=click.IntRange(1), help="Candidates per shard.")
@@ -137,16 +143,16 @@ def checkpoint_arg(value: str):
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache built with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_features_cmd(videos, annotations, out, labels, classes, window_stride, backbone, checkpoint, frames,
-                         fps, size, fmt, dtype, shard_size, batch_size, workers, device, precision,
+                         fps, size, pool, fmt, dtype, shard_size, batch_size, workers, device, precision,
                          envelope_reduce, limit, seed,
                          calibration_clips, overwrite, quiet):
-    """Run the 3D CNN once per video; cache features + audio envelope in HDF5/Zarr shards."""
+    """Run the backbone once per video; cache features + audio envelope in HDF5/Zarr shards."""
     from pipeline.extract import extract_features
     setup_logging(quiet)
     summary = extract_features(
         videos=videos, annotations=annotations, out=out, labels=labels, classes=classes,
         window_stride=window_stride, backbone=backbone,
-        checkpoint=checkpoint_arg(checkpoint), frames=frames, fps=fps, size=size, fmt=fmt, dtype=dtype,
+        checkpoint=checkpoint_arg(checkpoint), frames=frames, fps=fps, size=size, pool=pool, fmt=fmt, dtype=dtype,
         shard_size=shard_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
         limit=limit, overwrite=overwrite, envelope_reduce=envelope_reduce, seed=seed,
         calibration_clips=calibration_clips, progress=not quiet)
@@ -334,13 +340,19 @@ def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes
               "runs and reports (new, empty, or an earlier demo's).")
 @click.option("--train", "n_train", default=300, type=click.IntRange(2), help="Synthetic train clips.")
 @click.option("--val", "n_val", default=80, type=click.IntRange(2), help="Synthetic held-out validation clips.")
-@click.option("--size", default=112, type=click.IntRange(32), help="Frame size for the backbone.")
+@click.option("--unseen", "n_unseen", default=60, type=click.IntRange(2),
+              help="Held-out clips of a look the heads never saw.")
+@click.option("--size", default=112, type=click.IntRange(64), help="Frame size for the backbone.")
+@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
+              help="auto: bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, CUDA), else fp32; "
+                   "fp32: no bf16 anywhere.")
 @click.option("--quiet", is_flag=True, help="No progress bars (the report is still printed).")
-def demo_cmd(out, n_train, n_val, size, quiet):
-    """Run the whole pipeline on a synthetic dataset (CPU, a few minutes) and print the report."""
+def demo_cmd(out, n_train, n_val, n_unseen, size, precision, quiet):
+    """Run the whole pipeline on pretrained features of a synthetic dataset (CPU, a few minutes); print the report."""
     from pipeline.demo import run_demo
     setup_logging(quiet)
-    s = run_demo(out=out, n_train=n_train, n_val=n_val, size=size, progress=not quiet)
+    s = run_demo(out=out, n_train=n_train, n_val=n_val, n_unseen=n_unseen, size=size, precision=precision,
+                 progress=not quiet)
     echo(s["report"])
     echo(f"demo finished in {s['seconds_total']} s (per stage: "
          + ", ".join(f"{k} {v} s" for k, v in s["seconds"].items()) + ")")

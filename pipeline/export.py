@@ -200,7 +200,7 @@ def _extract_settings(cfg: dict) -> dict:
     try:
         return {"backbone": cfg["backbone"], "frames": int(cfg["frames"]), "fps": float(cfg["fps"]),
                 "size": int(cfg["preprocess"]["size"]), "envelope_reduce": cfg["envelope"]["reduce"],
-                "dtype": cfg["dtype"], "precision": cfg["precision"]}
+                "dtype": cfg["dtype"], "precision": cfg["precision"], "pool": cfg.get("pool", "none")}
     except (KeyError, TypeError, ValueError) as e:
         raise FoleyError(f"the run does not record how its features were extracted (missing {e}); "
                          "extract the clips yourself and pass --cache") from None
@@ -219,7 +219,8 @@ def run_extract_settings(run: dict) -> dict:
     ckpt, reduce = run["ckpt"], ((run["cache_config"] or {}).get("envelope") or {}).get("reduce", "max")
     try:
         return {"backbone": run["backbone"]["name"], "frames": int(ckpt["frames"]), "fps": float(ckpt["fps"]),
-                "size": int(ckpt["size"]), "envelope_reduce": reduce, "dtype": "float32", "precision": "auto"}
+                "size": int(ckpt["size"]), "envelope_reduce": reduce, "dtype": "float32", "precision": "auto",
+                "pool": ckpt.get("pool")}
     except (KeyError, TypeError, ValueError) as e:
         raise FoleyError(f"the finetune checkpoint {run['checkpoint_path']} lacks its clip setting {e}") from None
 
@@ -251,6 +252,10 @@ def _backbone_for_videos(run: dict, out: Path) -> tuple[Path, dict]:
         if weights is None or not weights.is_file():
             raise FoleyError(f"the run was trained on a random-init backbone whose calibrated weights "
                              f"({weights}) are gone: --videos cannot rebuild its features (pass --cache)")
+    elif provenance.get("weights_name"):
+        # named published weights ("imagenet"): found again wherever this machine keeps them, sha256-checked
+        from pipeline.backbones import find_named_weights
+        weights = find_named_weights(settings["backbone"], provenance["weights_name"])
     else:
         weights = Path(str(provenance.get("checkpoint", "")))
         if not provenance.get("checkpoint") or not weights.is_file():

@@ -24,6 +24,7 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from pipeline import backbones, cache
+from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.data import Annotation, find_video, load_annotations, manifest_sha256, manifest_source
 from pipeline.errors import FoleyError
 from pipeline.media import FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
@@ -117,6 +118,12 @@ def default_workers(dev: torch.device) -> int:
     return min(MAX_CUDA_WORKERS, max(1, cores - 1)) if dev.type == "cuda" else 1
 
 
+def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
+    """Run the convs channels-last? On CUDA always; on a CPU where it was measured to pay
+    (`benchmarks/extract.py`): model3d_1 under bf16 (~2x), mobilenet_v2 in float32 and bf16."""
+    return dev.type == "cuda" or precision == "bf16" or spec.kind == "frame2d"
+
+
 def normalize_on_device(dev: torch.device) -> bool:
     """Normalise frames on the GPU (one fused pass there) instead of in every decode worker."""
     return dev.type == "cuda"
@@ -132,13 +139,19 @@ def make_loader(dataset, workers: int, device: torch.device):
 # --- the backbone ---------------------------------------------------------------------------
 
 def build_backbone(name: str, checkpoint: str | Path, device: torch.device, seed: int, calibration: list,
-                   dataset_args: dict, batch_size: int, workers: int, out: Path, progress: bool):
-    """Create the backbone and load or calibrate its weights. Returns (model, provenance dict)."""
-    model = backbones.create_backbone(name, seed=seed)
+                   dataset_args: dict, batch_size: int, workers: int, out: Path, progress: bool,
+                   pool: str | None = None):
+    """Create the backbone and load or calibrate its weights. Returns (model, provenance dict).
+
+    checkpoint: "none", a weights file, or the name of the backbone's published weights
+    ("imagenet"), found on disk by `backbones.find_named_weights` (never downloaded).
+    """
+    model = backbones.create_backbone(name, seed=seed, pool=pool)
+    checkpoint, weights_name = backbones.resolve_checkpoint(name, checkpoint)
     if str(checkpoint) != "none":
         info = backbones.load_checkpoint(model, checkpoint)
         return model, {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": info["sha256"],
-                       "checkpoint_format": info["format"]}
+                       "checkpoint_format": info["format"], "weights_name": weights_name}
     recipe = {"backbone": name, "init_seed": seed, "calibration_ids": [a.id for _, a in calibration],
               "method": "BatchNorm running statistics, cumulative average (momentum=None), fp32"}
     saved, recipe_file = out / CALIBRATED_WEIGHTS, out / CALIBRATION_RECIPE
@@ -146,16 +159,18 @@ def build_backbone(name: str, checkpoint: str | Path, device: torch.device, seed
         backbones.load_checkpoint(model, saved)     # a resumed run uses exactly the same network
     else:
         log.warning(
-            "WARNING: --checkpoint none: model3d_1 is RANDOMLY INITIALISED (seed %d). Its BatchNorm "
+            "WARNING: --checkpoint none: %s is RANDOMLY INITIALISED (seed %d). Its BatchNorm "
             "statistics are calibrated on the first %d decodable clips of this run so its features are "
             "not degenerate (FINDINGS.md), but they are not pretrained features: expect far weaker "
-            "results than with the baseline's model_best.pth.tar.", seed, len(calibration))
-        loader = make_loader(ClipDataset(calibration, **dataset_args), workers, torch.device("cpu"))
+            "results than with pretrained weights.", name, seed, len(calibration))
+        spec = backbones.get_spec(name)
+        loader = make_loader(ClipDataset(calibration, **dataset_args, normalize=False), workers, torch.device("cpu"))
         clips = [item["frames"] for item in tqdm(loader, desc="decode for BN calibration", unit="clip",
                                                   disable=not progress, leave=False) if "failure" not in item]
         if not clips:
             raise FoleyError("--checkpoint none: none of the calibration clips could be decoded")
-        batches = (torch.stack(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size))
+        batches = (normalize_frames(torch.stack(clips[i:i + batch_size]), 1, spec.mean, spec.std)
+                   for i in range(0, len(clips), batch_size))
         backbones.calibrate_batchnorm(model, batches)
     return model, {"checkpoint": "none", "init_seed": seed, "calibration": recipe}
 
@@ -176,7 +191,8 @@ def save_calibrated(model, out: Path, provenance: dict):
 def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels: Path | None = None,
                      classes: str | None = None, window_stride: float | None = None,
                      backbone: str = "model3d_1", checkpoint: str | Path = "none",
-                     frames: int = 48, fps: float = 12, size: int = 224, fmt: str = "zarr",
+                     frames: int = 48, fps: float = 12, size: int | None = None, pool: str | None = None,
+                     fmt: str = "zarr",
                      dtype: str = "float16", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 4,
                      workers: int | None = None, device: str = "auto", precision: str = "auto",
                      limit: int | None = None, overwrite: bool = False, envelope_reduce: str = "max",
@@ -187,19 +203,25 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     compile: wrap the model in torch.compile (pays off on a GPU over many clips; costs a warm-up).
     annotations, classes, window_stride: the manifest (`pipeline.data.load_annotations`: SSv2 JSON,
     CSV / JSON Lines, a folder or "none"; windows of frames / fps s every window_stride s).
+    size: frame side (default: the backbone's, 224 for model3d_1, 112 for mobilenet_v2). pool: the
+    last map's pooling ("none", "global", "KxK"; default: the backbone's). checkpoint: "none", a
+    weights file or the backbone's named weights ("imagenet" for mobilenet_v2).
 
-    Cached per clip: features [frames', D] (D = 512 * ceil(size/32)^2), envelope [frames] float32,
+    Cached per clip: features [frames', D] (D = channels * h * w of the pooled last map: 25088 for
+    model3d_1 at 224, 5120 for mobilenet_v2 at 112 with 2x2 pooling), envelope [frames] float32,
     length. Faulty videos are recorded in failures.jsonl and skipped; they never stop the run.
     """
     out, videos = Path(out), Path(videos)
+    spec = backbones.get_spec(backbone)
+    size = spec.default_size if size is None else size
+    pool = backbones.canonical_pool(spec.default_pool if pool is None else pool)
     frames, fps, size = int(frames), float(fps), int(size)   # 12 and 12.0 must fingerprint alike
     if not videos.is_dir():
         raise FoleyError(f"--videos {videos} is not a directory")
-    spec = backbones.get_spec(backbone)
     if spec.time_stride != 1:
         raise FoleyError(f"backbone {backbone} pools time by {spec.time_stride}; the head needs one feature "
                          "per frame, so extract with a backbone that keeps T (e.g. model3d_1)")
-    dim = backbones.feature_dim(backbone, size)
+    dim = backbones.feature_dim(backbone, size, pool)
     if frames < 1 or fps <= 0 or shard_size < 1 or batch_size < 1:
         raise FoleyError("--frames, --fps, --shard-size and --batch-size must be positive")
     manifest = load_annotations(annotations, classes=classes, labels_path=labels, videos=videos,
@@ -225,9 +247,9 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     if rank == 0:
         try:
             model, provenance = build_backbone(backbone, checkpoint, dev, seed, shard_of[:calibration_clips],
-                                               dataset_args, batch_size, workers, out, progress)
+                                               dataset_args, batch_size, workers, out, progress, pool)
             fp_params, config = _fingerprint_params(model, provenance, spec, frames, fps, size, dtype,
-                                                    precision, envelope_reduce)
+                                                    precision, envelope_reduce, pool)
             if window_stride is not None:   # only then: caches made without windows keep their fingerprint
                 fp_params["windows"] = config["windows"] = {"stride_s": float(window_stride),
                                                             "seconds": frames / fps}
@@ -248,12 +270,13 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     if error:
         raise FoleyError(error)
     if rank != 0:
-        model = backbones.create_backbone(backbone, seed=seed)
-        weights = out / CALIBRATED_WEIGHTS if str(checkpoint) == "none" else checkpoint
+        model = backbones.create_backbone(backbone, seed=seed, pool=pool)
+        weights = out / CALIBRATED_WEIGHTS if str(checkpoint) == "none" else \
+            backbones.resolve_checkpoint(backbone, checkpoint)[0]
         backbones.load_checkpoint(model, weights)
     model = model.to(dev).eval()
-    if dev.type == "cuda" or precision == "bf16":
-        model = model.to(memory_format=torch.channels_last_3d)
+    if channels_last(spec, dev, precision):
+        model = model.to(memory_format=torch.channels_last_3d if spec.kind == "video3d" else torch.channels_last)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if compile:
@@ -262,7 +285,7 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     todo = [k for k in cache.pending_shards(out, n_shards) if k % world == rank]
     items = [(k, a) for k, a in shard_of if k in set(todo)]
     counts = _write_shards(model, items, shard_size, len(manifest), out, dataset_args, fmt, dtype, dim,
-                           batch_size, workers, dev, precision, progress and rank == 0)
+                           batch_size, workers, dev, precision, progress and rank == 0, spec)
     dist.barrier()
     summary = {"cache": str(out), "candidates": len(manifest), "shards": n_shards, "processed_here": counts["seen"],
                "device": str(dev), "precision": precision, "workers": workers, "world_size": world}
@@ -280,12 +303,16 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     return summary
 
 
-def _fingerprint_params(model, provenance, spec, frames, fps, size, dtype, precision, reduce):
+def _fingerprint_params(model, provenance, spec, frames, fps, size, dtype, precision, reduce, pool="none"):
     weights = weights_sha256(model)
     fp_params = {"backbone": spec.name, "weights_sha256": weights, "frames": frames, "fps": fps,
-                 "preprocess": preprocess_params(size), "envelope": envelope_params(reduce, frames, fps),
+                 "preprocess": preprocess_params(size, spec.mean, spec.std),
+                 "envelope": envelope_params(reduce, frames, fps),
                  "dtype": dtype, "precision": precision, "schema_version": cache.SCHEMA_VERSION}
-    config = dict(fp_params, backbone_provenance=provenance, feature_layout="[T, 512*h*w] channel-major",
+    if pool != "none":      # only then: caches of the unpooled map keep the fingerprints they had
+        fp_params["pool"] = pool
+    layout = f"[T, {spec.channels}*h*w] channel-major" + (f", last map averaged to {pool}" if pool != "none" else "")
+    config = dict(fp_params, backbone_provenance=provenance, feature_layout=layout, backbone_kind=spec.kind,
                   foleycache_version=__import__("pipeline").__version__, torch_version=torch.__version__)
     return fp_params, config
 
@@ -306,7 +333,7 @@ def _check_same_manifest(out: Path, manifest_sha: str, overwrite: bool):
 
 
 def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt, dtype, dim,
-                  batch_size, workers, dev, precision, progress) -> Counter:
+                  batch_size, workers, dev, precision, progress, spec) -> Counter:
     counts = Counter()
     if not items:
         return counts
@@ -314,8 +341,8 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
     writers: dict[int, cache.ShardWriter] = {}
     closing: list = []                  # (writer, future of its rename) not known to be done yet
     buffers: dict[int, list] = {}
-    on_device = normalize_on_device(dev)
-    loader = make_loader(ClipDataset(items, **dataset_args, normalize=not on_device), workers, dev)
+    # Workers hand over 0..255 frames; the backbone's own mean/std are applied per batch (on the GPU there)
+    loader = make_loader(ClipDataset(items, **dataset_args, normalize=False), workers, dev)
     bar = tqdm(total=len(items), desc="extract", unit="clip", disable=not progress, smoothing=0.1)
     # Every shard operation after opening goes through one writer thread, in order, so the float16
     # cast, compression and file writes of a batch overlap the next batch's forward pass.
@@ -336,7 +363,7 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
             remaining[k] -= 1
             if len(buffers[k]) == batch_size or (remaining[k] == 0 and buffers[k]):
                 feats = batch_features(model, [c["frames"] for c in buffers[k]], dev, precision,
-                                       normalize=on_device, out_dtype=dtype)
+                                       normalize=True, out_dtype=dtype, mean=spec.mean, std=spec.std)
                 background.submit(_append_batch, writers[k], buffers[k], feats)
                 buffers[k] = []
             if remaining[k] == 0:
@@ -364,17 +391,19 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
 
 
 def batch_features(model, frames: list[torch.Tensor], dev: torch.device, precision: str,
-                   normalize: bool = False, out_dtype: str = "float32") -> np.ndarray:
+                   normalize: bool = False, out_dtype: str = "float32", mean: tuple = IMAGENET_MEAN,
+                   std: tuple = IMAGENET_STD) -> np.ndarray:
     """Clips [3, T, S, S] -> features ndarray [B, T', D] in `out_dtype` (the cache dtype).
 
     Each clip is copied on its own (from pinned memory, non-blocking on CUDA) and stacked on the
-    device. normalize: the frames are 0..255 and are normalised on the device. The cast to the
+    device. normalize: the frames are 0..255 and are normalised on the device with mean/std (the
+    backbone's preprocessing). The cast to the
     cache dtype happens on the device (half the bytes to copy back; IEEE round-to-nearest-even, the
     same values numpy's astype would give).
     """
     x = torch.stack([f.to(dev, non_blocking=True) for f in frames])            # [B, 3, T, S, S]
     if normalize:
-        x = normalize_frames(x, channel_dim=1)
+        x = normalize_frames(x, channel_dim=1, mean=mean, std=std)
     with torch.no_grad(), autocast(dev, precision):
         feats = model(x)
     out = feats.to(getattr(torch, out_dtype))

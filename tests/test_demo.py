@@ -1,5 +1,6 @@
 """The demo: a tiny end-to-end run (fast), a small one through the CLI and the full default one
-(slow: `pytest -m slow tests/test_demo.py`), whose best head must beat both baselines."""
+(slow: `pytest -m slow tests/test_demo.py`), whose features head on ImageNet features must beat both
+baselines on held-out clips of the training look and of an unseen look."""
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.demo import DEMO_JSON, DEMO_MD, HEADS, _prepare, run_demo
+from pipeline.demo import DEMO_JSON, DEMO_MD, HEADS, SPLITS, _prepare, run_demo
 from pipeline.errors import FoleyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,28 +19,37 @@ TINY_HEADS = {name: dict(options, epochs=1, hidden=16, layers=1) for name, optio
 def check_outputs(out: Path, heads):
     summary = json.loads((out / DEMO_JSON).read_text())
     assert summary["status"] == "done"
-    assert set(summary["seconds"]) == {"make_synthetic", "extract_train", "extract_val", "train_features",
-                                       "train_motion_energy", "export_features", "export_motion_energy"}
+    assert set(summary["seconds"]) == {
+        "make_synthetic", "make_synthetic_unseen", "extract_train", "extract_val", "extract_unseen",
+        "train_features", "train_motion_energy", "export_features", "export_motion_energy",
+        "export_features_unseen", "export_motion_energy_unseen"}
+    assert summary["settings"]["backbone"] == "mobilenet_v2" and summary["settings"]["weights"] == "imagenet"
     for head in heads:
-        export = out / "export" / head
-        for name in ("report.md", "report.html", "metrics.json", "predictions.h5", "predictions.csv"):
-            assert (export / name).is_file(), f"{head}/{name}"
-        assert list((export / "renders").glob("*.gif")) and list((export / "plots").glob("*.png"))
-        metrics = json.loads((export / "metrics.json").read_text())
-        assert {"model", "mean_envelope", "shuffled"} <= set(metrics)
-        assert metrics["run"]["checkpoint_name"] == "last"
+        for suffix in SPLITS.values():
+            export = out / "export" / (head + suffix)
+            for name in ("report.md", "report.html", "metrics.json", "predictions.h5", "predictions.csv"):
+                assert (export / name).is_file(), f"{head}{suffix}/{name}"
+            assert list((export / "renders").glob("*.gif")) and list((export / "plots").glob("*.png"))
+            metrics = json.loads((export / "metrics.json").read_text())
+            assert {"model", "mean_envelope", "shuffled"} <= set(metrics)
+            assert metrics["run"]["checkpoint_name"] == "last"
+            assert metrics["run_config"]["train_cache"]["dim"] == 1280 * 4       # pretrained MobileNetV2, 2x2
+    looks = {json.loads((out / d / "dataset.json").read_text())["look"] for d in ("data", "data-unseen")}
+    assert len(looks) == 2, looks
     text = (out / DEMO_MD).read_text()
     assert "features head" in text and "motion-energy head" in text and "mean_envelope" in text
+    assert "unseen look" in text and "MobileNetV2" in text
     assert f"The {summary['best_head']} head wins" in text
     return summary
 
 
 def test_tiny_demo_runs_every_stage(tmp_path):
     torch.set_num_threads(1)
-    s = run_demo(out=tmp_path / "d", n_train=6, n_val=3, size=32, heads=TINY_HEADS, progress=False)
+    s = run_demo(out=tmp_path / "d", n_train=6, n_val=3, n_unseen=3, size=64, heads=TINY_HEADS, progress=False,
+                 precision="fp32")
     summary = check_outputs(tmp_path / "d", HEADS)
     assert s["report"] == (tmp_path / "d" / DEMO_MD).read_text()
-    assert summary["validation_clips"] >= 2
+    assert summary["validation_clips"]["val"] >= 2 and summary["validation_clips"]["unseen"] >= 2
 
 
 def test_an_earlier_demo_is_replaced_and_any_other_folder_refused(tmp_path):
@@ -51,13 +61,14 @@ def test_an_earlier_demo_is_replaced_and_any_other_folder_refused(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
     with pytest.raises(FoleyError, match="not empty"):
-        run_demo(out=tmp_path / "other", n_train=6, n_val=3, size=32, heads=TINY_HEADS, progress=False)
+        run_demo(out=tmp_path / "other", n_train=6, n_val=3, n_unseen=3, size=64, heads=TINY_HEADS, progress=False)
 
 
 @pytest.mark.slow
 def test_small_demo_through_the_cli(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--out", str(tmp_path / "d"), "--train", "40",
-                        "--val", "12", "--size", "64", "--quiet"], capture_output=True, text=True, cwd=ROOT)
+                        "--val", "12", "--unseen", "12", "--size", "64", "--quiet"], capture_output=True, text=True,
+                       cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "head wins" in p.stdout and "demo finished in" in p.stdout
     check_outputs(tmp_path / "d", HEADS)
@@ -65,14 +76,16 @@ def test_small_demo_through_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_default_demo_beats_both_baselines_on_held_out_clips(tmp_path):
-    """The acceptance check: `foleycache demo` with its defaults; the best head's metrics.json is above
-    both baselines on seed_score and onset_f1 (validation clips, checkpoint-last)."""
+    """The acceptance check: `foleycache demo` with its defaults; the seed's head on the pretrained
+    features is above both baselines on seed_score and onset_f1 on the held-out clips of the training
+    look and of the unseen look (checkpoint-last)."""
     p = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--out", str(tmp_path / "d"), "--quiet"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = check_outputs(tmp_path / "d", HEADS)
-    best = summary["best_head"]
-    metrics = json.loads((tmp_path / "d" / "export" / best / "metrics.json").read_text())
-    for key in ("seed_score", "onset_f1"):
-        assert metrics["model"][key] > metrics["mean_envelope"][key], key
-        assert metrics["model"][key] > metrics["shuffled"][key], key
+    for suffix in SPLITS.values():
+        metrics = json.loads((tmp_path / "d" / "export" / ("features" + suffix) / "metrics.json").read_text())
+        for key in ("seed_score", "onset_f1"):
+            assert metrics["model"][key] > metrics["mean_envelope"][key], (suffix, key)
+            assert metrics["model"][key] > metrics["shuffled"][key], (suffix, key)
+    assert all(summary["beats_baselines"]["val"]["features"].values())
