@@ -419,12 +419,22 @@ def _fill_rect(img, x0, y0, x1, y1, colour, alpha=1.0):
     region += cover[..., None] * (np.asarray(colour, np.float32) - region)
 
 
+def _interp_matrix(n_out, n_in):
+    """Linear interpolation from n_in cells to n_out pixels (cell centres aligned): [n_out, n_in]."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    i0 = np.floor(pos).astype(int)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    m = np.zeros((n_out, n_in), np.float32)
+    m[np.arange(n_out), i0] += 1 - (pos - i0)
+    m[np.arange(n_out), i1] += pos - i0
+    return m
+
+
 def _smooth_noise(rng, height, width, cells_y, cells_x, amp):
     """Low-frequency colour noise: [height, width, 3] float32, about N(0, amp)."""
-    from scipy.ndimage import zoom
-
     grid = rng.standard_normal((cells_y, cells_x, 3)).astype(np.float32) * amp
-    return zoom(grid, (height / cells_y, width / cells_x, 1), order=1)[:height, :width]
+    rows = np.tensordot(_interp_matrix(height, cells_y), grid, axes=(1, 0))          # [H, cx, 3]
+    return np.einsum("hjc,wj->hwc", rows, _interp_matrix(width, cells_x), optimize=True)
 
 
 @lru_cache(maxsize=16)
@@ -639,32 +649,35 @@ def _draw_shadows(img, scene, k, s, strength):
             _fill_ellipse(img, x * s, (scene.floor_y + 1.5) * s, b.hx * (1 + h / 150) * s, 2.5 * s, SHADOW, a)
 
 
-def _fill_capsule(img, x0, y0, x1, y1, r, colour, piece_px=24.0):
+def _fill_capsule(img, x0, y0, x1, y1, r, colour):
     """A thick segment (an arm) from (x0, y0) to (x1, y1) with radius r, in pixels.
 
-    Drawn in pieces of ~piece_px along the segment, each pixel by the piece its projection falls in:
-    a long diagonal arm touches a strip of pixels, not its whole bounding box.
+    Only a band around the segment is computed: per row (or per column, for a flat segment) the
+    pixels within r + 1 of the line, gathered by index, so a long diagonal arm costs its own area.
     """
     h, w = img.shape[:2]
+    steep = abs(y1 - y0) >= abs(x1 - x0)
+    if not steep:       # work on the transposed picture: rows become columns
+        img, (x0, y0, x1, y1), (h, w) = img.transpose(1, 0, 2), (y0, x0, y1, x1), (w, h)
+    ya, yb = max(int(min(y0, y1) - r - 1), 0), min(int(max(y0, y1) + r + 2), h)
+    if ya >= yb:
+        return
     dx, dy = x1 - x0, y1 - y0
-    n = max(int(math.hypot(dx, dy) / piece_px), 1)
-    inv = 1.0 / max(dx * dx + dy * dy, 1e-9)
-    colour = np.asarray(colour, np.float32)
-    for k in range(n):
-        ax, ay, bx, by = x0 + dx * k / n, y0 + dy * k / n, x0 + dx * (k + 1) / n, y0 + dy * (k + 1) / n
-        bx0, bx1 = max(int(min(ax, bx) - r - 1), 0), min(int(max(ax, bx) + r + 2), w)
-        by0, by1 = max(int(min(ay, by) - r - 1), 0), min(int(max(ay, by) + r + 2), h)
-        if bx0 >= bx1 or by0 >= by1:
-            continue
-        px = np.arange(bx0, bx1, dtype=np.float32)[None, :] + 0.5 - x0
-        py = np.arange(by0, by1, dtype=np.float32)[:, None] + 0.5 - y0
-        raw = (px * dx + py * dy) * inv
-        mine = ((raw >= k / n) | (k == 0)) & ((raw < (k + 1) / n) | (k == n - 1))
-        u = np.clip(raw, 0.0, 1.0)
-        dist = np.sqrt((px - u * dx) ** 2 + (py - u * dy) ** 2)
-        cover = np.clip(r - dist + 0.5, 0.0, 1.0) * mine
-        region = img[by0:by1, bx0:bx1]
-        region += cover[..., None] * (colour - region)
+    slope = dx / dy if dy else 0.0
+    half = int(math.ceil(r * math.hypot(1.0, slope))) + 2       # the band's half width along a row
+    rows = np.arange(ya, yb)
+    centre = x0 + (np.clip(rows + 0.5, min(y0, y1), max(y0, y1)) - y0) * slope
+    cols = np.floor(centre).astype(int)[:, None] + np.arange(-half, half + 1)[None, :]
+    inside = (cols >= 0) & (cols < w)
+    cols = np.clip(cols, 0, w - 1)
+    px = cols + 0.5 - x0
+    py = (rows + 0.5 - y0)[:, None]
+    u = np.clip((px * dx + py * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
+    dist = np.sqrt((px - u * dx) ** 2 + (py - u * dy) ** 2)
+    cover = (np.clip(r - dist + 0.5, 0.0, 1.0) * inside).astype(np.float32)
+    rr = np.broadcast_to(rows[:, None], cols.shape)
+    region = img[rr, cols]
+    img[rr, cols] = region + cover[..., None] * (np.asarray(colour, np.float32) - region)
 
 
 def _draw_hand(img, x, y, s, colour, arm_to=(0.0, -1.0)):
@@ -1594,8 +1607,7 @@ def _render(spec, bank=None):
         _draw_occluder(view, variety["occluder"])
         np.multiply(view, gain, out=lit)
         lit += offset[int(vrng.integers(NOISE_FIELDS))] if offset.ndim == 4 else offset
-        np.clip(lit, 0, 255, out=lit)
-        np.copyto(frames[i], lit, casting="unsafe")
+        np.clip(lit, 0, 255, out=frames[i], casting="unsafe")
     audio, distractors, sound = _render_audio(rng, scene, events, duration, sample_rate, channels, bank)
     return {
         "frames": frames, "audio": audio, "fps": fps, "sample_rate": sample_rate,
