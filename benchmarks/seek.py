@@ -132,6 +132,9 @@ def time_clip(path: Path, start: float, size: int, seek: bool = True) -> float:
 
 
 def run(video: Path, start: float, repeats: int, size: int, from_start: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(1)                     # as in extract-features' decode workers
     time_clip(video, 0.0, size)                  # warm the page cache and the libraries
     early, late = [], []
     for _ in range(repeats):                     # alternate: load drifts hit both sides

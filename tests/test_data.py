@@ -95,3 +95,16 @@ def test_find_video_extensions_and_escapes(tmp_path):
     assert e.value.reason == "unreadable" and "outside" in e.value.detail
     with pytest.raises(FoleyError):
         find_video(videos, "../secret")
+
+
+def test_ssv2_json_keeps_its_ids_and_lookup(tmp_path):
+    """An SSv2 entry names no path: its video is found by id, it starts at 0, and any extension but
+    .csv/.tsv/.jsonl/.ndjson is read as SSv2 JSON, as before."""
+    from pipeline.data import manifest_kind
+
+    ann = write(tmp_path / "list.txt", [entry(7)])
+    (a,) = load_annotations(ann)
+    assert (a.id, a.video, a.start, a.template) == ("7", None, 0.0, "Dropping [something] onto [something]")
+    assert manifest_kind(ann) == "ssv2" and manifest_kind(tmp_path / "x.CSV") == "rows"
+    (tmp_path / "7.mkv").write_bytes(b"x")
+    assert find_video(tmp_path, a) == tmp_path / "7.mkv"
