@@ -7,16 +7,28 @@
     something-something-v2-validation.json
     something-something-v2-labels.json     {"Dropping something onto something": "3", ...}
     events.json                            {id: [impact times, seconds]}: the ground truth of every sound
-    dataset.json                           seed, counts, faulty ids with the reason a decoder gives, per-clip facts
+    dataset.json                           seed, look, counts, faulty ids with the reason a decoder gives,
+                                           per-clip facts (variety drawn from the look, sound used)
 
 Each clip is a small 2-D physics scene (side view) for one of the 12 sound templates of the seed,
 simulated at 500 Hz: falls with bounces, throws against a wall, hits, collisions that deflect or halt,
 stack collapses, drops into / behind / in front of something. The picture carries the sound
 (FINDINGS.md, "Make impacts visible"): every impact stops or bounces the object, squashes it for
 ~2 frames at 12 fps and raises a dust puff at the contact point, all scaled by the impact speed; a
-hidden impact (behind an occluder, inside a container) shows as dust rising above the occluder. The
-audio is a decaying noisy click/thud per impact (10-40 ms) with peak amplitude proportional to the
-impact speed, over low background noise, with distractors kept clearly quieter than the impacts
+hidden impact (behind an occluder, inside a container) shows as dust rising above the occluder.
+
+How a clip looks is drawn from a *look* (LOOKS; DEFAULT_LOOK is broad, HELDOUT_LOOK shares none of
+its walls, floors, objects or palettes): wall and floor (textures, gradients, bundled photographs),
+object shapes, sizes and colours, light, camera zoom / framing / shake, motion trails, sensor
+noise, a partial occluder near the camera and silent distractor motion. A head trained on one
+renderer's look learns the look (FINDINGS.md, "Pretrained features"); training on one look and
+validating on another measures that. The look draws from a random stream of its own, so the
+physics, and with it when the clip sounds, does not depend on it.
+
+The audio is one sound per impact with peak amplitude proportional to the impact speed: a
+procedural material per clip (click, thud, wood, glass, plastic, clap; partials and decay times
+vary) or, with `sounds=DIR`, recorded samples (load_sounds); then a room (reverb tail) and room
+tone (brown noise, sometimes mains hum), with distractors kept clearly quieter than the impacts
 inside the 4 s the model sees (a camera click near the end, sometimes a soft rustle or hum).
 
 Everything about a clip follows from its spec (incl. a per-clip seed), so `render_clip` is pure and
@@ -700,14 +712,17 @@ def _pick(rng, options):
     return str(options[int(rng.integers(len(options)))])
 
 
-def _draw_variety(rng, look, fps):
+def _draw_variety(rng, look):
     """Every appearance setting of one clip, drawn from its look's family: a JSON-serialisable dict.
 
     Units: zoom x the frame, pan x the frame width, floor_at x the frame height (where the table edge
     sits), shake px at 240 px height, blur x the frame interval (0 = sharp), noise (0..255 levels).
     """
     fam = _family(look)
-    u = lambda r: round(float(rng.uniform(*r)), 3)     # noqa: E731 (a short local helper)
+
+    def u(bounds):      # a uniform draw, rounded so dataset.json stays readable
+        return round(float(rng.uniform(*bounds)), 3)
+
     tint = 1 + rng.uniform(-fam["tint"], fam["tint"], 3)
     v = {
         "look": look, "wall": _pick(rng, fam["walls"]), "floor": _pick(rng, fam["floors"]),
@@ -1548,7 +1563,7 @@ def _render(spec, bank=None):
     sample_rate, channels = int(spec["sample_rate"]), int(spec["channels"])
     n_frames = int(round(duration * fps))
     vrng = np.random.default_rng([int(spec["seed"]), LOOK_STREAM])
-    variety = _draw_variety(vrng, look, fps)
+    variety = _draw_variety(vrng, look)
     variety.update(spec.get("variety") or {})   # settings fixed by the caller (tests, ablations) win
     scene = _Scene(width * SCENE_H / height, rng.uniform(180, 215), rng.uniform(*GRAVITY), duration)
     scene.family, scene.variety = LOOK_FAMILIES[look], variety

@@ -428,7 +428,7 @@ def test_object_shapes_sizes_and_palettes():
     rng = np.random.default_rng(0)
     for look in S.LOOKS:
         scene.family = S.LOOK_FAMILIES[look]
-        scene.variety = S._draw_variety(rng, look, 12)
+        scene.variety = S._draw_variety(rng, look)
         for _ in range(30):
             name, shape, hx, hy, colour, _ = S._object(rng, scene)
             assert name in scene.family["balls" if shape == "ball" else "boxes"]
