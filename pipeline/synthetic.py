@@ -489,11 +489,12 @@ def _photo(rng, name, height, width):
     return img
 
 
-def _wall(rng, kind, height, width, s):
-    """The wall behind the scene, [height, width, 3] float32 (0..255 before clipping). s: px per scene unit."""
+def _wall(rng, kind, height, width, s, photo=None):
+    """The wall behind the scene, [height, width, 3] float32 (0..255 before clipping). s: px per scene
+    unit; photo: the file for kind "photo" (None: drawn here)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     if kind == "photo":
-        img = _photo(rng, str(rng.choice(PHOTO_WALLS)), height, width)
+        img = _photo(rng, photo or _pick(rng, PHOTO_WALLS), height, width)
         if img is not None:
             return img
         kind = "brick"      # scikit-image not installed: the look keeps a procedural wall of its own
@@ -550,17 +551,17 @@ def _wall(rng, kind, height, width, s):
     return img
 
 
-def _floor(rng, kind, img, fy, s):
-    """Paint the table / floor below pixel row fy of img [H, W, 3] in place."""
+def _floor(rng, kind, img, fy, s, photo=None):
+    """Paint the table / floor below pixel row fy of img [H, W, 3] in place (photo: as in _wall)."""
     height, width = img.shape[:2]
     if fy >= height:
         return
     part = img[fy:]
     yy, xx = np.mgrid[fy:height, 0:width].astype(np.float32)
     if kind == "photo":
-        photo = _photo(rng, str(rng.choice(PHOTO_FLOORS)), height - fy, width)
-        if photo is not None:
-            part[:] = photo
+        picture = _photo(rng, photo or _pick(rng, PHOTO_FLOORS), height - fy, width)
+        if picture is not None:
+            part[:] = picture
             part[:max(1, height // 120)] *= 0.7
             return
         kind = "concrete"
@@ -582,8 +583,8 @@ def _floor(rng, kind, img, fy, s):
 
 def _backdrop(rng, variety, height, width, floor_px, s):
     """Wall + floor (+ static speckle), the same every frame: [height, width, 3] float32."""
-    img = _wall(rng, variety["wall"], height, width, s)
-    _floor(rng, variety["floor"], img, int(round(floor_px)), s)
+    img = _wall(rng, variety["wall"], height, width, s, variety.get("wall_photo"))
+    _floor(rng, variety["floor"], img, int(round(floor_px)), s, variety.get("floor_photo"))
     img += rng.normal(0, 2.5, (height, width, 1)).astype(np.float32)   # static speckle
     return np.clip(img, 0, 255)
 
@@ -739,6 +740,12 @@ def _draw_variety(rng, look):
         "noise": u(fam["noise"]),
         "occluder": None, "distractor": None,
     }
+    # Photographs come from scikit-image's bundled files: without it the look falls back to its
+    # procedural bricks / concrete, and the record says so.
+    for part, files, fallback in (("wall", PHOTO_WALLS, "brick"), ("floor", PHOTO_FLOORS, "concrete")):
+        name = _pick(rng, files)
+        if v[part] == "photo":
+            v[part], v[f"{part}_photo"] = ("photo", name) if _photo_file(name) is not None else (fallback, None)
     if rng.random() < fam["occluder_p"]:
         side = 1 if rng.random() < 0.5 else -1
         v["occluder"] = {"kind": _pick(rng, ("post", "mug", "glass")),
@@ -1460,7 +1467,7 @@ def _decode_audio(path):
         raise FoleyError(f"--sounds: {path} holds no audio samples")
     x = np.concatenate(parts, axis=1).astype(np.float64).mean(axis=0)
     if not np.isfinite(x).all() or np.abs(x).max() <= 1e-4:
-        raise FoleyError(f"--sounds: {path} is silent")
+        raise FoleyError(f"--sounds: {path} is silent (not an impact sound: remove it from the folder)")
     return x, int(rate)
 
 
@@ -1615,13 +1622,18 @@ def _render(spec, bank=None):
 
     frames = np.empty((n_frames, height, width, 3), np.uint8)
     lit = np.empty((height, width, 3), np.float32)
+    field = 0
     for i in range(n_frames):
         img = compose(i / fps)
         x0, y0 = crops[i]
         view = img[y0:y0 + height, x0:x0 + width]
         _draw_occluder(view, variety["occluder"])
         np.multiply(view, gain, out=lit)
-        lit += offset[int(vrng.integers(NOISE_FIELDS))] if offset.ndim == 4 else offset
+        if offset.ndim == 4:        # another noise field than the last frame's: noise never freezes
+            field = (field + 1 + int(vrng.integers(NOISE_FIELDS - 1))) % NOISE_FIELDS
+            lit += offset[field]
+        else:
+            lit += offset
         np.clip(lit, 0, 255, out=frames[i], casting="unsafe")
     audio, distractors, sound = _render_audio(rng, scene, events, duration, sample_rate, channels, bank)
     return {

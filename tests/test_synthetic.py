@@ -568,6 +568,8 @@ def test_make_synthetic_with_sounds_and_a_heldout_look(tmp_path, sounds_dir):
     for cid, info in manifest["clips"].items():
         assert info["look"] == S.HELDOUT_LOOK and info["variety"]["look"] == S.HELDOUT_LOOK
         assert info["sound"]["source"] == "samples" and info["sound"]["group"] in ("glass", "wood")
+        if info["variety"]["wall"] == "photo":                         # the photograph used is recorded
+            assert info["variety"]["wall_photo"] in S.PHOTO_WALLS
         early = [t for t in events[cid] if t < 4.0]
         if cid in manifest["faulty"] or not early:
             continue
