@@ -838,6 +838,7 @@ def _add_distractor(scene, variety):
         return
     t0, dur, k = d["t0"], d["seconds"], d["size"]
     x_mid, y_mid, sign = d["x"] * scene.w, d["y"] * scene.floor_y, d["direction"]
+    # Colours follow from the recorded settings (no extra draws), so dataset.json's entry replays it.
     colour = np.asarray(SKIN[int(d["x"] * 1000) % len(SKIN)], np.float32)
     obj_colour = np.asarray(PALETTE[int(d["y"] * 1000) % len(PALETTE)], np.float32) * 0.8
 
