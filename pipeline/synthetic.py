@@ -175,8 +175,8 @@ LOOK_FAMILIES = {
         "floors": ("grain", "plain", "tiles"), "palettes": ("saturated", "muted", "wood"),
         "balls": ("a ball", "a rubber ball", "a ping pong ball", "a tennis ball", "a beach ball"),
         "boxes": ("a book", "a box", "a wooden block", "a phone", "a remote control", "a wallet", "a can"),
-        "scale": (0.8, 1.25), "brightness": (0.8, 1.15), "tint": 0.06, "contrast": (0.85, 1.15),
-        "vignette": (0.0, 0.3), "zoom": (1.0, 1.3), "pan": 0.08, "floor_at": (0.72, 0.9),
+        "scale": (0.8, 1.25), "brightness": (0.65, 1.2), "tint": 0.08, "contrast": (0.8, 1.2),
+        "vignette": (0.0, 0.35), "zoom": (1.0, 1.3), "pan": 0.08, "floor_at": (0.72, 0.9),
         "shake": (0.3, 1.5), "shake_p": 0.5, "blur_p": 0.4, "occluder_p": 0.25, "distractor_p": 0.35,
         "noise": (0.0, 0.0)},   # VP9 at crf 32 smooths faint sensor noise away: the looks below carry it
     # The held-out look: photographed backdrops and outdoor floors, fruit, bottles and crates in
