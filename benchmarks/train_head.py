@@ -1,39 +1,44 @@
 """train-head benchmark: what the cache buys, and whether its loader keeps up with the files.
 
-    python benchmarks/train_head.py [--quick] [--device cpu|cuda] [--workdir DIR] [--size N ...] [--clips N] [--rounds N]
+    python benchmarks/train_head.py [--quick] [--device cpu|cuda] [--precision fp32|bf16|auto]
+        [--workdir DIR] [--size N ...] [--clips N] [--rounds N] [--videos DIR --annotations FILE]
+        [--weights FILE]
 
-In ONE run, on the same synthetic clips (`pipeline.synthetic.make_synthetic`, 320x240 VP9+Opus):
+In ONE run, on the same synthetic clips (`pipeline.synthetic.make_synthetic`, 320x240 VP9+Opus, or
+the ones --videos/--annotations name: benchmarks/run.py passes its own, and its calibrated weights):
 
-cache_speedup = epoch time of the alternative the cache replaces / epoch time of train-head
+cache_speedup = seconds per clip of the alternative the cache replaces / seconds per clip of train-head
   - alternative ("frozen backbone"): every epoch, decode each video (extract-features' own
-    DataLoader + workers), run the frozen model3d_1 on it (extract's `batch_features`: bf16
-    autocast where the CPU/GPU has it, channels_last), then the same head step as train-head
-    (transform, LSTM+FC forward, masked BCE, backward, clipping, AdamW). Its features are kept and
-    written into a cache (zarr, float16, 64 clips per shard: extract-features' defaults).
-  - train-head: `pipeline.train.train_head` on that cache (default options: head 2x512 + FC,
-    batch 16, --input features, --preload none, default workers; plus --preload gpu on CUDA).
+    DataLoader + workers), run the frozen model3d_1 on it (extract's `batch_features`), then the
+    same head step as train-head (transform, LSTM+FC forward, masked BCE, backward, clipping,
+    AdamW). Its features are kept and written into a cache (zarr, float16, 64 clips per shard:
+    extract-features' defaults), tiled to at least CACHED_MIN_CLIPS clips.
+  - train-head: `pipeline.train.train_head` on that cache (default options but --amp: head 2x512 +
+    FC, batch 16, --input features, --preload none, default workers; plus --preload gpu on CUDA).
     A cached epoch is epoch 2 of a 2-epoch train-head run (epoch 1 pays for worker start-up and
     first calls); validation is excluded on both sides. The two alternate in rounds (frozen epoch,
     cached run, frozen epoch, ...) and cache_speedup is the median of the per-round ratios, so a
     change in the shared machine's load hits both sides of a ratio alike.
+  --precision sets both sides alike: fp32 = no autocast in the backbone, head --amp off (the
+  --quick default: bf16 is emulated on AVX2-only CPUs); bf16; auto = the product's own choices.
   The backbone is a seeded random model3d_1 with BatchNorm calibrated on a few clips (FINDINGS.md:
   uncalibrated features are degenerate and would compress, so read, unrealistically fast).
-  The headline is at --size 224 (the real configuration, features [48, 25088]); other sizes are
-  reported too: at small sizes the backbone is cheap and the head (whose cost also grows with D)
-  takes a larger share, so the speedup is smaller there.
+  Full mode: --size 224 headline (the real configuration, features [48, 25088]) and 112. --quick:
+  112 (D = 8192), one batch of 16 clips per frozen epoch, to fit a 2-core AVX2 CPU.
 
 Both are measured in one child process that runs with OMP_WAIT_POLICY=PASSIVE (unless set), the
 policy the `foleycache train-head` CLI sets: on a shared CPU, spinning OpenMP threads slow the
 LSTM's many small steps 2-3x. Frozen and cached sides get the same policy and thread count.
 
-loader_efficiency = bytes/s of train-head's data loader (`CacheBatches.raw_batches` with preload
-  none: shuffled batches from pools of shards, DataLoader workers, batches in reused shared-memory
-  buffers; features as tensors, before the model) / bytes/s of a plain sequential read of the same
-  shard files in one process (`FeatureCache.read_shard(0), read_shard(1), ...`, which zarr decodes
-  with its own threads). Also reported: loader_efficiency_vs_clip_reads, against reading the same
-  files clip by clip in order (`cache[0], cache[1], ...`, one thread: the slower plain read here).
-  Both warm (page cache), median of interleaved passes, on a cache of the real features tiled to
-  LOADER_CLIPS clips. Bytes = decompressed feature bytes.
+The loader (`loader_efficiency`, see its docstring), on a cache of the real features tiled to
+LOADER_CLIPS clips, warm, median of interleaved passes, clips delivered per second:
+  loader_efficiency       train-head's loader (`CacheBatches.raw_batches`, preload none: shuffled
+                          batches from pools of shards, DataLoader workers, reused shared-memory
+                          buffers) / a plain sequential read of the same shard files (read_shard)
+  loader_vs_npy_float32   the same loader / one float32 .npy per video, memory-mapped, copied into
+                          batches in order (issue 16's honest reference: the usual layout)
+  and, to show what would close that gap: the loader on an uncompressed copy of the cache, a flat
+  float16 array per shard read through a memory map (a prototype layout), --preload ram's gather.
 """
 from __future__ import annotations
 
