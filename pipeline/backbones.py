@@ -621,10 +621,14 @@ def _atomic_write(path: Path, write: Callable[[Path], None]):
 
 
 def save_published(model: nn.Module, path: str | os.PathLike, epoch: int = 0, best_loss: float = float("nan")):
-    """Write the baseline's layout: {'epoch', 'arch': 'Conv4Col', 'state_dict': {'module.conv_column.' + k}, 'best_loss'}.
+    """Write the publisher's layout. model3d_1: the baseline's {'epoch', 'arch': 'Conv4Col',
+    'state_dict': {'module.conv_column.' + k}, 'best_loss'}; mobilenet_v2: torchvision's bare state dict.
 
     Plain tensors and numbers only, so `torch.load(weights_only=True)` and `load_checkpoint` read it.
     """
+    if isinstance(model, MobileNetV2):
+        _atomic_write(Path(path), lambda p: torch.save(_cpu_state(model), p))
+        return
     ckpt = {"epoch": int(epoch), "arch": PUBLISHED_ARCH,
             "state_dict": {PUBLISHED_PREFIX + k: v for k, v in _cpu_state(model).items()},
             "best_loss": float(best_loss)}

@@ -248,7 +248,10 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
               "cache was extracted with, else none].")
 @click.option("--init-head", type=EXISTING_FILE, default=None, help="Start from a train-head run's checkpoint.")
 @click.option("--freeze-blocks", default=None, type=click.IntRange(0, 5), help="Keep the first N of the 5 blocks fixed [0].")
-@click.option("--size", default=None, type=click.IntRange(32), help="Frame size [default: the --init-head cache's, else 224].")
+@click.option("--size", default=None, type=click.IntRange(32), help="Frame size [default: the --init-head cache's, "
+              "else the backbone's: 224 model3d_1, 112 mobilenet_v2].")
+@click.option("--pool", default=None, help="Pooling of the backbone's last map: none, global or KxK [default: the "
+              "--init-head cache's, else the backbone's].")
 @click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [5].")
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step [4].")
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Head learning rate [1e-4].")
@@ -268,7 +271,7 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, window_stride, backbone, checkpoint,
                  init_head,
-                 freeze_blocks, size, epochs, batch_size, lr, backbone_lr, weight_decay, input_, seed, amp,
+                 freeze_blocks, size, pool, epochs, batch_size, lr, backbone_lr, weight_decay, input_, seed, amp,
                  activation_checkpointing, device, workers, limit, resume, overwrite, quiet):
     """Train backbone and head end to end from videos."""
     from pipeline.finetune import finetune
@@ -277,7 +280,8 @@ def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, win
         videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
         classes=classes, window_stride=window_stride, backbone=backbone,
         checkpoint=checkpoint_arg(checkpoint) if checkpoint else None,
-        init_head=init_head, freeze_blocks=freeze_blocks, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+        init_head=init_head, freeze_blocks=freeze_blocks, size=size, pool=pool, epochs=epochs, batch_size=batch_size,
+        lr=lr,
         backbone_lr=backbone_lr, weight_decay=weight_decay, input=input_, seed=seed, amp=amp,
         activation_checkpointing=activation_checkpointing, device=device, workers=workers, limit=limit,
         resume=resume, overwrite=overwrite, progress=not quiet)

@@ -36,7 +36,7 @@ from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.extract import CALIBRATED_WEIGHTS, cpu_has_bf16, weights_sha256
 from pipeline.head import INPUTS, Head, HeadConfig, InputTransform, load_head
-from pipeline.media import FaultyVideo, load_clip
+from pipeline.media import FaultyVideo, load_clip, normalize_frames
 from pipeline.train import (ADAM_BETAS, CKPT_BEST, CKPT_LAST, GRAD_CLIP, MIN_LR_RATIO, WARMUP_FRACTION,
                             _on_main, _to_cpu, atomic_write_text, epoch_batches, fit, prepare_run_dir,
                             read_checkpoint, resolve_device, seed_everything, versions)
@@ -74,11 +74,14 @@ class VideoClips(Dataset):
     """Item k = the clip of entry k: {"inputs" [3, T, S, S], "target" [T], "length", "index"}.
 
     augment=True: a scale s in SCALE_JITTER and a crop offset drawn from (seed, epoch, k), so an
-    epoch's data is the same after a resume; the crop is one for all frames (no shift in time)."""
+    epoch's data is the same after a resume; the crop is one for all frames (no shift in time).
+    spec: the backbone's, whose mean/std normalise the frames (as extract-features does)."""
 
-    def __init__(self, entries: list, videos: Path, frames: int, fps: float, size: int, augment: bool, seed: int):
+    def __init__(self, entries: list, videos: Path, frames: int, fps: float, size: int, augment: bool, seed: int,
+                 spec: backbones.BackboneSpec):
         self.entries, self.videos = entries, Path(videos)
         self.frames, self.fps, self.size, self.augment, self.seed = frames, fps, size, augment, seed
+        self.mean, self.std = spec.mean, spec.std
         self.epoch = 0
 
     def __len__(self):
@@ -88,14 +91,15 @@ class VideoClips(Dataset):
         entry = self.entries[k]
         path = find_video(self.videos, entry)
         if not self.augment:
-            clip = load_clip(path, self.frames, self.fps, self.size, threads=1, start=entry.start)
+            clip = load_clip(path, self.frames, self.fps, self.size, threads=1, start=entry.start, normalize=False)
             x = clip.frames
         else:
             rng = np.random.default_rng([self.seed, self.epoch, k])
             big = int(round(self.size * rng.uniform(*SCALE_JITTER)))
-            clip = load_clip(path, self.frames, self.fps, big, threads=1, start=entry.start)
+            clip = load_clip(path, self.frames, self.fps, big, threads=1, start=entry.start, normalize=False)
             top, left = rng.integers(0, big - self.size + 1, size=2)
-            x = clip.frames[:, :, top:top + self.size, left:left + self.size].contiguous()
+            x = clip.frames[:, :, top:top + self.size, left:left + self.size]
+        x = normalize_frames(x, channel_dim=0, mean=self.mean, std=self.std)
         return {"inputs": x, "target": torch.from_numpy(clip.envelope), "length": clip.length, "index": k}
 
 
@@ -161,11 +165,12 @@ def _init_head_defaults(init_head: Path | None) -> dict:
     head, transform, ckpt = load_head(init_head)
     cache_config = ckpt.get("cache_config") or {}
     prov = cache_config.get("backbone_provenance", {})
-    weights = prov.get("checkpoint")
+    weights = prov.get("weights_name") or prov.get("checkpoint")    # a name is found again on this machine
     if weights == "none":          # a calibrated random init: the cache keeps the calibrated weights
         weights = str(Path(ckpt["config"]["train_cache"]["path"]) / CALIBRATED_WEIGHTS)
     return {"path": str(init_head), "head": head, "transform": transform, "ckpt": ckpt, "checkpoint": weights,
             "size": cache_config.get("preprocess", {}).get("size"), "backbone": cache_config.get("backbone"),
+            "pool": cache_config.get("pool", "none") if cache_config else None,
             "frames": cache_config.get("frames"), "fps": cache_config.get("fps"),
             "weights_sha256": cache_config.get("weights_sha256")}
 
@@ -174,7 +179,7 @@ def finetune(*, videos: Path, annotations: Path | str, val_annotations: Path | s
              labels: Path | None = None, classes: str | None = None, window_stride: float | None = None,
              backbone: str | None = None, checkpoint: str | Path | None = None,
              init_head: Path | None = None, freeze_blocks: int | None = None, size: int | None = None,
-             frames: int | None = None, fps: float | None = None, epochs: int | None = None,
+             pool: str | None = None, frames: int | None = None, fps: float | None = None, epochs: int | None = None,
              batch_size: int | None = None, lr: float | None = None, backbone_lr: float | None = None,
              weight_decay: float | None = None, input: str | None = None, seed: int | None = None,
              amp: str = "auto", activation_checkpointing: bool = False, device: str = "auto",
@@ -197,13 +202,17 @@ def finetune(*, videos: Path, annotations: Path | str, val_annotations: Path | s
     if init and input is None:
         opts["input"] = init["transform"].kind
     opts["backbone"] = backbone or init.get("backbone") or "model3d_1"
-    opts["size"] = int(size or init.get("size") or 224)
+    spec = backbones.get_spec(opts["backbone"])
+    opts["size"] = int(size or init.get("size") or spec.default_size)
+    opts["pool"] = backbones.canonical_pool(pool or init.get("pool") or spec.default_pool)
     opts["frames"] = int(frames or init.get("frames") or 48)
     opts["fps"] = float(fps or init.get("fps") or 12)
     opts["checkpoint"] = str(checkpoint if checkpoint is not None else init.get("checkpoint") or "none")
     _check(opts)
     if backbones.get_spec(opts["backbone"]).time_stride != 1:
         raise FoleyError(f"backbone {opts['backbone']} pools time; the head needs one feature per frame")
+    if opts["checkpoint"] != "none":
+        opts["checkpoint"] = str(backbones.resolve_checkpoint(opts["backbone"], opts["checkpoint"])[0])
     if init and opts["checkpoint"] != "none" and not Path(opts["checkpoint"]).is_file():
         raise FoleyError(f"--init-head was trained on features of {opts['checkpoint']}, which no longer exists; "
                          "pass --checkpoint")
@@ -266,14 +275,16 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, window
     seed_everything(opts["seed"])
 
     # The backbone: loaded, or a calibrated random init (deterministic from the seed and the clips).
-    net = backbones.create_backbone(opts["backbone"], seed=opts["seed"])
+    spec = backbones.get_spec(opts["backbone"])
+    net = backbones.create_backbone(opts["backbone"], seed=opts["seed"], pool=opts["pool"])
     if opts["checkpoint"] != "none":
         backbones.load_checkpoint(net, opts["checkpoint"])
     elif ckpt is None:
         log.warning("WARNING: --checkpoint none: the backbone is RANDOMLY INITIALISED (BatchNorm calibrated "
                     "on the first training clips); end-to-end training from scratch needs far more data "
                     "than a demo has.")
-        clips = VideoClips(train_entries[:STATS_CLIPS], videos, opts["frames"], opts["fps"], opts["size"], False, 0)
+        clips = VideoClips(train_entries[:STATS_CLIPS], videos, opts["frames"], opts["fps"], opts["size"], False, 0,
+                           spec)
         backbones.calibrate_batchnorm(net, (torch.stack([clips[i]["inputs"]]) for i in range(len(clips))))
     init_weights = weights_sha256(net)
     net = net.to(device)
@@ -286,7 +297,8 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, window
         if init.get("weights_sha256") and init["weights_sha256"] != init_weights:
             log.warning("note: --init-head was trained on features of other backbone weights than this run's")
     else:
-        transform = InputTransform(opts["input"], backbones.feature_dim(opts["backbone"], opts["size"])).to(device)
+        dim = backbones.feature_dim(opts["backbone"], opts["size"], opts["pool"])
+        transform = InputTransform(opts["input"], dim, cache_config={"backbone": opts["backbone"]}).to(device)
         if ckpt is None:
             transform.load_state_dict(_on_main(dist, lambda: _to_cpu(
                 _fit_transform(transform, net, train_entries, videos, opts, device, amp).state_dict())))
@@ -306,9 +318,9 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, window
     optimizer = torch.optim.AdamW(groups, betas=ADAM_BETAS)
 
     args = (videos, opts["frames"], opts["fps"], opts["size"])
-    train_batches = VideoBatches(VideoClips(train_entries, *args, True, opts["seed"]), opts["batch_size"], True,
-                                 opts["seed"], dist, workers)
-    val_batches = VideoBatches(VideoClips(val_entries, *args, False, opts["seed"]), opts["batch_size"], False,
+    train_batches = VideoBatches(VideoClips(train_entries, *args, True, opts["seed"], spec), opts["batch_size"],
+                                 True, opts["seed"], dist, workers)
+    val_batches = VideoBatches(VideoClips(val_entries, *args, False, opts["seed"], spec), opts["batch_size"], False,
                                opts["seed"], dist, workers)
     total_steps = opts["epochs"] * len(train_batches)
     warmup_steps = max(1, round(WARMUP_FRACTION * total_steps))
@@ -328,7 +340,8 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, window
         "head": head.config.to_dict(), "versions": versions(),
     }
     describe = {"head_config": head.config.to_dict(), "transform": transform.state_dict(), "fingerprint": fingerprint,
-                "kind": "finetune", "backbone": opts["backbone"], "size": opts["size"], "frames": opts["frames"],
+                "kind": "finetune", "backbone": opts["backbone"], "size": opts["size"], "pool": opts["pool"],
+                "frames": opts["frames"],
                 "fps": opts["fps"], "cache_config": init["ckpt"].get("cache_config") if init else None}
     summary = fit(model, optimizer, train_batches, val_batches, run_dir=out, epochs=opts["epochs"],
                   warmup_steps=warmup_steps, dist=dist, describe=describe, config=config, amp=amp,
@@ -345,7 +358,8 @@ def _finetune(videos, annotations, val_annotations, out, labels, classes, window
 def _fit_transform(transform, net, entries, videos, opts, device, amp) -> InputTransform:
     """Input statistics from the first STATS_CLIPS training clips' features (no cache to fit them on)."""
     from pipeline.train import autocast
-    clips = VideoClips(entries[:STATS_CLIPS], videos, opts["frames"], opts["fps"], opts["size"], False, 0)
+    clips = VideoClips(entries[:STATS_CLIPS], videos, opts["frames"], opts["fps"], opts["size"], False, 0,
+                       backbones.get_spec(opts["backbone"]))
     feats, lengths = [], []
     net.eval()
     for i in range(len(clips)):

@@ -240,3 +240,21 @@ def test_cli_wrong_digest_is_refused_naming_both(dataset, tmp_path):
                           env={**__import__("os").environ, "TORCH_HOME": str(tmp_path / "th")})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr and B.sha256_file(bad) in proc.stderr and B.MOBILENET_V2_IMAGENET.sha256 in proc.stderr
+
+
+def test_finetune_from_an_imagenet_head_keeps_its_preprocessing_and_pooling(dataset, tmp_path):
+    from pipeline.finetune import finetune
+    from pipeline.train import train_head
+    extract(dataset, tmp_path / "c", checkpoint="imagenet")
+    train_head(tmp_path / "c", tmp_path / "c", tmp_path / "head", epochs=1, hidden=8, layers=1, batch_size=2,
+               progress=False)
+    summary = finetune(videos=dataset / "videos", annotations=dataset / "train.json",
+                       val_annotations=dataset / "train.json", out=tmp_path / "ft",
+                       init_head=tmp_path / "head" / "checkpoint-last.pt", epochs=1, batch_size=2, limit=2,
+                       freeze_blocks=4, progress=False)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["options"]["backbone"] == "mobilenet_v2" and config["options"]["pool"] == "2x2"
+    assert config["options"]["size"] == SIZE and summary["best_epoch"] == 1
+    # the exported backbone is torchvision's layout: it loads back as --checkpoint
+    net = B.create_backbone("mobilenet_v2")
+    assert B.load_checkpoint(net, tmp_path / "ft" / "backbone.pth.tar")["format"] == "state_dict"
