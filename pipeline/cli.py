@@ -202,11 +202,16 @@ def cache_info_cmd(cache_dir, verify, as_json, quiet):
 @click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA; on a CPU with native "
               "bf16, bf16 for a wide input's projection only, else off).  [default: auto]")
 @click.option("--early-stop", type=int, help="Stop after N epochs without a better val loss (0 = never).  [default: 0]")
+@click.option("--center-clips/--no-center-clips", default=None,
+              help="--input features: subtract each clip's mean feature over time before standardising (drops "
+                   "what stays the same in a clip, keeps what changes; what makes the head carry over to clips "
+                   "that look different).  [default: off]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint-last.pt (its options are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_decay, warmup, hidden, layers,
-                   dropout, input_, seed, device, preload, workers, amp, early_stop, resume, overwrite, quiet):
+                   dropout, input_, seed, device, preload, workers, amp, early_stop, center_clips, resume, overwrite,
+                   quiet):
     """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared CPU the
     # spinning threads stole the cores the LSTM's many small steps wait for (2-core CPU, load ~3.5,
@@ -216,7 +221,8 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 
     s = train_head(train_cache=train_cache, val_cache=val_cache, out=out, epochs=epochs, batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, warmup=warmup, hidden=hidden, layers=layers, dropout=dropout,
-                   input=input_, seed=seed, amp=amp, early_stop=early_stop, device=device, preload=preload,
+                   input=input_, seed=seed, amp=amp, early_stop=early_stop, center_clips=center_clips, device=device,
+                   preload=preload,
                    workers=workers, resume=resume, overwrite=overwrite, progress=not quiet)
     best, last = s["best_metrics"], s["last_metrics"]
     if best is None:

@@ -221,16 +221,23 @@ class InputTransform(nn.Module):
     t = InputTransform("motion-energy", dim=D, cache_config=cache.config)
     t.fit(train_cache)            # statistics from the training cache only
     x = t.apply(features)         # = t(features); any float dtype in, float32 out
-    state = t.state_dict()        # tensors + extra state {kind, dim, channels, h, w, cells, fitted}
+    state = t.state_dict()        # tensors + extra state {kind, dim, channels, h, w, cells, center, fitted}
     t2 = InputTransform.from_state_dict(state)
+
+    center (features only): subtract each clip's mean feature over its T frames before standardising.
+    What stays the same through a clip (the room, the object's look) goes; what changes (motion,
+    contact, deformation) stays. With a few hundred clips of one renderer this is what lets the
+    seed's head carry over to clips that look different (README "Demo": measured with and without).
     """
 
     def __init__(self, kind: str = "features", dim: int = 1, cache_config: dict | None = None,
-                 grid: tuple[int, int, int] | None = None, cells: int = MOTION_CELLS):
+                 grid: tuple[int, int, int] | None = None, cells: int = MOTION_CELLS, center: bool = False):
         super().__init__()
         if kind not in INPUTS:
             raise FoleyError(f"unknown --input {kind!r}; choose one of: {', '.join(INPUTS)}")
-        self.kind, self.dim = kind, int(dim)
+        if center and kind != "features":
+            raise FoleyError("--center-clips applies to --input features only")
+        self.kind, self.dim, self.center = kind, int(dim), bool(center)
         self.fitted = False
         self.register_buffer("mean", torch.zeros(self.dim))     # per-dimension feature statistics [D]
         self.register_buffer("std", torch.ones(self.dim))
@@ -247,12 +254,12 @@ class InputTransform(nn.Module):
     # -- describing itself (nn.Module extra state rides in state_dict, weights_only-safe)
     def get_extra_state(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "channels": self.channels, "h": self.h, "w": self.w,
-                "cells": self.cells, "out_dim": self.out_dim, "fitted": self.fitted}
+                "cells": self.cells, "out_dim": self.out_dim, "center": self.center, "fitted": self.fitted}
 
     def set_extra_state(self, state: dict):
         mine = self.get_extra_state()
-        for key in ("kind", "dim", "out_dim"):
-            if state[key] != mine[key]:
+        for key in ("kind", "dim", "out_dim", "center"):
+            if state.get(key, False) != mine[key]:      # transforms saved before `center` existed: False
                 raise FoleyError(f"input transform state is for {key}={state[key]!r}, this one has {mine[key]!r}")
         self.fitted = bool(state["fitted"])
 
@@ -260,7 +267,8 @@ class InputTransform(nn.Module):
     def from_state_dict(cls, state: dict) -> "InputTransform":
         extra = state["_extra_state"]
         grid = (int(extra["channels"]), int(extra["h"]), int(extra["w"])) if extra["kind"] == "motion-energy" else None
-        t = cls(extra["kind"], int(extra["dim"]), grid=grid, cells=int(extra["cells"]) or MOTION_CELLS)
+        t = cls(extra["kind"], int(extra["dim"]), grid=grid, cells=int(extra["cells"]) or MOTION_CELLS,
+                center=bool(extra.get("center", False)))
         t.load_state_dict(state)
         return t
 
@@ -277,12 +285,18 @@ class InputTransform(nn.Module):
         total = per_pos.flatten(1).mean(1, keepdim=True)        # every channel and position [BT, 1]
         return torch.log1p(torch.cat([cells, total], 1).sqrt()).view(b, t, self.out_dim)
 
+    def _centered(self, x: Tensor) -> Tensor:
+        """[B, T, D] float32, minus each clip's mean over its T frames when `center` (padding included:
+        it repeats the last real frame, the same way in every split)."""
+        x = x.float()
+        return x - x.mean(1, keepdim=True) if self.center else x
+
     def apply(self, features: Tensor) -> Tensor:
         """features [B, T, D] (float16/32) → [B, T, out_dim] float32."""
         if features.shape[-1] != self.dim:
             raise FoleyError(f"input transform expects D = {self.dim} features, got {features.shape[-1]}")
         if self.kind == "features":
-            return (features.float() - self.mean) / self.std
+            return (self._centered(features) - self.mean) / self.std
         return (self._motion(features) - self.out_mean) / self.out_std
 
     def forward(self, features: Tensor) -> Tensor:
@@ -295,7 +309,7 @@ class InputTransform(nn.Module):
         preloaded (features [N, T, D], length [N]) tensors. Runs on this module's device."""
         moments = _RunningMoments()
         for x, length in self._chunks(source, progress, "fitting input statistics"):
-            moments.update(_valid_rows(x.float(), length))
+            moments.update(_valid_rows(self._centered(x), length))
         mean, std = moments.result()
         self.mean.copy_(mean)
         self.std.copy_(std)

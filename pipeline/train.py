@@ -63,11 +63,11 @@ from pipeline.head import INPUTS, Head, HeadConfig, InputTransform, masked_bce, 
 DEFAULTS = {
     "epochs": 30, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01, "warmup": None,
     "hidden": 512, "layers": 2, "fc": (256, 64), "dropout": 0.0, "input": "features", "seed": 0,
-    "amp": "auto", "early_stop": 0,
+    "amp": "auto", "early_stop": 0, "center_clips": False,
 }
 # Options that change the numbers: a --resume that asks for another value is refused.
 RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "weight_decay", "warmup", "hidden", "layers", "fc",
-                     "dropout", "input", "seed", "amp")
+                     "dropout", "input", "seed", "amp", "center_clips")
 WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
 MIN_LR_RATIO = 0.1              # cosine decays to lr / 10 (nanoGPT's choice)
 GRAD_CLIP = 1.0                 # max global gradient norm
@@ -862,8 +862,8 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
                lr: float | None = None, weight_decay: float | None = None, warmup: int | None = None,
                hidden: int | None = None, layers: int | None = None, dropout: float | None = None,
                input: str | None = None, seed: int | None = None, amp: str | None = None,
-               early_stop: int | None = None, device: str = "auto", preload: str = "none",
-               workers: int | None = None, resume: bool = False, overwrite: bool = False,
+               early_stop: int | None = None, center_clips: bool | None = None, device: str = "auto",
+               preload: str = "none", workers: int | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = True) -> dict:
     """Train the head on `train_cache`, validate on `val_cache`, write the run to `out`.
 
@@ -873,7 +873,8 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
     """
     out = Path(out)
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                 hidden=hidden, layers=layers, dropout=dropout, input=input, seed=seed, amp=amp, early_stop=early_stop)
+                 hidden=hidden, layers=layers, dropout=dropout, input=input, seed=seed, amp=amp, early_stop=early_stop,
+                 center_clips=center_clips)
     _check_options(given)                   # before anything touches --out
     if preload not in PRELOADS:
         raise FoleyError(f"unknown --preload {preload!r}; choose one of: {', '.join(PRELOADS)}")
@@ -921,7 +922,8 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     _check_options(opts)
     # The head reads the transform's output: its width decides CPU autocast (see CPU auto amp above).
     # Built before the run dir is touched, so a cache motion-energy cannot read costs nothing either.
-    transform = InputTransform(opts["input"], train_cache.dim, cache_config=train_cache.config)
+    transform = InputTransform(opts["input"], train_cache.dim, cache_config=train_cache.config,
+                               center=opts["center_clips"])
     amp = resolve_amp(opts["amp"], device, wide_input=splits_input(transform.out_dim, opts["hidden"]))
     workers = _default_workers(dist.world_size) if workers is None else workers
     has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite) is not None)

@@ -33,7 +33,7 @@ def check_outputs(out: Path, heads):
             metrics = json.loads((export / "metrics.json").read_text())
             assert {"model", "mean_envelope", "shuffled"} <= set(metrics)
             assert metrics["run"]["checkpoint_name"] == "last"
-            assert metrics["run_config"]["train_cache"]["dim"] == 1280 * 4       # pretrained MobileNetV2, 2x2
+            assert metrics["run_config"]["train_cache"]["dim"] == 1280       # pretrained MobileNetV2, pooled
     looks = {json.loads((out / d / "dataset.json").read_text())["look"] for d in ("data", "data-unseen")}
     assert len(looks) == 2, looks
     text = (out / DEMO_MD).read_text()

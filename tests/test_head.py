@@ -236,3 +236,20 @@ def test_load_head_rebuilds_a_saved_head(tmp_path):
     assert torch.equal(head3(x), head(x))
     with pytest.raises(FoleyError, match="no checkpoint"):
         load_head(tmp_path / "missing.pt")
+
+
+def test_centered_features_drop_what_stays_the_same_in_a_clip():
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 6)
+    offset = torch.randn(3, 1, 6) * 5                    # a per-clip look: constant through the clip
+    t = InputTransform("features", 6, center=True).fit((x + offset, torch.tensor([8, 8, 8])))
+    assert torch.allclose(t(x + offset), t(x), atol=1e-5)
+    assert torch.allclose(t(x).mean((0, 1)), torch.zeros(6), atol=1e-5)     # standardised after centring
+    plain = InputTransform("features", 6).fit((x + offset, torch.tensor([8, 8, 8])))
+    assert not torch.allclose(plain(x + offset), plain(x), atol=1e-2)
+    t2 = InputTransform.from_state_dict(t.state_dict())
+    assert t2.center and torch.equal(t2(x), t(x))
+    with pytest.raises(FoleyError, match="input transform state"):
+        plain.load_state_dict(t.state_dict())               # a centred head never reads uncentred inputs
+    with pytest.raises(FoleyError, match="--center-clips"):
+        InputTransform("motion-energy", 2048, cache_config={"backbone": "model3d_1"}, center=True)
