@@ -352,17 +352,19 @@ def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes
 @click.option("--val", "n_val", default=80, type=click.IntRange(2), help="Synthetic held-out validation clips.")
 @click.option("--unseen", "n_unseen", default=60, type=click.IntRange(2),
               help="Held-out clips of a look the heads never saw.")
-@click.option("--size", default=112, type=click.IntRange(64), help="Frame size for the backbone.")
+@click.option("--size", default=96, type=click.IntRange(64), help="Frame size for the backbone.")
 @click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
               help="auto: bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, CUDA), else fp32; "
                    "fp32: no bf16 anywhere.")
+@click.option("--with-motion-energy", is_flag=True, help="Also train and compare the motion-energy head (~1 min more).")
 @click.option("--quiet", is_flag=True, help="No progress bars (the report is still printed).")
-def demo_cmd(out, n_train, n_val, n_unseen, size, precision, quiet):
+def demo_cmd(out, n_train, n_val, n_unseen, size, precision, with_motion_energy, quiet):
     """Run the whole pipeline on pretrained features of a synthetic dataset (CPU, a few minutes); print the report."""
-    from pipeline.demo import run_demo
+    from pipeline.demo import HEADS, MOTION_ENERGY_HEAD, run_demo
     setup_logging(quiet)
+    heads = {**HEADS, **MOTION_ENERGY_HEAD} if with_motion_energy else HEADS
     s = run_demo(out=out, n_train=n_train, n_val=n_val, n_unseen=n_unseen, size=size, precision=precision,
-                 progress=not quiet)
+                 heads=heads, progress=not quiet)
     echo(s["report"])
     echo(f"demo finished in {s['seconds_total']} s (per stage: "
          + ", ".join(f"{k} {v} s" for k, v in s["seconds"].items()) + ")")

@@ -9,20 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.demo import DEMO_JSON, DEMO_MD, HEADS, SPLITS, _prepare, run_demo
+from pipeline.demo import DEMO_JSON, DEMO_MD, HEADS, MOTION_ENERGY_HEAD, SPLITS, _prepare, run_demo
 from pipeline.errors import FoleyError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_HEADS = {name: dict(options, epochs=1, hidden=16, layers=1) for name, options in HEADS.items()}
+TINY_HEADS = {name: dict(options, epochs=1, hidden=16, layers=1)
+              for name, options in {**HEADS, **MOTION_ENERGY_HEAD}.items()}
 
 
 def check_outputs(out: Path, heads):
     summary = json.loads((out / DEMO_JSON).read_text())
     assert summary["status"] == "done"
+    keys = [h.replace("-", "_") for h in heads]
     assert set(summary["seconds"]) == {
         "make_synthetic", "make_synthetic_unseen", "extract_train", "extract_val", "extract_unseen",
-        "train_features", "train_motion_energy", "export_features", "export_motion_energy",
-        "export_features_unseen", "export_motion_energy_unseen"}
+        *(f"train_{k}" for k in keys), *(f"export_{k}" for k in keys), *(f"export_{k}_unseen" for k in keys)}
     assert summary["settings"]["backbone"] == "mobilenet_v2" and summary["settings"]["weights"] == "imagenet"
     for head in heads:
         for suffix in SPLITS.values():
@@ -37,7 +38,7 @@ def check_outputs(out: Path, heads):
     looks = {json.loads((out / d / "dataset.json").read_text())["look"] for d in ("data", "data-unseen")}
     assert len(looks) == 2, looks
     text = (out / DEMO_MD).read_text()
-    assert "features head" in text and "motion-energy head" in text and "mean_envelope" in text
+    assert all(f"{h} head" in text for h in heads) and "mean_envelope" in text
     assert "unseen look" in text and "MobileNetV2" in text
     assert f"The {summary['best_head']} head wins" in text
     return summary
@@ -47,7 +48,7 @@ def test_tiny_demo_runs_every_stage(tmp_path):
     torch.set_num_threads(1)
     s = run_demo(out=tmp_path / "d", n_train=6, n_val=3, n_unseen=3, size=64, heads=TINY_HEADS, progress=False,
                  precision="fp32")
-    summary = check_outputs(tmp_path / "d", HEADS)
+    summary = check_outputs(tmp_path / "d", TINY_HEADS)
     assert s["report"] == (tmp_path / "d" / DEMO_MD).read_text()
     assert summary["validation_clips"]["val"] >= 2 and summary["validation_clips"]["unseen"] >= 2
 
