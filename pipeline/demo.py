@@ -152,8 +152,8 @@ def demo_report(results: dict[str, dict[str, dict]], settings: dict, out: Path) 
         "",
         "A randomly initialised model3d_1 (the tool's 3D CNN without its SSv2 weights) is not in this "
         "demo: its features give the seed's head nothing to generalise from (seed_score -0.63, onset_f1 "
-        "0.00 in the previous demo) and it costs ~12x MobileNetV2's time on a CPU without AMX. README "
-        "\"Demo\" has those numbers.",
+        "0.00 in the previous demo) and at 112 px it costs 3.7 s a clip on an AVX2-only CPU in float32, "
+        "~8x MobileNetV2 at 96 px. README \"Demo\" has those numbers.",
         "",
         "Where everything is:",
         f"- datasets: `{out / 'data'}`, `{out / 'data-unseen'}` (videos/, SSv2 JSONs, events.json, dataset.json)",
