@@ -17,7 +17,8 @@ and the only pretrained video-capable network that can be had on these machines 
 ImageNet MobileNetV2, run on every frame. A randomly initialised model3d_1 gives the seed's head
 nothing it can generalise from with a few hundred clips, and on a CPU without AMX it costs
 ~3.7 s per clip at 112 px (about 25 minutes for this dataset), so it is not part of the demo; the
-README gives its numbers. MobileNetV2 costs ~0.3 s per clip there in float32.
+README gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2 kernels in float32
+(decoding included: the demo's train extraction, 312 clips in 121 s).
 """
 from __future__ import annotations
 
