@@ -594,6 +594,12 @@ def find_named_weights(backbone: str, name: str) -> Path:
     return path
 
 
+def looks_like_weights_name(text: str) -> bool:
+    """A --checkpoint value that is no existing path and has no separator or dot: a weights name
+    ('imagenet'), not a file (a file of that bare name can still be given as ./imagenet)."""
+    return not Path(text).exists() and os.sep not in text and "." not in text
+
+
 def resolve_checkpoint(backbone: str, checkpoint: str | os.PathLike) -> tuple[str | Path, str | None]:
     """--checkpoint value -> ("none" or a weights file, the weights' name or None)."""
     text = str(checkpoint)
@@ -601,8 +607,7 @@ def resolve_checkpoint(backbone: str, checkpoint: str | os.PathLike) -> tuple[st
         return "none", None
     if named_weights(backbone, text) is not None:
         return find_named_weights(backbone, text), text
-    if not Path(text).exists() and os.sep not in text and "." not in text:
-        # a bare word that is no file: most likely a weights name this backbone lacks
+    if looks_like_weights_name(text):          # most likely a weights name this backbone lacks
         names = [w.name for w in get_spec(backbone).weights]
         raise FoleyError(f"--checkpoint {text!r}: no such file, and not a named weights of {backbone}"
                          + (f" ({', '.join(names)})" if names else " (it has none)"))

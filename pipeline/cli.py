@@ -97,8 +97,9 @@ def setup_logging(quiet: bool = False):
 
 def checkpoint_arg(value: str):
     """'none', a weights name ('imagenet': the backbone resolves it), or an existing file."""
+    from pipeline.backbones import looks_like_weights_name
     path = Path(value)
-    if value == "none" or (not path.exists() and os.sep not in value and "." not in value):
+    if value == "none" or looks_like_weights_name(value):
         return value
     if not path.is_file():
         raise click.BadParameter(f"{value} is not a file (give a checkpoint file, a weights name such as "

