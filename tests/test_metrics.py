@@ -125,6 +125,30 @@ def test_labels_give_per_class():
             assert c[key] == pytest.approx(sub[key]), key
 
 
+def test_evaluate_2000_clips_result():
+    """The 2000-clip evaluation benchmarks/metrics.py times (its speed is measured there, not here):
+    a one-frame late prediction + 0.05 finds every onset within the tolerance, and the numbers are
+    the ones recorded when the timing moved out of this file."""
+    target, length, _ = make_envelopes(2000, n_silent=100)
+    pred = np.clip(np.roll(target, 1, axis=1) + 0.05, 0, 1)
+    labels = [f"class{i % 12}" for i in range(2000)]
+    m = evaluate(pred, target, length, labels=labels)
+    assert m["n"] == 2000 and m["n_flat_target"] == 100
+    assert m["n_target_onsets"] == m["n_pred_onsets"] == 3828
+    for key in (*ONSET_KEYS, *(k + "_tol2" for k in ONSET_KEYS), "onset_count_acc", "peak_within_1"):
+        assert m[key] == 1.0, key
+    assert m["seed_counts"] == {"good": 1897, "not_so_good": 3, "bad": 100}      # the silent clips are bad
+    assert m["seed_score"] == pytest.approx(0.8985)
+    assert m["peak_error_frames"] == pytest.approx(0.95)
+    assert m["pearson"] == pytest.approx(0.63806171739408, rel=1e-6)
+    assert m["bce"] == pytest.approx(0.4132843891221521, rel=1e-6)
+    assert m["mae"] == pytest.approx(0.11529931357785393, rel=1e-6)
+    assert sorted(m["per_class"]) == sorted(set(labels))
+    assert sum(c["n"] for c in m["per_class"].values()) == 2000
+    assert sum(c["n_flat_target"] for c in m["per_class"].values()) == 100
+    assert m["per_class"]["class0"]["seed_counts"] == {"good": 159, "not_so_good": 0, "bad": 8}
+
+
 # ----------------------------------------------------------------------------- edge cases
 
 def test_clips_without_target_onset():
