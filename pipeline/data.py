@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import FoleyError
+from pipeline.fsio import read_json
 from pipeline.media import FPS, FRAMES, MIN_FRAMES, FaultyVideo, video_duration
 
 # The 12 templates of the seed experiment: interactions with a distinct sound.
@@ -84,22 +85,9 @@ def validate_id(video_id) -> str:
     return video_id
 
 
-def _read_json(path: Path, what: str):
-    path = Path(path)
-    if not path.is_file():
-        raise FoleyError(f"{what} file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise FoleyError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FoleyError(f"{path}: cannot read {what} file ({e})") from None
-
-
 def load_labels(path: str | os.PathLike) -> dict[str, int]:
     """Labels file -> {template_key: class index}."""
-    raw = _read_json(path, "labels")
+    raw = read_json(path, "labels file")
     if not isinstance(raw, dict) or not raw:
         raise FoleyError(f"{path}: a labels file is a non-empty JSON object {{template: index}}")
     labels = {}
@@ -184,7 +172,7 @@ def manifest_sha256(entries: list[Annotation]) -> str:
 
 
 def _load_ssv2(path, classes, labels_path) -> list[Annotation]:
-    raw = _read_json(path, "annotations")
+    raw = read_json(path, "annotations file")
     if not isinstance(raw, list):
         raise FoleyError(f"{path}: an annotation file is a JSON list of entries, got {type(raw).__name__}")
     if not raw:

@@ -5,7 +5,8 @@ frame): frames resized, centre-cropped and normalised for the 3D CNN, and the lo
 first audio channel over the same span (the target). A clip that starts late is reached by seeking to
 the keyframe before it, so a window at minute 9 costs about what one at second 0 does.
 Read top to bottom: constants, `load_clip` (path -> Clip), then the array-level steps it uses
-(`pick_frames`, `preprocess_frames`, `audio_envelope`), each usable on already-decoded data.
+(`_FramePicker`, `preprocess_frames`, `audio_envelope`); the last two are usable on
+already-decoded data.
 """
 from __future__ import annotations
 
