@@ -17,6 +17,11 @@ from pipeline.errors import FoleyError
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
+# manifest options shared by every command that reads videos through a manifest
+CLASSES_OPTION = click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
+                              "[default: sound12 for an SSv2 JSON, all for other manifests].")
+WINDOW_STRIDE_OPTION = click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
+                                    help="Tile each video into windows of frames/fps s, one every this many seconds.")
 
 
 def is_rank_zero() -> bool:
@@ -110,10 +115,8 @@ def checkpoint_arg(value: str):
               "inside --videos, or 'none': every video in --videos, labelled by sub-folder.")
 @click.option("--out", required=True, type=OUT_DIR, help="Cache directory (created; re-run to resume).")
 @click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (checks templates, gives class indices).")
-@click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
-              "[default: sound12 for an SSv2 JSON, all for other manifests].")
-@click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="Tile each video into windows of frames/fps s, one every this many seconds.")
+@CLASSES_OPTION
+@WINDOW_STRIDE_OPTION
 @click.option("--backbone", default="model3d_1", help="Registered backbone name (model3d_1, model3d_1_224, mobilenet_v2).")
 @click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors), a named "
               "published file ('imagenet' for mobilenet_v2: torchvision's, found on disk, sha256-checked) or 'none' "
@@ -242,10 +245,8 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
               help="Validation manifest (same kinds).")
 @click.option("--out", required=True, type=OUT_DIR, help="Run directory.")
 @click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON.")
-@click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
-              "[default: sound12 for an SSv2 JSON, all for other manifests].")
-@click.option("--window-stride", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="Tile each video into windows of frames/fps s, one every this many seconds.")
+@CLASSES_OPTION
+@WINDOW_STRIDE_OPTION
 @click.option("--backbone", default=None, help="Registered backbone [default: the --init-head cache's, else model3d_1].")
 @click.option("--checkpoint", default=None, help="Backbone weights, or 'none' [default: the weights the --init-head "
               "cache was extracted with, else none].")
