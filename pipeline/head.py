@@ -17,8 +17,9 @@ It is an nn.Module with buffers only (no parameters), so it moves with `.to(devi
 GPU, and can sit inside a bigger model (finetune: backbone → transform → head). Its state_dict
 carries its kind and shape as extra state, so `InputTransform.from_state_dict` rebuilds it.
 
-`load_head(path)` rebuilds (head, transform, checkpoint) from a run's checkpoint
-(`train-head` or `finetune`): what export-predictions and finetune's --init-head use.
+`rebuild_head` turns a checkpoint's parts back into (head, transform); reading a run's checkpoint
+file is `pipeline.runs` (`load_head`). This module owns the network, its loss and its inputs; it
+must not read or write files other than a FeatureCache it fits on, nor know about runs or options.
 """
 from __future__ import annotations
 
@@ -102,12 +103,13 @@ class Head(nn.Module):
     def _lstm_split(self, x: Tensor) -> Tensor:
         """self.lstm's exact function, computed as (one big input GEMM for layer 0) + its recurrence
         + the other layers. The fused CPU LSTM also computes the gradient with respect to the input
-        features, which nothing needs: a third of the work at D = 25088 (measured on the 2-core
-        CPU, fwd+bwd per clip: 0.11-0.30 s split vs 0.19-0.39 s fused).
+        features, which nothing needs: a third of the work at D = 25088 (the head step's time, split
+        or fused, is what `benchmarks/train_head.py` measures).
 
         Under bf16 autocast only the input GEMM runs in bf16 (AMX: it is ~95% of the FLOPs); the
         recurrence and the later layers stay float32, as fast here and without bf16's rounding
-        accumulating over 48 steps (oneDNN's bf16 LSTM backward was 6x slower than float32)."""
+        accumulating over 48 steps (oneDNN's bf16 LSTM backward was several times slower than
+        float32: `benchmarks/train_head.py` measures it)."""
         lstm = self.lstm
         gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)    # [B, T, 4H]
         with torch.autocast("cpu", enabled=False):
@@ -342,16 +344,27 @@ class InputTransform(nn.Module):
 
 # ----------------------------------------------------------------------------- from a checkpoint
 
-def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, InputTransform, dict]:
-    """Rebuild the trained head and its input transform from a run checkpoint.
+def rebuild_head(head_config: dict, model_state: dict, transform_state: dict,
+                 source: str | Path = "checkpoint") -> tuple[Head, InputTransform]:
+    """(head, transform) from a checkpoint's parts: HeadConfig.to_dict(), the model's state_dict
+    (the Head's own, or a bigger model's whose `head.*` keys are the head: finetune's EndToEnd)
+    and InputTransform.state_dict(). `source` names the checkpoint in errors. Reading the file is
+    `pipeline.runs.load_head`'s job."""
+    head = Head(HeadConfig(**head_config))
+    state = model_state
+    if any(k.startswith(HEAD_PREFIX) for k in state):      # a bigger model (finetune): its head.* part
+        state = {k[len(HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    try:
+        head.load_state_dict(state)
+        transform = InputTransform.from_state_dict(transform_state)
+    except (RuntimeError, KeyError) as e:
+        raise FoleyError(f"{source}: head weights do not match its head_config: {e}") from e
+    return head, transform
 
-    path: RUN_DIR/checkpoint-best.pt (or -last.pt, or RUN_DIR for best), from train-head or finetune.
-    Returns (head in eval mode, transform, checkpoint dict), both modules on `map_location`.
-    Read with `weights_only=True`. The head weights are checkpoint["model"] (train-head: the Head's
-    own state_dict; finetune: a model with a `.head` submodule, whose `head.*` keys are taken), the
-    transform is checkpoint["transform"] (InputTransform.state_dict()), checkpoint["fingerprint"]
-    names the cache the head was trained on and checkpoint["config"] the run's resolved options.
-    """
+
+def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, InputTransform, dict]:
+    """Transitional (issue 12): the checkpoint as a dict, for callers not yet on
+    `pipeline.runs.load_head` (which returns a RunCheckpoint). Removed once export has switched."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint-best.pt"
@@ -363,13 +376,5 @@ def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, Inp
         raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or "head_config" not in ckpt or "transform" not in ckpt or "model" not in ckpt:
         raise FoleyError(f"{path} is not a foleycache head checkpoint (no head_config/transform/model)")
-    head = Head(HeadConfig(**ckpt["head_config"]))
-    state = ckpt["model"]
-    if any(k.startswith(HEAD_PREFIX) for k in state):      # a bigger model (finetune): its head.* part
-        state = {k[len(HEAD_PREFIX):]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
-    try:
-        head.load_state_dict(state)
-        transform = InputTransform.from_state_dict(ckpt["transform"])
-    except (RuntimeError, KeyError) as e:
-        raise FoleyError(f"{path}: head weights do not match its head_config: {e}") from e
+    head, transform = rebuild_head(ckpt["head_config"], ckpt["model"], ckpt["transform"], path)
     return head.to(map_location).eval(), transform.to(map_location), ckpt
