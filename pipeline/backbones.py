@@ -244,20 +244,21 @@ class Model3D1(Backbone):
     Blocks frozen by `freeze_blocks` stay in eval mode through `train()`.
     """
 
-    def __init__(self, time_pool: bool = False, checkpointing: bool = False):
+    def __init__(self, time_pool: bool = False, checkpointing: bool = False, width: float = 1.0):
         super().__init__()
         s2 = (1, 2, 2)  # halve h, w; the time axis is never strided
-        self.block1 = nn.Sequential(*_conv_bn_relu(3, 32, (3, 5, 5), s2, (1, 2, 2)), nn.Dropout3d(DROPOUT_P))
-        block2 = _conv_bn_relu(32, 64, 3, 1, 1) + _conv_bn_relu(64, 128, 3, s2, 1)
+        w = lambda n: max(1, round(n * width))  # noqa: E731  (width multiplier: every channel count x width)
+        self.block1 = nn.Sequential(*_conv_bn_relu(3, w(32), (3, 5, 5), s2, (1, 2, 2)), nn.Dropout3d(DROPOUT_P))
+        block2 = _conv_bn_relu(w(32), w(64), 3, 1, 1) + _conv_bn_relu(w(64), w(128), 3, s2, 1)
         if time_pool:
             # index 6, after the ReLU at 5: conv/bn stay at 0,1,3,4 so checkpoints still load
             block2.append(nn.AvgPool3d((3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)))
         self.block2 = nn.Sequential(*block2, nn.Dropout3d(DROPOUT_P))
-        self.block3 = nn.Sequential(*_conv_bn_relu(128, 128, 3, 1, 1), *_conv_bn_relu(128, 128, 3, 1, 1),
-                                    *_conv_bn_relu(128, 256, 3, s2, 1), nn.Dropout3d(DROPOUT_P))
-        self.block4 = nn.Sequential(*_conv_bn_relu(256, 256, 3, 1, 1), *_conv_bn_relu(256, 256, 3, 1, 1),
-                                    *_conv_bn_relu(256, 512, 3, s2, 1), nn.Dropout3d(DROPOUT_P))
-        self.block5 = nn.Sequential(*_conv_bn_relu(512, 512, 3, 1, 1), *_conv_bn_relu(512, 512, 3, s2, 1))
+        self.block3 = nn.Sequential(*_conv_bn_relu(w(128), w(128), 3, 1, 1), *_conv_bn_relu(w(128), w(128), 3, 1, 1),
+                                    *_conv_bn_relu(w(128), w(256), 3, s2, 1), nn.Dropout3d(DROPOUT_P))
+        self.block4 = nn.Sequential(*_conv_bn_relu(w(256), w(256), 3, 1, 1), *_conv_bn_relu(w(256), w(256), 3, 1, 1),
+                                    *_conv_bn_relu(w(256), w(512), 3, s2, 1), nn.Dropout3d(DROPOUT_P))
+        self.block5 = nn.Sequential(*_conv_bn_relu(w(512), w(512), 3, 1, 1), *_conv_bn_relu(w(512), w(512), 3, s2, 1))
         self.time_pool = time_pool
         self.checkpointing = checkpointing
         self.frozen_blocks = 0
@@ -286,6 +287,11 @@ register_backbone(BackboneSpec(
     name="model3d_1_224", builder=partial(Model3D1, time_pool=True), default_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, time_stride=2,
     description="TwentyBN model3D_1_224: model3d_1 + temporal AvgPool after block2 (T halves); same checkpoint keys"))
+register_backbone(BackboneSpec(
+    name="model3d_1_w025", builder=partial(Model3D1, width=0.25), default_size=64, mean=IMAGENET_MEAN,
+    std=IMAGENET_STD, time_stride=1, channels=128,
+    description="model3d_1 with every channel count x 0.25 (same keys, shapes / 4; ~1/16 the FLOPs): small "
+                "enough to pretrain on a CPU (`foleycache pretrain`); [T, 512] at 64"))
 
 
 # --------------------------------------------------------------------------- mobilenet_v2 (per frame)

@@ -295,6 +295,72 @@ def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, win
          "and backbone.safetensors", quiet)
 
 
+def pretrain_options(f):
+    """The options `pretrain` and `pretrain-compare` share (data and recipe)."""
+    options = [
+        click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of the train AND validation videos."),
+        click.option("--annotations", required=True, type=click.Path(path_type=Path),
+                     help="Train manifest: SSv2 JSON, CSV / TSV / JSON Lines, or a folder inside --videos."),
+        click.option("--val-annotations", required=True, type=click.Path(path_type=Path),
+                     help="Validation manifest (same kinds): held out from training."),
+        click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (orders the classes)."),
+        click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
+                     "[default: sound12 for an SSv2 JSON, all for other manifests]."),
+        click.option("--backbone", default=None, help="Registered backbone to train [model3d_1_w025; model3d_1 on a GPU]."),
+        click.option("--size", default=None, type=click.IntRange(32), help="Frame side in pixels [48]."),
+        click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [12]."),
+        click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step and process [8]."),
+        click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate [2e-3]."),
+        click.option("--amp", default=None, type=click.Choice(["auto", "bf16", "off"]),
+                     help="Autocast [auto: bf16 on CUDA and on CPUs with native bf16, else off]."),
+        click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--threads", default=None, type=click.IntRange(1),
+                     help="Torch threads per process [torch's default; on a busy CPU 1 can be faster]."),
+        click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N clips of each list."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command("pretrain")
+@pretrain_options
+@click.option("--out", required=True, type=OUT_DIR, help="Run directory.")
+@click.option("--aux-envelope", "aux_envelope", default=None, type=click.FloatRange(min=0),
+              help="Weight W of the auxiliary per-frame envelope loss: loss = CE + W x masked BCE [off].")
+@click.option("--checkpoint", default=None, help="Weights to start from, or 'none' (seeded random init) [none].")
+@click.option("--frames", default=None, type=click.IntRange(1), help="Frames per clip [48].")
+@click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help="Clip frame rate [12].")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help="AdamW weight decay [0.05].")
+@click.option("--warmup", default=None, type=click.IntRange(0), help="Warmup steps [5% of all steps].")
+@click.option("--seed", default=None, type=int, help="Seed [0].")
+@click.option("--flip/--no-flip", default=None, help="Random left-right flips [on; off for labels that say left/right].")
+@click.option("--frame-cache", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the decoded frames, shared by runs on the same clips [inside --out].")
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decode worker processes.")
+@click.option("--resume", is_flag=True, help="Continue RUN_DIR/checkpoint-last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in RUN_DIR.")
+def pretrain_cmd(videos, annotations, val_annotations, labels, classes, backbone, size, epochs, batch_size, lr, amp,
+                 device, threads, limit, quiet, out, aux_envelope, checkpoint, frames, fps, weight_decay, warmup, seed,
+                 flip, frame_cache, workers, resume, overwrite):
+    """Train a backbone from videos to classify their labels (optionally + the envelope) and export it."""
+    from pipeline.pretrain import pretrain
+    setup_logging(quiet)
+    summary = pretrain(
+        videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
+        classes=classes, backbone=backbone, checkpoint=checkpoint_arg(checkpoint) if checkpoint else None, size=size,
+        frames=frames, fps=fps, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        aux_envelope=aux_envelope, seed=seed, amp=amp, flip=flip, frame_cache=frame_cache, device=device,
+        workers=workers, threads=threads, limit=limit, resume=resume, overwrite=overwrite, progress=not quiet)
+    last = summary["last_metrics"] or {}
+    echo(f"pretrain run {out}: {summary['epochs_run']} epochs in {summary['seconds']:.0f} s; last epoch val top-1 "
+         f"{last.get('val_top1', float('nan')):.3f} top-5 {last.get('val_top5', float('nan')):.3f} "
+         f"(chance {last.get('chance', float('nan')):.3f}); backbone {summary['backbone']['backbone']} saved as "
+         f"{summary['backbone']['pth']} and {summary['backbone']['safetensors']}", quiet)
+    echo(f"cache features with it:\n  {summary['extract_command']}", quiet)
+
+
 def plots_arg(value: str):
     if value == "all":
         return value

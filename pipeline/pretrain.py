@@ -1,0 +1,578 @@
+"""pretrain: train a backbone from videos to classify their labels, optionally with the sound as an
+auxiliary target (DESIGN.md, "Additions under way"; issue 14).
+
+    frames [B, 3, T, S, S] ─► backbone.feature_map ─► [B, C, T, h, w] ─► mean over h, w ─► [B, C, T]
+                                                                              │ mean over T ─► Linear ─► class logits [B, K]  (CE)
+                                                                              └ per frame ──► Linear ─► envelope logits [B, T]
+                                                                                              (masked BCE, --aux-envelope W)
+    loss = CE + W x BCE
+
+This is how the SSv2 baseline was trained (a classifier on the pooled final map, cross-entropy), plus
+the seed's question as an auxiliary task: does predicting the sound make the video features better?
+(`pipeline.compare` answers it over seeds.) Read top to bottom: constants, the model
+(`Pretrainer`), the data (`ClipBatches`: a uint8 frame cache decoded once per run by
+`pipeline.framecache`, augmented per clip without ever moving a sound in time), evaluation, the loop
+(`_train`, nanoGPT's train.py shape), export, and `pretrain`, what `foleycache pretrain` calls.
+
+Run directory (train-head's): config.json, metrics.jsonl (one line per epoch: train CE / BCE, val
+top-1, top-5, per-class accuracy, aux BCE, clips/s, the share of the epoch spent on data),
+checkpoint-last.pt / checkpoint-best.pt (best val top-1; weights, optimizer, step, RNG states of
+every rank, history, config: `torch.load(weights_only=True)` reads them), failures.jsonl, the frame
+caches (frames-train.*, frames-val.*), and backbone.pth.tar (the published layout:
+`module.conv_column.*`) + backbone.safetensors from the LAST epoch (no model selection on the
+validation clips, which `pipeline.compare` scores the heads on). `--resume` continues
+checkpoint-last.pt; a run killed with `kill -9` and resumed ends where an uninterrupted one ends.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pipeline import backbones
+from pipeline.data import Annotation, load_annotations, manifest_source, template_key
+from pipeline.distributed import Distributed
+from pipeline.errors import FoleyError
+from pipeline.framecache import FrameCache, build_frame_cache, cache_files
+from pipeline.fsio import atomic_torch_save, atomic_write_text
+from pipeline.head import masked_bce
+from pipeline.runtime import (autocast, cpu_has_bf16, decode_workers, resolve_device, rng_state, seed_everything,
+                              set_rng_state, usable_cores)
+from pipeline.train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL,
+                            _on_main, epoch_batches, get_lr, prepare_run_dir, read_checkpoint, versions)
+
+log = logging.getLogger("foleycache")
+
+# ----------------------------------------------------------------------------- constants
+
+# Options and their defaults; None = "the default here, or the run's own value on --resume".
+# CPU defaults from float32 measurements (README "Pretraining", benchmarks/pretrain.py): width-0.25
+# model3d_1 at 48 px, 48 frames: ~0.2 s per clip per train step on one core of a loaded 2-core Xeon.
+DEFAULTS = {
+    "backbone": "model3d_1_w025", "size": 48, "frames": 48, "fps": 12.0, "epochs": 12, "batch_size": 8,
+    "lr": 2e-3, "weight_decay": 0.05, "warmup": None, "aux_envelope": None, "seed": 0, "amp": "auto",
+    "flip": True, "label_smoothing": 0.1, "dropout": 0.2, "checkpoint": "none",
+}
+# Options that change the numbers: a --resume that asks for another value is refused.
+RESUME_MUST_MATCH = tuple(DEFAULTS)
+AMP_CHOICES = ("auto", "bf16", "off")
+WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
+MIN_LR_RATIO = 0.1              # cosine decays to lr / 10 (nanoGPT's choice)
+GRAD_CLIP = 1.0
+ADAM_BETAS = (0.9, 0.999)
+TOP_K = 5
+EVAL_BATCH = 16
+# Augmentation, one draw per clip from (seed, epoch, clip): the same for every frame, so an impact
+# stays on its frame. Train frames are cached CROP_MARGIN larger; a crop of side in [S, S*margin]
+# is resized to S (scale + translation), flipped left-right with FLIP_P, and its brightness,
+# contrast and saturation scaled by factors in COLOUR_JITTER.
+CROP_MARGIN = 1.15
+FLIP_P = 0.5
+COLOUR_JITTER = (0.8, 1.2)
+GREY = (0.299, 0.587, 0.114)    # ITU-R 601 luma weights, for contrast and saturation
+
+BACKBONE_PT = "backbone.pth.tar"
+BACKBONE_ST = "backbone.safetensors"
+FAILURES = "failures.jsonl"
+SPLITS = ("train", "val")
+FRAME_CACHE_FILES = tuple(p.name for split in SPLITS for p in cache_files(Path(f"frames-{split}")))
+EXTRA_FILES = (BACKBONE_PT, BACKBONE_ST, FAILURES) + FRAME_CACHE_FILES
+
+
+# ----------------------------------------------------------------------------- the model
+
+class Pretrainer(nn.Module):
+    """Backbone + class head on the pooled final map + (optional) per-frame envelope head.
+
+    forward: frames [B, 3, T, S, S] (normalised) -> (class logits [B, K], envelope logits [B, T] or
+    None). The backbone's time axis is never pooled (model3d_1), so the map [B, C, T, h, w] pooled
+    over h, w gives one C-vector per frame: the envelope head reads those, the class head their mean.
+    """
+
+    def __init__(self, backbone: nn.Module, channels: int, classes: int, aux: bool, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, classes)
+        self.aux = nn.Linear(channels, 1) if aux else None     # built after the classifier: same init either way
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        per_frame = self.backbone.feature_map(x).mean((3, 4))          # [B, C, T]
+        logits = self.classifier(self.dropout(per_frame.mean(2)))      # [B, K]
+        aux = self.aux(per_frame.transpose(1, 2)).squeeze(-1) if self.aux is not None else None   # [B, T]
+        return logits, aux
+
+
+# ----------------------------------------------------------------------------- the data
+
+def class_list(entries: list[Annotation]) -> list[str]:
+    """The classes a run learns: the train entries' templates, by the labels file's index when every
+    entry has one (SSv2), else alphabetically (by template_key)."""
+    first = {}
+    for a in entries:
+        first.setdefault(a.template, a)
+    if all(a.class_index is not None for a in first.values()):
+        return sorted(first, key=lambda t: (first[t].class_index, template_key(t)))
+    return sorted(first, key=template_key)
+
+
+def augment_params(seed: int, epoch: int, row: int, size: int, stored: int, flip: bool) -> dict:
+    """One clip's augmentation, a function of (seed, epoch, row) only (a resumed run draws the same)."""
+    rng = np.random.default_rng([seed, epoch, row])
+    side = int(rng.integers(size, stored + 1))
+    top, left = (int(v) for v in rng.integers(0, stored - side + 1, size=2))
+    return {"side": side, "top": top, "left": left, "flip": bool(flip and rng.random() < FLIP_P),
+            "brightness": float(rng.uniform(*COLOUR_JITTER)), "contrast": float(rng.uniform(*COLOUR_JITTER)),
+            "saturation": float(rng.uniform(*COLOUR_JITTER))}
+
+
+def augment_clip(frames: Tensor, p: dict, size: int) -> Tensor:
+    """uint8 [T, S', S', 3] -> float [T, 3, size, size] in 0..255: crop, resize, flip, colour (the same
+    for every frame: nothing moves in time)."""
+    x = frames[:, p["top"]:p["top"] + p["side"], p["left"]:p["left"] + p["side"]]
+    x = x.permute(0, 3, 1, 2).float()                                   # [T, 3, side, side]
+    if p["side"] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if p["flip"]:
+        x = x.flip(-1)
+    weights = torch.tensor(GREY).view(1, 3, 1, 1)
+    x = x * p["brightness"]
+    level = (x * weights).sum(1, keepdim=True).mean()                  # the clip's mean grey: one number
+    x = (x - level) * p["contrast"] + level
+    grey = (x * weights).sum(1, keepdim=True)                           # [T, 1, S, S]
+    x = grey + (x - grey) * p["saturation"]
+    return x.clamp_(0, 255)
+
+
+class ClipBatches:
+    """Batches of clips from a frame cache: {"inputs" [B, 3, T, S, S] normalised float32,
+    "label" [B] int64, "envelope" [B, T], "length" [B], "index" [B] (position in this split)}.
+
+    rows: the frame-cache rows of the split's usable clips, labels: their class indices. augment:
+    the train split's crop / flip / colour (see augment_params); else the stored frames as they
+    are (the stored size is the input size: extract-features' preprocessing).
+    """
+
+    def __init__(self, cache: FrameCache, rows: np.ndarray, labels: np.ndarray, *, size: int,
+                 mean: tuple, std: tuple, augment: bool, flip: bool, seed: int, batch_size: int, dist: Distributed):
+        self.cache, self.rows, self.labels = cache, np.asarray(rows, np.int64), np.asarray(labels, np.int64)
+        self.size, self.augment, self.flip, self.seed = size, augment, flip, seed
+        self.batch_size, self.dist = batch_size, dist
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std).view(1, 3, 1, 1, 1) * 255.0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of positions for `epoch` (shuffled for training; padded so every rank
+        gets as many: DDP needs it)."""
+        return epoch_batches([len(self.rows)], self.batch_size, shuffle=self.augment, seed=self.seed, epoch=epoch,
+                             rank=self.dist.rank, world_size=self.dist.world_size, pad=self.augment)
+
+    def load(self, positions: np.ndarray, epoch: int) -> dict:
+        rows = self.rows[positions]
+        clips = self.cache.read(rows)
+        frames = torch.from_numpy(clips["frames"])                      # [B, T, S', S', 3] uint8
+        if self.augment:
+            x = torch.stack([augment_clip(frames[j], augment_params(self.seed, epoch, int(r), self.size,
+                                                                    self.cache.size, self.flip), self.size)
+                             for j, r in enumerate(rows)])               # [B, T, 3, S, S]
+        else:
+            x = frames.permute(0, 1, 4, 2, 3).float()
+        x = x.permute(0, 2, 1, 3, 4)                                    # [B, 3, T, S, S]
+        x = (x - self.mean).mul_(self.inv_std).contiguous()
+        return {"inputs": x, "label": torch.from_numpy(self.labels[positions]),
+                "envelope": torch.from_numpy(clips["envelope"]), "length": torch.from_numpy(clips["length"]),
+                "index": torch.as_tensor(positions, dtype=torch.int64)}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose label is among the k largest logits [N, K] (k capped at K)."""
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float((top == labels[:, None]).any(1).mean())
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """{"top1", "top5", "per_class": {template: accuracy or None when absent}, "ce"}: logits [N, K], labels [N]."""
+    pred = logits.argmax(1)
+    per_class = {}
+    for k, name in enumerate(classes):
+        m = labels == k
+        per_class[name] = float((pred[m] == k).mean()) if m.any() else None
+    ce = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels))) if len(labels) else None
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, TOP_K),
+            "per_class": per_class, "ce": ce}
+
+
+@torch.no_grad()
+def evaluate_pretrainer(model: Pretrainer, data: ClipBatches, device: torch.device, amp: str) -> dict:
+    """This rank's share of the validation clips: {"index", "logits" [n, K], "label", "bce_sum", "frames"}."""
+    was = model.training
+    model.eval()
+    index, logits_all, labels, bce_sum, frames = [], [], [], 0.0, 0
+    for positions in data.batches(0):
+        b = data.load(positions, 0)
+        with autocast(device, amp):
+            logits, aux = model(b["inputs"].to(device))
+        logits_all.append(logits.float().cpu())
+        labels.append(b["label"])
+        index.append(b["index"])
+        if aux is not None:
+            bce_sum += float(masked_bce(aux, b["envelope"].to(device), b["length"].to(device), reduction="sum"))
+            frames += int(b["length"].sum())
+    model.train(was)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros((0,))    # noqa: E731
+    return {"index": cat(index), "logits": cat(logits_all), "label": cat(labels), "bce_sum": bce_sum,
+            "frames": frames}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *, run_dir: Path, opts: dict,
+           classes: list[str], warmup_steps: int, dist: Distributed, amp: str, config: dict, describe: dict,
+           resume: dict | None, progress: bool) -> dict:
+    """Train for opts["epochs"] epochs, validating and checkpointing every epoch; returns the summary."""
+    device = dist.device
+    raw = model
+    epochs, aux_w = opts["epochs"], opts["aux_envelope"]
+    steps_per_epoch = len(train.batches(0))
+    total_steps = epochs * steps_per_epoch
+
+    start_epoch, step, best_top1, best_epoch, history = 0, 0, -math.inf, 0, []
+    if resume is not None:
+        raw.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch, step = int(resume["epoch"]), int(resume["step"])
+        best_top1, best_epoch, history = float(resume["best_top1"]), int(resume["best_epoch"]), list(resume["history"])
+    if dist.enabled:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device] if device.type == "cuda" else None)
+    if dist.is_main:                        # the run's record: config, and metrics up to the checkpoint
+        atomic_write_text(run_dir / CONFIG_JSON, json.dumps(config, indent=2) + "\n")
+        atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(h) + "\n" for h in history))
+    if resume is not None and len(resume["rng"]) == dist.world_size:
+        set_rng_state(resume["rng"][dist.rank], device)
+    else:                                   # each rank its own dropout stream
+        seed_everything(opts["seed"] + dist.rank)
+
+    for epoch in range(start_epoch, epochs):
+        # ---- train one epoch
+        t0 = time.perf_counter()
+        data_s = 0.0
+        model.train()
+        ce_sum = torch.zeros((), dtype=torch.float64)
+        bce_sum = torch.zeros((), dtype=torch.float64)
+        seen = 0
+        batches = train.batches(epoch)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=not (progress and dist.is_main))
+        for positions in bar:
+            td = time.perf_counter()
+            b = train.load(positions, epoch)
+            x, y = b["inputs"].to(device, non_blocking=True), b["label"].to(device)
+            data_s += time.perf_counter() - td
+            lr = get_lr(step, warmup_steps, total_steps, opts["lr"], opts["lr"] * MIN_LR_RATIO)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, amp):
+                logits, aux = model(x)
+            ce = F.cross_entropy(logits.float(), y, label_smoothing=opts["label_smoothing"])
+            loss = ce
+            if aux is not None:
+                bce = masked_bce(aux, b["envelope"].to(device), b["length"].to(device))
+                loss = ce + aux_w * bce
+                bce_sum += bce.detach().double().cpu() * len(positions)
+            loss.backward()
+            nn.utils.clip_grad_norm_(raw.parameters(), GRAD_CLIP)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ce_sum += ce.detach().double().cpu() * len(positions)
+            seen += len(positions)
+            step += 1
+            bar.set_postfix(ce=f"{ce.item():.3f}")
+        train_s = time.perf_counter() - t0
+        seen_all = dist.sum(seen)
+
+        # ---- validate: every rank its share, scored together on rank 0
+        local = evaluate_pretrainer(raw, val, device, amp)
+        parts = dist.gather(local)
+        record = {"epoch": epoch + 1, "step": step, "lr": lr,
+                  "train_ce": dist.sum(float(ce_sum)) / max(1, seen_all),
+                  "train_aux_bce": dist.sum(float(bce_sum)) / max(1, seen_all) if raw.aux is not None else None,
+                  "train_clips": int(seen_all), "train_seconds": round(train_s, 3),
+                  "clips_per_s": round(seen_all / train_s, 3) if train_s else None,
+                  "data_share": round(dist.mean(data_s / train_s), 4) if train_s else None}
+        if dist.is_main:
+            order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
+            logits = np.concatenate([p["logits"] for p in parts if len(p["index"])])[order]
+            labels = np.concatenate([p["label"] for p in parts if len(p["index"])])[order].astype(np.int64)
+            m = classification_metrics(logits, labels, classes)
+            frames = sum(p["frames"] for p in parts)
+            record.update(val_top1=m["top1"], val_top5=m["top5"], val_ce=m["ce"], val_per_class=m["per_class"],
+                          val_aux_bce=sum(p["bce_sum"] for p in parts) / frames if frames else None,
+                          val_clips=len(labels), chance=1.0 / len(classes))
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record = dist.broadcast(record)
+        improved = record["val_top1"] > best_top1
+        if improved:
+            best_top1, best_epoch = record["val_top1"], epoch + 1
+        record["best"] = improved
+        history.append(record)
+
+        # ---- checkpoint (atomic; best linked to the same bytes)
+        rngs = dist.gather(rng_state(device))
+        if dist.is_main:
+            ckpt = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **describe,
+                    "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "metrics": record,
+                    "best_top1": best_top1, "best_epoch": best_epoch, "history": history, "rng": rngs,
+                    "config": config, "world_size": dist.world_size}
+            atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
+            with open(run_dir / METRICS_JSONL, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        dist.barrier()
+    return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_top1": best_top1,
+            "last_metrics": history[-1] if history else None, "history": history}
+
+
+# ----------------------------------------------------------------------------- export
+
+def export_backbone(run_dir: str | Path, checkpoint: str = CKPT_LAST) -> dict:
+    """The trained backbone of a pretrain run in its published layout (RUN/backbone.pth.tar: for
+    model3d_1 variants {'epoch', 'arch', 'state_dict': {'module.conv_column.' + key}, 'best_loss'}) and as
+    safetensors (RUN/backbone.safetensors, bare keys). Returns {"backbone", "pth", "safetensors", "epoch"}."""
+    run_dir = Path(run_dir)
+    ckpt = read_checkpoint(run_dir / checkpoint)
+    if ckpt.get("kind") != "pretrain":
+        raise FoleyError(f"{run_dir / checkpoint} is not a pretrain run checkpoint")
+    net = backbones.create_backbone(ckpt["backbone"])
+    prefix = "backbone."
+    net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
+    val_ce = (ckpt.get("metrics") or {}).get("val_ce")
+    backbones.save_published(net, run_dir / BACKBONE_PT, epoch=int(ckpt["epoch"]),
+                             best_loss=float("nan") if val_ce is None else float(val_ce))
+    backbones.save_safetensors(net, run_dir / BACKBONE_ST)
+    return {"backbone": ckpt["backbone"], "pth": str(run_dir / BACKBONE_PT),
+            "safetensors": str(run_dir / BACKBONE_ST), "epoch": int(ckpt["epoch"])}
+
+
+def extract_command(run_dir: Path, config: dict, videos: str = "VIDEOS", annotations: str = "ANNOTATIONS",
+                    out: str = "CACHE") -> str:
+    """The extract-features command that caches features with a pretrain run's backbone."""
+    o = config["options"]
+    return (f"foleycache extract-features --videos {videos} --annotations {annotations} --out {out} "
+            f"--backbone {o['backbone']} --size {o['size']} --frames {o['frames']} --fps {o['fps']:g} "
+            f"--checkpoint {Path(run_dir) / BACKBONE_PT}")
+
+
+# ----------------------------------------------------------------------------- pretrain
+
+def _check_options(o: dict):
+    """Ranges and choices of the options that are set (None = not given): a one-line FoleyError."""
+    ok = {"epochs": (lambda v: v >= 1, ">= 1"), "batch_size": (lambda v: v >= 1, ">= 1"),
+          "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+          "warmup": (lambda v: v >= 0, ">= 0"), "aux_envelope": (lambda v: v >= 0 and math.isfinite(v), ">= 0"),
+          "size": (lambda v: v >= 32, ">= 32"), "frames": (lambda v: v >= 1, ">= 1"), "fps": (lambda v: v > 0, "> 0"),
+          "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
+    for name, (test, what) in ok.items():
+        if o.get(name) is not None and not test(o[name]):
+            raise FoleyError(f"--{name.replace('_', '-')} must be {what}, got {o[name]!r}")
+    if o.get("amp") is not None and o["amp"] not in AMP_CHOICES:
+        raise FoleyError(f"unknown --amp {o['amp']!r}; choose one of: {', '.join(AMP_CHOICES)}")
+    if o.get("backbone") is not None:
+        spec = backbones.get_spec(o["backbone"])
+        if spec.time_stride != 1 and o.get("aux_envelope") is not None:
+            raise FoleyError(f"--aux-envelope needs one feature per frame; backbone {o['backbone']} pools time")
+
+
+def _resolve_options(given: dict, saved: dict | None) -> dict:
+    """Given options over (the resumed run's options or DEFAULTS); a resume that changes one of
+    RESUME_MUST_MATCH is refused."""
+    opts = dict(DEFAULTS)
+    if saved is not None:
+        changed = [k for k in RESUME_MUST_MATCH if given.get(k) is not None and given[k] != saved.get(k)]
+        if changed:
+            listed = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {given[k]!r}" for k in changed)
+            raise FoleyError(f"--resume with other training options than the run's ({listed}); resume with the "
+                             "same options, or start over with --overwrite")
+        opts.update(saved)
+    opts.update({k: v for k, v in given.items() if v is not None})
+    return opts
+
+
+def pretrain(*, videos: Path, annotations: Path | str, val_annotations: Path | str, out: Path,
+             labels: Path | None = None, classes: str | None = None, window_stride: float | None = None,
+             backbone: str | None = None, checkpoint: str | Path | None = None, size: int | None = None,
+             frames: int | None = None, fps: float | None = None, epochs: int | None = None,
+             batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
+             warmup: int | None = None, aux_envelope: float | None = None, seed: int | None = None,
+             amp: str | None = None, flip: bool | None = None, label_smoothing: float | None = None,
+             dropout: float | None = None, frame_cache: Path | None = None, device: str = "auto",
+             workers: int | None = None, threads: int | None = None, limit: int | None = None,
+             resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train `backbone` from the videos of `annotations` to classify their labels; validate on
+    `val_annotations` (same videos folder); write the run to `out` and export the backbone.
+
+    Options left None take DEFAULTS (or, with resume=True, the run's own). aux_envelope: the weight W
+    of the per-frame envelope loss (None: no envelope head). checkpoint: "none" (a seeded random
+    init) or weights to start from. frame_cache: a folder where the decoded frames are kept under
+    their fingerprint, so other runs on the same clips reuse them (default: inside `out`).
+    threads: torch threads of each process (default: torch's). warmup: optimizer steps (default
+    5% of all). Returns a summary: "run_dir", "best_epoch", "best_val_top1", "last_metrics",
+    "config", "backbone" (the export), "extract_command", "seconds".
+    """
+    t_start = time.perf_counter()
+    out, videos = Path(out), Path(videos)
+    given = dict(backbone=backbone, size=size, frames=frames, fps=None if fps is None else float(fps), epochs=epochs,
+                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup, aux_envelope=aux_envelope,
+                 seed=seed, amp=amp, flip=flip, label_smoothing=label_smoothing, dropout=dropout,
+                 checkpoint=None if checkpoint is None else str(checkpoint))
+    _check_options(given)                   # before anything touches --out
+    if not videos.is_dir():
+        raise FoleyError(f"--videos {videos} is not a directory")
+    if workers is not None and workers < 0:
+        raise FoleyError(f"--workers must be >= 0, got {workers}")
+    if threads is not None and threads < 1:
+        raise FoleyError(f"--threads must be >= 1, got {threads}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    saved = None
+    if resume:
+        try:
+            saved = json.loads((out / CONFIG_JSON).read_text(encoding="utf-8")).get("options")
+        except (OSError, ValueError):
+            saved = None                    # prepare_run_dir says what is wrong
+    opts = _resolve_options(given, saved)
+    _check_options(opts)
+    if opts["checkpoint"] != "none":
+        opts["checkpoint"] = str(backbones.resolve_checkpoint(opts["backbone"], opts["checkpoint"])[0])
+    dist = Distributed.from_env(resolve_device(device))
+    try:
+        summary = _pretrain(videos, annotations, val_annotations, out, labels, classes, window_stride, opts,
+                            frame_cache, dist, workers, limit, resume, overwrite, progress)
+    finally:
+        dist.close()
+    summary["seconds"] = round(time.perf_counter() - t_start, 2)
+    return summary
+
+
+def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, window_stride, opts, frame_cache,
+              dist, workers, limit, resume, overwrite, progress) -> dict:
+    device = dist.device
+    amp = opts["amp"]
+    if amp == "auto":   # bf16 only where the hardware has it: emulated bf16 on an AVX2 CPU is ~50x slower
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "off") if device.type == "cuda" else \
+            ("bf16" if cpu_has_bf16() else "off")
+    if workers is None:     # decoding happens before training: on a CPU it may take every core
+        workers = decode_workers(device) if device.type == "cuda" else max(1, usable_cores() // dist.world_size)
+    spec = backbones.get_spec(opts["backbone"])
+    manifest = dict(classes=classes_arg, labels_path=labels, videos=videos, window_stride=window_stride,
+                    frames=opts["frames"], fps=opts["fps"])
+    train_entries = load_annotations(annotations, **manifest)[:limit]
+    val_entries = load_annotations(val_annotations, **manifest)[:limit]
+    classes = class_list(train_entries)
+    if len(classes) < 2:
+        raise FoleyError(f"the training list holds {len(classes)} class; classifying needs at least 2")
+
+    # Rank 0 checks (and with --overwrite empties) the run dir; the run's config is written before
+    # the frames are decoded, so a run killed while decoding resumes (--resume) with what is done.
+    has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite, extra_files=EXTRA_FILES) is not None)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / CONFIG_JSON).exists():
+            atomic_write_text(out / CONFIG_JSON, json.dumps({"command": "pretrain", "options": opts}, indent=2) + "\n")
+    dist.barrier()
+
+    # Decode every clip once: train frames CROP_MARGIN larger (room for crops), val at the input size.
+    stored = {"train": int(math.ceil(opts["size"] * CROP_MARGIN)), "val": opts["size"]}
+    caches, builds = {}, {}
+    for split, entries in zip(SPLITS, (train_entries, val_entries)):
+        prefix = out / f"frames-{split}"
+        if frame_cache is not None:
+            from pipeline.framecache import frame_cache_fingerprint
+            fp = frame_cache_fingerprint(entries, opts["frames"], opts["fps"], stored[split], "max")
+            prefix = Path(frame_cache) / f"{split}-{fp[:16]}"
+        builds[split] = build_frame_cache(prefix, entries, videos, frames=opts["frames"], fps=opts["fps"],
+                                          size=stored[split], workers=workers, rank=dist.rank,
+                                          world_size=dist.world_size, barrier=dist.barrier, gather=dist.gather,
+                                          progress=progress and dist.is_main, desc=f"decoding {split} clips")
+        caches[split] = FrameCache(prefix)
+    failures = [dict(f, split=split) for split in SPLITS for f in caches[split].failures]
+    if dist.is_main:
+        atomic_write_text(out / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+
+    index = {t: k for k, t in enumerate(classes)}
+    def usable(split, entries):
+        rows = [int(r) for r in caches[split].decoded if entries[r].template in index]
+        return np.asarray(rows, np.int64), np.asarray([index[entries[r].template] for r in rows], np.int64)
+    train_rows, train_labels = usable("train", train_entries)
+    val_rows, val_labels = usable("val", val_entries)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise FoleyError("no decodable clip of a trained class left in the train or validation list "
+                         f"(see {out / FAILURES})")
+    ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
+
+    # The model: a seeded init (or given weights), the heads seeded the same on every rank and run.
+    net = backbones.create_backbone(opts["backbone"], seed=opts["seed"])
+    if not isinstance(net, backbones.Backbone):
+        raise FoleyError(f"backbone {opts['backbone']} has no feature map to pretrain")
+    if opts["checkpoint"] != "none":
+        backbones.load_checkpoint(net, opts["checkpoint"])
+    torch.manual_seed(opts["seed"])
+    channels = net.feature_map(torch.zeros(1, 3, 1, opts["size"], opts["size"])).shape[1]
+    model = Pretrainer(net, channels, len(classes), opts["aux_envelope"] is not None, opts["dropout"]).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]             # no weight decay on biases, BN
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts["weight_decay"]},
+                                   {"params": rest, "weight_decay": 0.0}], lr=opts["lr"], betas=ADAM_BETAS)
+
+    common = dict(size=opts["size"], mean=spec.mean, std=spec.std, flip=opts["flip"], seed=opts["seed"],
+                  batch_size=opts["batch_size"], dist=dist)
+    train = ClipBatches(caches["train"], train_rows, train_labels, augment=True, **common)
+    val = ClipBatches(caches["val"], val_rows, val_labels, augment=False, **dict(common, batch_size=EVAL_BATCH))
+    steps_per_epoch = len(train.batches(0))
+    total_steps = opts["epochs"] * steps_per_epoch
+    warmup_steps = opts["warmup"] if opts["warmup"] is not None else max(1, round(WARMUP_FRACTION * total_steps))
+    config = {
+        "command": "pretrain", "options": opts, "amp": amp, "device": str(device), "workers": workers,
+        "threads": torch.get_num_threads(), "world_size": dist.world_size,
+        "global_batch_size": opts["batch_size"] * dist.world_size, "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps, "warmup_steps": warmup_steps, "min_lr_ratio": MIN_LR_RATIO,
+        "grad_clip": GRAD_CLIP, "adam_betas": list(ADAM_BETAS),
+        "augment": {"crop_margin": CROP_MARGIN, "flip_p": FLIP_P if opts["flip"] else 0.0,
+                    "colour_jitter": list(COLOUR_JITTER), "time": "never moved"},
+        "videos": str(videos.resolve()), "annotations": manifest_source(annotations),
+        "val_annotations": manifest_source(val_annotations), "labels": str(labels) if labels else None,
+        "classes_filter": None if classes_arg is None else str(classes_arg), "window_stride": window_stride,
+        "classes": classes, "train_clips": len(train_rows), "val_clips": len(val_rows),
+        "val_unknown_class": int(len(caches["val"].decoded) - len(val_rows)), "failed": len(failures),
+        "frame_caches": {s: {"prefix": b["prefix"], "fingerprint": b["fingerprint"], "stored_size": stored[s],
+                             "reused": b["reused"]} for s, b in builds.items()},
+        "backbone": opts["backbone"], "channels": int(channels), "preprocess": dict(spec.preprocess(), size=opts["size"]),
+        "export": {"checkpoint": CKPT_LAST, "files": [BACKBONE_PT, BACKBONE_ST]},
+        "versions": versions(),
+    }
+    config["extract_command"] = extract_command(out, config)
+    describe = {"kind": "pretrain", "backbone": opts["backbone"], "classes": classes, "size": opts["size"],
+                "frames": opts["frames"], "fps": opts["fps"], "aux_envelope": opts["aux_envelope"],
+                "preprocess": config["preprocess"]}
+    summary = _train(model, optimizer, train, val, run_dir=out, opts=opts, classes=classes,
+                     warmup_steps=warmup_steps, dist=dist, amp=amp, config=config, describe=describe,
+                     resume=ckpt, progress=progress)
+    exported = _on_main(dist, lambda: export_backbone(out))
+    summary.update(run_dir=str(out), config=config, backbone=exported, extract_command=config["extract_command"],
+                   frame_caches=builds)
+    return summary
