@@ -17,7 +17,7 @@ from pipeline.data import SOUND12
 from pipeline.extract import extract_features
 from pipeline.media import load_clip
 from tests.mediakit import make_video
-from tests.test_backbones import Evil, published_state, reference_feature_map, rel_l2, write_published
+from tests.modelkit import Evil, published_state, reference_feature_map, rel_l2, write_published
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.data import SOUND12
 from tests.mediakit import make_video
-from tests.test_backbones import published_state, write_published
+from tests.modelkit import published_state, write_published
 
 ROOT = Path(__file__).resolve().parents[1]
 P = "module.conv_column."
