@@ -17,12 +17,7 @@ from benchmarks import train_head as bench_train_head
 SIZE = 32           # frame size of the smoke runs: the model is cheap there
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # the machine is shared: keep the smoke runs light
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")      # tests/conftest.py: the machine is shared
 
 
 @pytest.fixture(scope="module")

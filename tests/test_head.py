@@ -7,44 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import write_cache
 from pipeline.errors import FoleyError
 from pipeline.head import (SPLIT_INPUT_RATIO, Head, HeadConfig, InputTransform, feature_grid, frame_mask,
-                           load_head, masked_bce)
+                           masked_bce)
+from pipeline.runs import RunCheckpoint, RunDescription, load_head
+from tests.cachekit import make_signal_cache
 
-LABEL = "Hitting [something] with [something]"
-
-
-def signal_data(n: int, seed: int, dim: int = 32, frames: int = 24, spike: float = 3.0):
-    """A learnable toy task: the envelope is a bump at frame p, where a quarter of the feature
-    dimensions spike. Lengths vary (padding frames are junk on purpose: features 1e3)."""
-    rng = np.random.default_rng(seed)
-    features = rng.normal(0.0, 1.0, (n, frames, dim)).astype(np.float32)
-    envelopes = np.zeros((n, frames), np.float32)
-    lengths = rng.integers(frames // 2, frames + 1, n)
-    t = np.arange(frames)
-    for i in range(n):
-        p = rng.integers(1, lengths[i] - 1)
-        envelopes[i, :lengths[i]] = np.exp(-0.5 * (t[:lengths[i]] - p) ** 2)
-        features[i, p, : dim // 4] += spike
-        features[i, lengths[i]:] = 1e3             # padding must never reach a statistic or a loss
-    return features, envelopes, lengths
-
-
-def make_signal_cache(path, n: int, seed: int, dim: int = 32, frames: int = 24, config: dict | None = None,
-                      fmt: str = "zarr", shard_size: int = 8):
-    """A real cache (write_cache) holding `signal_data`; same config -> same fingerprint."""
-    features, envelopes, lengths = signal_data(n, seed, dim, frames)
-    return write_cache(path, [f"s{seed}-{i}" for i in range(n)], [LABEL] * n, features, envelopes, lengths,
-                       fmt=fmt, shard_size=shard_size, config=config or {"backbone": "toy", "purpose": "tests"})
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # the CI machine has 2 shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")      # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- network + loss
@@ -102,15 +71,15 @@ def test_head_cpu_split_lstm_under_bf16_autocast_keeps_the_recurrence_float32():
 
 
 def test_resolve_amp_auto_on_cpu_follows_the_input_width(monkeypatch):
-    from pipeline import extract, train
+    from pipeline import runtime
 
     for native in (True, False):
-        monkeypatch.setattr(extract, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
         cpu = torch.device("cpu")
-        assert train.resolve_amp("auto", cpu, wide_input=True) == ("bf16" if native else "off")
-        assert train.resolve_amp("auto", cpu, wide_input=False) == "off"
-        assert train.resolve_amp("off", cpu, wide_input=True) == "off"
-        assert train.resolve_amp("bf16", cpu) == "bf16"
+        assert runtime.resolve_amp("auto", cpu, wide_input=True) == ("bf16" if native else "off")
+        assert runtime.resolve_amp("auto", cpu, wide_input=False) == "off"
+        assert runtime.resolve_amp("off", cpu, wide_input=True) == "off"
+        assert runtime.resolve_amp("bf16", cpu) == "bf16"
 
 
 def test_head_config_refuses_bad_sizes():
@@ -223,15 +192,17 @@ def test_transform_state_roundtrips_through_weights_only(tmp_path):
 def test_load_head_rebuilds_a_saved_head(tmp_path):
     head = Head(HeadConfig(input_dim=6, hidden=8)).eval()
     t = InputTransform("features", 6).fit((torch.randn(2, 4, 6), torch.tensor([4, 4])))
-    torch.save({"head_config": head.config.to_dict(), "transform": t.state_dict(), "model": head.state_dict(),
-                "fingerprint": "abc"}, tmp_path / "ckpt.pt")
+    description = RunDescription(kind="train-head", head_config=head.config.to_dict(), transform=t.state_dict(),
+                                 fingerprint="abc")
+    checkpoint = lambda model: RunCheckpoint(description, model, optimizer={}, scaler={}, epoch=1, step=1,  # noqa: E731
+                                             val_loss=0.5, metrics={}, best_val_loss=0.5, best_epoch=1, bad_epochs=0)
+    checkpoint(head.state_dict()).write(tmp_path / "ckpt.pt")
     head2, t2, ckpt = load_head(tmp_path / "ckpt.pt")
     x = torch.randn(1, 4, 6)
-    assert torch.equal(head2(t2(x)), head(t(x))) and ckpt["fingerprint"] == "abc"
+    assert torch.equal(head2(t2(x)), head(t(x))) and ckpt.description.fingerprint == "abc"
     # A bigger model (finetune) stores its head under `head.`: load_head takes that part.
     bigger = {f"head.{k}": v for k, v in head.state_dict().items()} | {"backbone.w": torch.zeros(1)}
-    torch.save({"head_config": head.config.to_dict(), "transform": t.state_dict(), "model": bigger},
-               tmp_path / "big.pt")
+    checkpoint(bigger).write(tmp_path / "big.pt")
     head3, _, _ = load_head(tmp_path / "big.pt")
     assert torch.equal(head3(x), head(x))
     with pytest.raises(FoleyError, match="no checkpoint"):

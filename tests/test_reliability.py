@@ -534,16 +534,6 @@ def test_kill_9_many_times(small, tmp_path, fmt, seed):
     assert_same_tree(out, reference)
 
 
-@pytest.fixture
-def one_thread():
-    """In-process extraction with the thread count of the CLI runs (ENV), for identical numbers."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _enospc(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -832,7 +822,7 @@ TRAIN = ["--epochs", "6", "--hidden", "32", "--batch-size", "8", "--lr", "3e-3",
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory):
     """Toy learnable caches and an uninterrupted 6-epoch train-head run: (train, val, run, seconds)."""
-    from tests.test_head import make_signal_cache
+    from tests.cachekit import make_signal_cache
     root = tmp_path_factory.mktemp("head")
     train = make_signal_cache(root / "train", 48, seed=1).path
     val = make_signal_cache(root / "val", 16, seed=2).path
