@@ -71,6 +71,12 @@ SEED_RULES = {
 }
 SEED_VALUES = {"good": 1, "not_so_good": 0, "bad": -1}
 
+# What every metric is printed next to (see `baselines`), and the pair on which a model must beat
+# both to "beat the baselines": the acceptance pair of DESIGN.md (the seed's own score, and onsets
+# within ±1 frame ≈ ±83 ms).
+BASELINES = ("mean_envelope", "shuffled")
+HEADLINE = ("seed_score", "onset_f1")
+
 BCE_EPS = 1e-7     # pred clipped to [BCE_EPS, 1 - BCE_EPS] before the log
 FLAT_STD = 1e-8    # a curve whose std over the valid frames is below this is flat: r = 0
 RANGE_SLACK = 1e-6  # values this far outside [0, 1] are still accepted (float round-off)
@@ -429,3 +435,8 @@ def baselines(target, length, train_mean, seed: int = 0, pred=None) -> dict[str,
         "mean_envelope": np.broadcast_to(train_mean, target.shape).copy(),
         "shuffled": shuffle_predictions(source, seed),
     }
+
+
+def beats_baselines(blocks: dict, metrics: Sequence[str] = HEADLINE) -> dict[str, bool]:
+    """For each headline metric: is blocks["model"] strictly better than every baseline block present?"""
+    return {m: all(blocks["model"][m] > blocks[b][m] for b in BASELINES if b in blocks) for m in metrics}

@@ -1,9 +1,10 @@
-"""What a researcher looks at: per-clip plots, GIF renders, report.md and a self-contained report.html.
+"""What a researcher reads: the seed's table, the metric table with a verdict, report.md and a
+self-contained report.html (every plot and render inline).
 
-Pure rendering: everything here takes arrays and dicts already computed by `pipeline.export`
-(predictions, `pipeline.metrics.evaluate` blocks, `seed_table` rows) and writes files. Onsets are
-marked with `pipeline.metrics.onsets`, the same peak picker the metrics use, so what a plot shows
-is what was scored.
+Pure text: everything here takes dicts already computed (`pipeline.score.metrics_record`,
+`pipeline.metrics.evaluate` blocks, `seed_table` rows, `pipeline.figures` cards) and returns strings.
+It computes no metric and draws no figure; the demo's summary tables are built from the same
+`metric_rows` / `markdown_table` / `verdict`.
 """
 from __future__ import annotations
 
@@ -12,132 +13,17 @@ import html
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from pipeline.metrics import onsets
+from pipeline.metrics import BASELINES, HEADLINE, beats_baselines
 
-# --- the metric table: (name, better direction) in the order a reader wants them ---------------
-# "+" higher is better, "-" lower is better. seed_score and onset_f1 come first: the acceptance
-# pair (DESIGN.md: the seed's own score, and onsets within ±1 frame ≈ ±83 ms).
+# The metric table: (name, better direction) in the order a reader wants them; "+" higher is
+# better, "-" lower is better. The HEADLINE pair (metrics.HEADLINE) comes first.
 METRIC_ROWS = [
     ("seed_score", "+"), ("onset_f1", "+"), ("onset_precision", "+"), ("onset_recall", "+"),
     ("onset_ap", "+"), ("onset_f1_tol2", "+"), ("onset_ap_tol2", "+"), ("onset_count_acc", "+"),
     ("pearson", "+"), ("peak_within_1", "+"), ("peak_error_frames", "-"), ("mae", "-"), ("bce", "-"),
 ]
-HEADLINE = ("seed_score", "onset_f1")   # "beats the baselines" means on both of these
-BASELINES = ("mean_envelope", "shuffled")
-
-# --- plots (matplotlib Agg, small PNGs) --------------------------------------------------------
-PLOT_SIZE_IN = (6.4, 2.2)
-PLOT_DPI = 80                 # 512 x 176 px: readable, ~15-25 KB per PNG
-TARGET_COLOUR = "#222222"
-PRED_COLOUR = "#e4572e"
-PAD_COLOUR = "#d9d9d9"
-
-# --- GIF renders --------------------------------------------------------------------------------
-RENDER_SIZE = 192             # video frame side in the GIF (px)
-STRIP_HEIGHT = 72             # curve strip under the frame (px)
-STRIP_MARGIN = 6              # px above/below the curves inside the strip
-RGB = {"target": (40, 40, 40), "pred": (228, 87, 46), "pad": (217, 217, 217), "bg": (255, 255, 255),
-       "cursor": (30, 110, 220), "grid": (235, 235, 235)}
-
-
-# ----------------------------------------------------------------------------- per-clip plot
-
-def plot_clip(path: str | Path, target: np.ndarray, pred: np.ndarray, length: int, fps: float,
-              title: str = "", peak_params: dict | None = None) -> Path:
-    """Write a PNG of one clip: target and prediction over time (s), onsets marked, padding shaded.
-
-    target, pred: [T] in [0, 1]; length: real frames (frames >= length are padding, shaded grey);
-    fps: clip frame rate (x axis in seconds). Onsets: `metrics.onsets` on the valid frames.
-    """
-    from matplotlib.figure import Figure     # OO API: no pyplot state, no GUI backend needed
-
-    path = Path(path)
-    t_all = np.arange(len(target)) / fps
-    fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
-    ax = fig.add_axes((0.07, 0.2, 0.91, 0.66))
-    if length < len(target):
-        ax.axvspan(length / fps - 0.5 / fps, (len(target) - 0.5) / fps, color=PAD_COLOUR, alpha=0.6,
-                   lw=0, label="padding")
-    ax.plot(t_all[:length], target[:length], color=TARGET_COLOUR, lw=1.6, label="target (audio)")
-    ax.plot(t_all[:length], pred[:length], color=PRED_COLOUR, lw=1.6, label="prediction")
-    for curve, colour, marker in ((target, TARGET_COLOUR, "v"), (pred, PRED_COLOUR, "^")):
-        frames, heights = onsets(np.asarray(curve[:length], np.float64), peak_params)
-        ax.plot(frames / fps, heights, linestyle="none", marker=marker, ms=6, color=colour,
-                markeredgecolor="white", markeredgewidth=0.5)
-    ax.set_xlim(-0.5 / fps, (len(target) - 0.5) / fps)
-    ax.set_ylim(-0.03, 1.05)
-    ax.set_xlabel("time (s)", fontsize=8, labelpad=1)
-    ax.tick_params(labelsize=7, length=2)
-    ax.grid(alpha=0.25, lw=0.5)
-    ax.legend(loc="upper right", fontsize=6.5, frameon=False, ncol=3)
-    if title:
-        ax.set_title(title, fontsize=8, loc="left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
-
-
-# ----------------------------------------------------------------------------- GIF render
-
-def _curve_points(curve: np.ndarray, length: int, x_of, y0: int, y1: int) -> list[tuple[float, float]]:
-    return [(x_of(i), y1 - float(np.clip(curve[i], 0, 1)) * (y1 - y0)) for i in range(length)]
-
-
-def render_gif(path: str | Path, frames: np.ndarray, target: np.ndarray, pred: np.ndarray, length: int,
-               fps: float, peak_params: dict | None = None) -> Path:
-    """Write a GIF: the clip's frames with target and prediction drawn under them and a moving cursor.
-
-    frames: uint8 [T, H, W, 3] (T = len(target); frames past `length` are the repeated last frame);
-    target, pred: [T] in [0, 1]. One GIF frame per clip frame, each shown 1/fps s (GIF timing is in
-    1/100 s, so 12 fps plays at 1/0.08 = 12.5 fps). The strip is drawn once; each frame only copies
-    it and draws the cursor, which keeps a 48-frame render well under a second.
-    """
-    path = Path(path)
-    n = len(target)
-    if frames.shape[0] != n:
-        raise ValueError(f"frames [{frames.shape[0]}, ...] and target [{n}] disagree on T")
-    width = frames.shape[2]
-    step = (width - 1) / max(n - 1, 1)
-
-    def x_of(i):
-        return i * step
-
-    strip = Image.new("RGB", (width, STRIP_HEIGHT), RGB["bg"])
-    draw = ImageDraw.Draw(strip)
-    y0, y1 = STRIP_MARGIN, STRIP_HEIGHT - STRIP_MARGIN
-    if length < n:
-        draw.rectangle([x_of(length) - step / 2, 0, width, STRIP_HEIGHT], fill=RGB["pad"])
-    for y in (y0, (y0 + y1) / 2, y1):
-        draw.line([(0, y), (width, y)], fill=RGB["grid"])
-    for name, curve in (("target", target), ("pred", pred)):
-        pts = _curve_points(curve, length, x_of, y0, y1)
-        if len(pts) > 1:
-            draw.line(pts, fill=RGB[name], width=2)
-        for f in onsets(np.asarray(curve[:length], np.float64), peak_params)[0]:
-            x, y = pts[int(f)]
-            draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], outline=RGB[name], width=1)
-    draw.text((3, 1), "target", fill=RGB["target"])
-    draw.text((45, 1), "prediction", fill=RGB["pred"])
-    strip_arr = np.asarray(strip)
-
-    images = []
-    for i in range(n):
-        canvas = np.concatenate([frames[i], strip_arr], axis=0)
-        x = int(round(x_of(i)))
-        canvas[frames.shape[1]:, max(0, x - 1):x + 1] = RGB["cursor"]     # the cursor in the strip
-        canvas[frames.shape[1] - 3:frames.shape[1], :x + 1] = RGB["cursor"]  # progress bar on the frame
-        images.append(Image.fromarray(canvas))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one shared palette, from a montage of five frames across the clip: colours stay stable from
-    # frame to frame (no flicker) and encoding is one quantize per frame against a fixed palette
-    montage = np.concatenate([np.asarray(images[i]) for i in np.linspace(0, n - 1, 5).astype(int)], axis=0)
-    palette = Image.fromarray(montage).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
-    gif = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    gif[0].save(path, format="GIF", save_all=True, append_images=gif[1:], duration=int(round(1000 / fps)),
-                loop=0, optimize=False, disposal=1)
-    return path
+SEED_HEADER = ["class", "n", "good (+1)", "not so good (0)", "bad (-1)", "score (mean)"]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -146,11 +32,6 @@ def _fmt(value) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     return f"{value:.3f}"
-
-
-def beats_baselines(blocks: dict, metrics=HEADLINE) -> dict[str, bool]:
-    """For each headline metric: is the model strictly better than every baseline?"""
-    return {m: all(blocks["model"][m] > blocks[b][m] for b in BASELINES if b in blocks) for m in metrics}
 
 
 def verdict(blocks: dict, name: str = "The model") -> str:
@@ -182,9 +63,6 @@ def seed_table_rows(rows: list[dict]) -> list[list[str]]:
     """The seed's table: class, n, good, not so good, bad, score (= good - bad, as the seed wrote it)."""
     return [[r["label"], r["n"], r["good"], r["not_so_good"], r["bad"], f"{r['score']} ({r['mean_score']:+.2f})"]
             for r in rows]
-
-
-SEED_HEADER = ["class", "n", "good (+1)", "not so good (0)", "bad (-1)", "score (mean)"]
 
 
 def report_markdown(metrics: dict, seed_rows: list[dict]) -> str:

@@ -222,3 +222,37 @@ def test_finetune_run_exports_from_videos_with_its_own_backbone(setup, tmp_path)
     export_predictions(run=run, out=tmp_path / "o3", cache=out / "cache", plots=0, progress=False)
     with h5py.File(out / "predictions.h5") as a, h5py.File(tmp_path / "o3" / "predictions.h5") as b:
         np.testing.assert_array_equal(a["pred"][:], b["pred"][:])
+
+
+def test_renders_fall_back_to_the_videos_folder_the_cache_records(setup, tmp_path):
+    """Without --videos, renders decode from the cache's config manifest.videos (extract records it)."""
+    assert FeatureCache(setup / "val").config["manifest"]["videos"] == str((setup / "videos").resolve())
+    summary = export_predictions(run=setup / "run", out=tmp_path / "o", cache=setup / "val", plots=1, render=1,
+                                 progress=False)
+    assert summary["renders"] == 1 and len(list((tmp_path / "o" / "renders").glob("*.gif"))) == 1
+
+
+def test_renders_without_videos_say_what_is_missing(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.figures import videos_for_renders
+    assert videos_for_renders(tmp_path, SimpleNamespace(config={})) == tmp_path      # --videos wins
+    with pytest.raises(FoleyError, match="does not record them"):
+        videos_for_renders(None, SimpleNamespace(config={"manifest": {"annotations": "none"}}))
+    with pytest.raises(FoleyError, match="videos folder .* is gone"):
+        videos_for_renders(None, SimpleNamespace(config={"manifest": {"videos": str(tmp_path / "gone")}}))
+
+
+def test_mean_envelope_needs_the_train_cache_or_the_training_videos(setup, tmp_path):
+    """The checkpoint stores no train mean: without its train cache a train-head run cannot give one."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(setup / "run", run)
+    ckpt = torch.load(run / "checkpoint-best.pt", weights_only=True)
+    ckpt["config"]["train_cache"]["path"] = str(tmp_path / "gone")
+    torch.save(ckpt, run / "checkpoint-best.pt")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train_cache"]["path"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FoleyError, match="needs the run's training envelopes"):
+        export_predictions(run=run, out=tmp_path / "o", cache=setup / "val", plots=0, progress=False)

@@ -363,3 +363,11 @@ def test_baselines_through_evaluate():
     assert scores["mean_envelope"]["onset_ap"] < 0.5
     # without pred, "shuffled" is another clip's target
     assert (baselines(target, length, train_mean)["shuffled"] == target[perm]).all()
+
+
+def test_beats_baselines_is_strict_on_the_headline_pair():
+    from pipeline.metrics import HEADLINE, beats_baselines
+    blocks = {"model": {"seed_score": 0.5, "onset_f1": 0.4},
+              "mean_envelope": {"seed_score": 0.1, "onset_f1": 0.4}, "shuffled": {"seed_score": 0.2, "onset_f1": 0.1}}
+    assert HEADLINE == ("seed_score", "onset_f1")
+    assert beats_baselines(blocks) == {"seed_score": True, "onset_f1": False}     # a tie does not beat
