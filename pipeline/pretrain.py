@@ -46,8 +46,10 @@ from pipeline.fsio import atomic_torch_save, atomic_write_text
 from pipeline.head import masked_bce
 from pipeline.runtime import (autocast, cpu_has_bf16, decode_workers, resolve_device, rng_state, seed_everything,
                               set_rng_state, usable_cores)
-from pipeline.train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL,
-                            _on_main, epoch_batches, get_lr, prepare_run_dir, read_checkpoint, versions)
+from pipeline.loader import epoch_batches
+from pipeline.loop import get_lr
+from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL,
+                           on_main, prepare_run_dir, read_checkpoint, versions, write_config, write_metrics)
 
 log = logging.getLogger("foleycache")
 
@@ -109,6 +111,22 @@ class Pretrainer(nn.Module):
         logits = self.classifier(self.dropout(per_frame.mean(2)))      # [B, K]
         aux = self.aux(per_frame.transpose(1, 2)).squeeze(-1) if self.aux is not None else None   # [B, T]
         return logits, aux
+
+
+def clip_gradients(model: Pretrainer, max_norm: float) -> Tensor:
+    """Clip the global gradient norm to max_norm; returns the norm before clipping.
+
+    The envelope head's gradients join the norm as a term of their own (hypot of the two norms), so a
+    zero aux gradient (--aux-envelope 0) leaves the clip, and the whole run, bit-identical to a run
+    without the head: one global norm over more tensors sums them in another order, and Adam turns
+    that last-bit difference in near-zero gradients into whole-lr steps."""
+    main = [p.grad for n, p in model.named_parameters() if p.grad is not None and not n.startswith("aux.")]
+    aux = [p.grad for n, p in model.named_parameters() if p.grad is not None and n.startswith("aux.")]
+    total = nn.utils.get_total_norm(main)
+    if aux:
+        total = torch.hypot(total, nn.utils.get_total_norm(aux))
+    nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, total)
+    return total
 
 
 # ----------------------------------------------------------------------------- the data
@@ -261,8 +279,8 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device] if device.type == "cuda" else None)
     if dist.is_main:                        # the run's record: config, and metrics up to the checkpoint
-        atomic_write_text(run_dir / CONFIG_JSON, json.dumps(config, indent=2) + "\n")
-        atomic_write_text(run_dir / METRICS_JSONL, "".join(json.dumps(h) + "\n" for h in history))
+        write_config(run_dir, config)
+        write_metrics(run_dir, history)
     if resume is not None and len(resume["rng"]) == dist.world_size:
         set_rng_state(resume["rng"][dist.rank], device)
     else:                                   # each rank its own dropout stream
@@ -296,7 +314,7 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
                 loss = ce + aux_w * bce
                 bce_sum += bce.detach().double().cpu() * len(positions)
             loss.backward()
-            nn.utils.clip_grad_norm_(raw.parameters(), GRAD_CLIP)
+            clip_gradients(raw, GRAD_CLIP)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ce_sum += ce.detach().double().cpu() * len(positions)
@@ -314,7 +332,7 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
                   "train_aux_bce": dist.sum(float(bce_sum)) / max(1, seen_all) if raw.aux is not None else None,
                   "train_clips": int(seen_all), "train_seconds": round(train_s, 3),
                   "clips_per_s": round(seen_all / train_s, 3) if train_s else None,
-                  "data_share": round(dist.mean(data_s / train_s), 4) if train_s else None}
+                  "data_share": round(dist.sum(data_s / train_s) / dist.world_size, 4) if train_s else None}
         if dist.is_main:
             order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
             logits = np.concatenate([p["logits"] for p in parts if len(p["index"])])[order]
@@ -489,11 +507,11 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
 
     # Rank 0 checks (and with --overwrite empties) the run dir; the run's config is written before
     # the frames are decoded, so a run killed while decoding resumes (--resume) with what is done.
-    has_ckpt = _on_main(dist, lambda: prepare_run_dir(out, resume, overwrite, extra_files=EXTRA_FILES) is not None)
+    has_ckpt = on_main(dist, lambda: prepare_run_dir(out, resume, overwrite, extra_files=EXTRA_FILES) is not None)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / CONFIG_JSON).exists():
-            atomic_write_text(out / CONFIG_JSON, json.dumps({"command": "pretrain", "options": opts}, indent=2) + "\n")
+            write_config(out, {"command": "pretrain", "options": opts})
     dist.barrier()
 
     # Decode every clip once: train frames CROP_MARGIN larger (room for crops), val at the input size.
@@ -505,10 +523,12 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
             from pipeline.framecache import frame_cache_fingerprint
             fp = frame_cache_fingerprint(entries, opts["frames"], opts["fps"], stored[split], "max")
             prefix = Path(frame_cache) / f"{split}-{fp[:16]}"
+        t0 = time.perf_counter()
         builds[split] = build_frame_cache(prefix, entries, videos, frames=opts["frames"], fps=opts["fps"],
                                           size=stored[split], workers=workers, rank=dist.rank,
                                           world_size=dist.world_size, barrier=dist.barrier, gather=dist.gather,
                                           progress=progress and dist.is_main, desc=f"decoding {split} clips")
+        builds[split]["seconds"] = round(time.perf_counter() - t0, 3)
         caches[split] = FrameCache(prefix)
     failures = [dict(f, split=split) for split in SPLITS for f in caches[split].failures]
     if dist.is_main:
@@ -572,7 +592,7 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
     summary = _train(model, optimizer, train, val, run_dir=out, opts=opts, classes=classes,
                      warmup_steps=warmup_steps, dist=dist, amp=amp, config=config, describe=describe,
                      resume=ckpt, progress=progress)
-    exported = _on_main(dist, lambda: export_backbone(out))
+    exported = on_main(dist, lambda: export_backbone(out))
     summary.update(run_dir=str(out), config=config, backbone=exported, extract_command=config["extract_command"],
                    frame_caches=builds)
     return summary

@@ -19,7 +19,6 @@ import pickle
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pipeline.errors import FoleyError
 from pipeline.media import FaultyVideo, audio_frame_to_float, load_clip
 from tests.badfiles import (ONSET_FRAMES, TEMPLATE, BadFile, make_corpus, vfr_times, write_annotations)
 from tests.mediakit import make_video, read_index
+from tests.runkit import kill_and_resume
 
 # Subprocesses get one math thread each: the machine is shared, and both runs of a comparison
 # must use the same thread count for bit-identical numbers.
@@ -473,41 +473,19 @@ def _kill_and_resume(small, out: Path, kills: int, seed: int, extra=()):
     random time, half a random moment after a random number of shards is done), then let it finish.
     Returns the state seen after each kill."""
     videos, ann, _, seconds = small
-    rng = random.Random(seed)
-    states = []
     cmd = extract_cmd(videos, ann, out, "--shard-size", SHARD, *extra)
-    for n in range(kills):
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        if n % 2 == 0:
-            how = f"after {rng.uniform(0.3, seconds):.2f} s"
-            deadline = time.monotonic() + float(how.split()[1])
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.02)
-        else:
-            want = rng.randrange(1, N_CANDIDATES // SHARD)
-            delay = rng.uniform(0.0, 0.6)
-            how = f"{delay:.2f} s after shard {want} of {N_CANDIDATES // SHARD}"
-            while proc.poll() is None and len(visible_shards(out)) < want:
-                time.sleep(0.01)
-            time.sleep(delay)
-        finished = proc.poll() is not None
-        if not finished:
-            os.killpg(proc.pid, signal.SIGKILL)     # the CLI and its decode workers, all at once
-        proc.wait(timeout=60)
-        stderr = proc.stderr.read().decode()
-        proc.stderr.close()
-        assert "Traceback" not in stderr, stderr
-        state = {"kill": how, "finished": finished, "shards": len(visible_shards(out)), "temps": temporaries(out)}
-        states.append(state)
+
+    def check(state):
+        state["temps"] = temporaries(out)
         # Whatever the moment: every visible shard is whole, and a reader never sees a partial cache.
         assert_visible_shards_complete(out, SHARD, N_CANDIDATES)
         if not (out / cachemod.CACHE_JSON).exists():
             with pytest.raises(FoleyError):
                 FeatureCache(out)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=CLI_TIMEOUT)
-    assert proc.returncode == 0, (states, proc.stderr[-2000:])
-    return states
+
+    return kill_and_resume(lambda: cmd, lambda: len(visible_shards(out)), kills=kills, seed=seed, seconds=seconds,
+                           units=N_CANDIDATES // SHARD, unit="shard", min_delay=0.3, max_settle=0.6, poll=0.02,
+                           check=check, env=ENV)
 
 
 def test_kill_9_then_resume_gives_the_identical_cache(small, tmp_path):
@@ -836,50 +814,38 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
 
 
+def _epochs_done(out: Path) -> int:
+    return len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
+
+
+def _resume_command(base: list[str], out: Path):
+    """What a user re-runs after a crash: the same command with --resume once the run exists."""
+    def command():
+        if (out / "config.json").exists():
+            return [*base, "--resume"]
+        # killed before the run recorded itself: there is nothing to resume, start it again
+        return [*base, "--overwrite"] if out.exists() and any(out.iterdir()) else base
+    return command
+
+
+def _assert_each_epoch_once(out: Path):
+    """Never a repeated or missing epoch in metrics.jsonl, even mid-crash."""
+    def check(state):
+        done = state["epochs"]
+        if done:
+            assert [m["epoch"] for m in _metrics(out)] == list(range(1, done + 1)), state
+    return check
+
+
 def _train_kill_and_resume(head_run, out: Path, kills: int, seed: int) -> list[dict]:
     """Kill train-head at random points (a random time, or a random moment after a random epoch),
     each time re-running what a user would: the same command with --resume once the run exists."""
     train, val, _, seconds = head_run
     base = [sys.executable, "-m", "pipeline", "train-head", "--train-cache", str(train), "--val-cache", str(val),
             "--out", str(out), *TRAIN]
-    rng, states = random.Random(seed), []
-
-    def command():
-        if (out / "config.json").exists():
-            return [*base, "--resume"]
-        # killed before the run recorded itself: there is nothing to resume, start it again
-        return [*base, "--overwrite"] if out.exists() and any(out.iterdir()) else base
-
-    for n in range(kills):
-        cmd = command()
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        if n % 2 == 0:
-            delay = rng.uniform(0.5, seconds)
-            how = f"after {delay:.2f} s"
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.02)
-        else:
-            want, delay = rng.randrange(1, 6), rng.uniform(0, 0.5)
-            how = f"{delay:.2f} s after epoch {want}"
-            while proc.poll() is None and not ((out / "metrics.jsonl").exists() and len(_metrics(out)) >= want):
-                time.sleep(0.01)
-            time.sleep(delay)
-        finished = proc.poll() is not None
-        if not finished:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        stderr = proc.stderr.read().decode()
-        proc.stderr.close()
-        assert "Traceback" not in stderr, stderr
-        done = len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
-        states.append({"kill": how, "resume": "--resume" in cmd, "finished": finished, "epochs": done})
-        if (out / "metrics.jsonl").exists():        # never a repeated or missing epoch, even mid-crash
-            assert [m["epoch"] for m in _metrics(out)] == list(range(1, done + 1)), states
-    proc = subprocess.run(command(), capture_output=True, text=True, env=ENV, timeout=CLI_TIMEOUT)
-    assert proc.returncode == 0, (states, proc.stderr[-2000:])
-    return states
+    return kill_and_resume(_resume_command(base, out), lambda: _epochs_done(out), kills=kills, seed=seed,
+                           seconds=seconds, units=6, unit="epoch", min_delay=0.5, max_settle=0.5, poll=0.02,
+                           check=_assert_each_epoch_once(out), env=ENV)
 
 
 def _assert_same_run(out: Path, whole: Path):
@@ -953,43 +919,9 @@ def test_finetune_kill_9_at_random_points_then_resume(finetune_run, tmp_path):
     the final val loss within 1% of the uninterrupted run, the faulty file recorded once."""
     base, whole, seconds = finetune_run
     out = tmp_path / "run"
-    rng, states = random.Random(21), []
-
-    def command():
-        if (out / "config.json").exists():
-            return [*base, "--out", str(out), "--resume"]
-        # killed before the run recorded itself: nothing to resume, start it again
-        return [*base, "--out", str(out), *(["--overwrite"] if out.exists() and any(out.iterdir()) else [])]
-
-    for n in range(4):
-        cmd = command()
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        if n % 2 == 0:
-            delay = rng.uniform(1.0, seconds)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)
-            how = f"after {delay:.1f} s"
-        else:
-            want, delay = rng.randrange(1, 3), rng.uniform(0, 2.0)
-            while proc.poll() is None and not ((out / "metrics.jsonl").exists() and len(_metrics(out)) >= want):
-                time.sleep(0.05)
-            time.sleep(delay)
-            how = f"{delay:.1f} s after epoch {want}"
-        finished = proc.poll() is not None
-        if not finished:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        stderr = proc.stderr.read().decode()
-        proc.stderr.close()
-        assert "Traceback" not in stderr, stderr
-        done = len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
-        states.append({"kill": how, "resume": "--resume" in cmd, "finished": finished, "epochs": done})
-        if done:
-            assert [m["epoch"] for m in _metrics(out)] == list(range(1, done + 1)), states
-    proc = subprocess.run(command(), capture_output=True, text=True, env=ENV, timeout=CLI_TIMEOUT)
-    assert proc.returncode == 0, (states, proc.stderr[-2000:])
+    states = kill_and_resume(_resume_command([*base, "--out", str(out)], out), lambda: _epochs_done(out), kills=4,
+                             seed=21, seconds=seconds, units=3, unit="epoch", min_delay=1.0, max_settle=2.0,
+                             poll=0.05, check=_assert_each_epoch_once(out), env=ENV)
     a, b = _metrics(whole), _metrics(out)
     assert [m["epoch"] for m in b] == [1, 2, 3], states
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=0.01), states

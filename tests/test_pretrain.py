@@ -1,0 +1,211 @@
+"""pretrain on real tiny videos: the width variant's layout, the frame cache, augmentation that keeps
+time, export into extract-features, aux weight 0 = no aux, bad flags, kill -9 + resume, torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import backbones
+from pipeline.data import SOUND12, load_annotations
+from pipeline.errors import FoleyError
+from pipeline.framecache import PENDING, FrameCache, build_frame_cache
+from pipeline.pretrain import augment_clip, augment_params, pretrain, topk_accuracy
+from tests.mediakit import make_video
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TIMING = ("seconds", "train_seconds", "clips_per_s", "data_share")      # metrics.jsonl fields that are clocks
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """10 clips of 3 classes (7 train, 3 val) + one missing video in val; SSv2 JSONs."""
+    root = tmp_path_factory.mktemp("pt")
+    videos = root / "videos"
+    videos.mkdir()
+    train, val = [], []
+    for i in range(10):
+        make_video(videos / f"{500 + i}.webm", seconds=4.2, width=64, height=48, impulses=(0.4 + 0.3 * i,))
+        (train if i < 7 else val).append({"id": str(500 + i), "template": SOUND12[i % 3], "label": "x",
+                                          "placeholders": []})
+    val.append({"id": "404", "template": SOUND12[0], "label": "x", "placeholders": []})
+    (root / "train.json").write_text(json.dumps(train))
+    (root / "val.json").write_text(json.dumps(val))
+    return root
+
+
+def args(data, out, *extra):
+    return ["pretrain", "--videos", data / "videos", "--annotations", data / "train.json", "--val-annotations",
+            data / "val.json", "--out", out, "--size", 32, "--frames", 16, "--batch-size", 4, "--amp", "off",
+            "--workers", 0, "--quiet", *extra]
+
+
+def cli(*a, check=True):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *map(str, a)], capture_output=True, text=True, cwd=ROOT,
+                          env=ENV)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def untimed(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def small(data, out, **kw):
+    return pretrain(videos=data / "videos", annotations=data / "train.json", val_annotations=data / "val.json",
+                    out=out, size=32, frames=16, batch_size=4, amp="off", workers=0, progress=False, **kw)
+
+
+# --------------------------------------------------------------------------- the backbone
+
+def test_width_variant_has_the_published_keys_with_quarter_shapes():
+    full = backbones.create_backbone("model3d_1").state_dict()
+    small_ = backbones.create_backbone("model3d_1_w025").state_dict()
+    assert list(small_) == list(full)
+    for key, value in full.items():
+        want = [d // 4 if i < 2 and not (key == "block1.0.weight" and i == 1) else d for i, d in enumerate(value.shape)]
+        if value.dim() == 1:
+            want = [value.shape[0] // 4]
+        assert list(small_[key].shape) == want, key
+    assert backbones.feature_dim("model3d_1_w025", 64) == 128 * 2 * 2
+
+
+# --------------------------------------------------------------------------- data
+
+def test_augmentation_never_moves_a_frame_in_time():
+    frames = torch.full((16, 40, 40, 3), 30, dtype=torch.uint8)
+    frames[7] = 220                                     # the "impact" frame
+    for seed in range(5):
+        p = augment_params(seed, 0, 3, 32, 40, flip=True)
+        x = augment_clip(frames, p, 32)
+        assert x.shape == (16, 3, 32, 32)
+        per_frame = x.mean((1, 2, 3))
+        assert int(per_frame.argmax()) == 7 and torch.allclose(per_frame[:7], per_frame[0])
+    assert augment_params(1, 2, 3, 32, 40, True) == augment_params(1, 2, 3, 32, 40, True)     # resume draws alike
+
+
+def test_frame_cache_decodes_once_records_failures_and_resumes(data, tmp_path):
+    entries = load_annotations(data / "val.json", videos=data / "videos")
+    kw = dict(frames=16, fps=12, size=32, workers=0, progress=False)
+    first = build_frame_cache(tmp_path / "val", entries, data / "videos", **kw)
+    assert (first["decoded"], first["failed"], first["decoded_now"]) == (3, 1, 3)
+    cache = FrameCache(tmp_path / "val")
+    assert cache.frames.shape == (4, 16, 32, 32, 3) and cache.frames.dtype == np.uint8
+    assert [f["reason"] for f in cache.failures] == ["missing"] and cache.failures[0]["id"] == "404"
+    before = np.array(cache.frames[1])
+    again = build_frame_cache(tmp_path / "val", entries, data / "videos", **kw)
+    assert again["reused"] and again["decoded_now"] == 0
+    # a build killed before row 1's status was written decodes row 1 only, to the same frames
+    writable = FrameCache(tmp_path / "val", mode="r+")
+    writable.clips["status"][1] = PENDING
+    writable.clips.flush()
+    resumed = build_frame_cache(tmp_path / "val", entries, data / "videos", **kw)
+    assert resumed["decoded_now"] == 1 and resumed["decoded"] == 3
+    assert np.array_equal(FrameCache(tmp_path / "val").frames[1], before)
+
+
+def test_topk_accuracy():
+    logits = np.array([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0]])
+    assert topk_accuracy(logits, np.array([0, 0]), 1) == 0.5
+    assert topk_accuracy(logits, np.array([1, 0]), 2) == 0.5
+    assert topk_accuracy(logits, np.array([2, 1]), 5) == 1.0
+
+
+# --------------------------------------------------------------------------- runs
+
+def test_run_exports_a_backbone_extract_features_caches_with(data, tmp_path, one_thread):
+    from pipeline.cache import FeatureCache
+    from pipeline.extract import extract_features
+    run = tmp_path / "run"
+    summary = small(data, run, epochs=1, aux_envelope=0.5)
+    record = metrics(run)[0]
+    assert {"val_top1", "val_top5", "val_per_class", "val_aux_bce", "train_aux_bce", "clips_per_s"} <= set(record)
+    assert set(record["val_per_class"]) == set(SOUND12[:3]) and record["val_clips"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "model3d_1_w025" and config["failed"] == 1
+    assert "--backbone model3d_1_w025" in summary["extract_command"]
+    published = torch.load(run / "backbone.pth.tar", weights_only=True)
+    assert published["arch"] == "Conv4Col" and all(k.startswith("module.conv_column.") for k in published["state_dict"])
+    trained = torch.load(run / "checkpoint-last.pt", weights_only=True)["model"]
+    net = backbones.create_backbone("model3d_1_w025")
+    backbones.load_checkpoint(net, run / "backbone.safetensors")
+    assert all(torch.equal(v, trained["backbone." + k]) for k, v in net.state_dict().items())
+    cache = tmp_path / "cache"
+    extract_features(videos=data / "videos", annotations=data / "val.json", out=cache, backbone="model3d_1_w025",
+                     checkpoint=run / "backbone.pth.tar", size=32, frames=16, precision="fp32", workers=0,
+                     progress=False)
+    c = FeatureCache(cache)
+    assert len(c) == 3 and c.dim == 128 and c.config["backbone_provenance"]["checkpoint_format"] == "published"
+
+
+def test_aux_weight_zero_equals_no_aux(data, tmp_path, one_thread):
+    small(data, tmp_path / "plain", epochs=1, frame_cache=tmp_path / "frames")
+    small(data, tmp_path / "zero", epochs=1, aux_envelope=0.0, frame_cache=tmp_path / "frames")
+    a = torch.load(tmp_path / "plain" / "checkpoint-last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "zero" / "checkpoint-last.pt", weights_only=True)["model"]
+    assert set(b) - set(a) == {"aux.weight", "aux.bias"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(tmp_path / "plain")[0]["val_top1"] == metrics(tmp_path / "zero")[0]["val_top1"]
+    assert json.loads((tmp_path / "zero" / "config.json").read_text())["frame_caches"]["train"]["reused"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--aux-envelope", "-1"), "--aux-envelope"),
+    (("--size", "16"), "--size"),
+    (("--backbone", "resnet9000"), "unknown backbone 'resnet9000'"),
+    (("--lr", "0"), "--lr"),
+])
+def test_bad_flags_are_one_line_errors(data, tmp_path, extra, message):
+    proc = cli(*args(data, tmp_path / "run", *extra), check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2 and "Traceback" not in proc.stderr
+
+
+def test_resume_with_other_options_is_refused(data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"command": "pretrain", "options": {"epochs": 2}}))
+    with pytest.raises(FoleyError, match="--resume with other training options.*--epochs 2 -> 3"):
+        small(data, tmp_path / "run", epochs=3, resume=True)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path):
+    cli(*args(data, tmp_path / "whole", "--epochs", 3))
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args(data, run, "--epochs", 3))], cwd=ROOT,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        time.sleep(0.05)                                # the first epoch's checkpoint is written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(run)) < 3
+    cli(*args(data, run, "--epochs", 3, "--resume"))
+    assert untimed(metrics(run)) == untimed(metrics(tmp_path / "whole"))
+    a = torch.load(run / "backbone.pth.tar", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "whole" / "backbone.pth.tar", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_log_each_epoch_once(data, tmp_path):
+    run = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pipeline",
+                           *[str(a) for a in args(data, run, "--epochs", 2, "--device", "cpu") if a != "--quiet"]],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [m["epoch"] for m in metrics(run)] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert proc.stdout.count("pretrain run") == 1
