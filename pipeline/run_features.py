@@ -78,42 +78,42 @@ def train_cache_of(*configs: dict) -> Path | None:
 
 
 def load_run(run: Path, checkpoint: str = "best", device: torch.device | None = None) -> TrainedRun:
-    """Open a run directory: config.json and checkpoint-{best,last}.pt, rebuilt with `head.load_head`."""
-    from pipeline.head import load_head
+    """Open a run directory: config.json and checkpoint-{best,last}.pt (a `runs.RunCheckpoint`),
+    the head and transform rebuilt with `runs.load_head` on `device`."""
+    from pipeline.runs import CONFIG_JSON, load_head
 
     run = Path(run)
     if not run.is_dir():
         raise FoleyError(f"--run {run} is not a directory")
     if checkpoint not in CHECKPOINTS:
         raise FoleyError(f"--checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}")
-    config = read_json(run / "config.json", "run config")
+    config = read_json(run / CONFIG_JSON, "run config")
     path = run / f"checkpoint-{checkpoint}.pt"
     if not path.is_file():
         raise FoleyError(f"{run} has no checkpoint-{checkpoint}.pt (is training finished? "
                          f"try --checkpoint {'last' if checkpoint == 'best' else 'best'})")
     head, transform, ckpt = load_head(path, map_location=device or "cpu")
-    fingerprint = ckpt.get("fingerprint")
-    if not fingerprint:
+    d = ckpt.description
+    if not d.fingerprint:
         raise FoleyError(f"{path} records no cache fingerprint: cannot check which features it expects")
-    cache_config = ckpt.get("cache_config") or config.get("cache_config") or {}
+    cache_config = d.cache_config or config.get("cache_config") or {}
     return TrainedRun(
-        dir=str(run), config=config, options=ckpt.get("config") or config, checkpoint_path=str(path),
+        dir=str(run), config=config, options=ckpt.config or config, checkpoint_path=str(path),
         checkpoint_name=checkpoint, checkpoint_sha256=sha256_file(path), head=head, transform=transform,
-        fingerprint=fingerprint, cache_config=cache_config, epoch=ckpt.get("epoch"),
-        input=ckpt["head_config"].get("input", "features"), kind=ckpt.get("kind") or config.get("command", "train-head"),
+        fingerprint=d.fingerprint, cache_config=cache_config, epoch=ckpt.epoch,
+        input=d.head_config.get("input", "features"), kind=d.kind or config.get("command", "train-head"),
         backbone=_finetuned_backbone(ckpt, cache_config))
 
 
-def _finetuned_backbone(ckpt: dict, cache_config: dict) -> FinetunedBackbone | None:
-    """The finetuned backbone a finetune checkpoint carries (its `backbone.*` weights, named by
-    checkpoint["backbone"]); None for a train-head run. `load_head` took the `head.*` keys."""
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in (ckpt.get("model") or {}).items() if k.startswith(BACKBONE_PREFIX)}
+def _finetuned_backbone(ckpt, cache_config: dict) -> FinetunedBackbone | None:
+    """The finetuned backbone a finetune checkpoint (`runs.RunCheckpoint`) carries: its model's
+    `backbone.*` weights, named by description.backbone; None for a train-head run."""
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in (ckpt.model or {}).items() if k.startswith(BACKBONE_PREFIX)}
     if not state:
         return None
-    name = ckpt.get("backbone") if isinstance(ckpt.get("backbone"), str) else None
-    return FinetunedBackbone(name=name or cache_config.get("backbone", "model3d_1"), state_dict=state,
-                             frames=ckpt.get("frames"), fps=ckpt.get("fps"), size=ckpt.get("size"),
-                             pool=ckpt.get("pool"))
+    d = ckpt.description
+    return FinetunedBackbone(name=d.backbone or cache_config.get("backbone", "model3d_1"), state_dict=state,
+                             frames=d.frames, fps=d.fps, size=d.size, pool=d.pool)
 
 
 # ----------------------------------------------------------------------------- extraction settings
