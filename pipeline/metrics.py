@@ -30,6 +30,10 @@ Conventions (the places where a metric is otherwise undefined):
   prediction without onsets has AP 0 (scikit-learn would give 1). Onsets of
   equal height form one threshold step (precision taken after the whole tie),
   so AP does not depend on the order of the clips.
+
+This module owns every metric's definition, the peak picker, the seed's rules, the baselines and
+what "beats the baselines" means; training's per-epoch validation and export both score through
+`evaluate`. It works on arrays only: it must not read files, import torch or know about runs.
 """
 
 from __future__ import annotations
