@@ -86,7 +86,7 @@ def phase_precisions(precision: str, dev: torch.device) -> tuple[str, str]:
     fp32: no autocast anywhere (what an AVX2-only CPU should run: bf16 is emulated there, ~50x
     slower). bf16: both in bf16. auto: what the product picks (bf16 where the CPU/GPU has it; the
     head's amp is train-head's own "auto" rule)."""
-    from pipeline import extract as ex
+    from pipeline import runtime
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -94,7 +94,7 @@ def phase_precisions(precision: str, dev: torch.device) -> tuple[str, str]:
         return "fp32", "off"
     if precision == "bf16":
         return "bf16", "bf16"
-    return ex.resolve_precision("auto", dev), "auto"
+    return runtime.resolve_precision("auto", dev), "auto"
 
 
 def make_clips(out: Path, n: int):
@@ -128,8 +128,9 @@ class FrozenBackboneTraining:
                  weights: Path | None = None):
         from pipeline import backbones
         from pipeline import extract as ex
-        from pipeline import train as tr
+        from pipeline import runtime
         from pipeline.head import Head, HeadConfig, InputTransform, splits_input
+        from pipeline.loop import ADAM_BETAS
 
         self.items, self.dev, self.batch_size = items, dev, batch_size
         self.precision, amp = phase_precisions(precision, dev)
@@ -141,7 +142,7 @@ class FrozenBackboneTraining:
             calib = ex.make_loader(ex.ClipDataset(items[:CALIBRATION_CLIPS], **self.dataset_args), 0,
                                    torch.device("cpu"))
             clips = [it["frames"] for it in calib if "failure" not in it]
-            with ex.autocast(torch.device("cpu"), self.precision):
+            with runtime.autocast(torch.device("cpu"), self.precision):
                 backbones.calibrate_batchnorm(model, [torch.stack(clips)])
         model = model.to(dev)
         if dev.type == "cuda" or self.precision == "bf16":     # as extract-features lays out model3d_1
@@ -152,26 +153,27 @@ class FrozenBackboneTraining:
         self.dim = backbones.feature_dim(BACKBONE, size)
         self.transform = InputTransform("features", self.dim).to(dev)     # same arithmetic as a fitted one
         self.head = Head(HeadConfig(input_dim=self.dim)).to(dev)
-        self.amp = tr.resolve_amp(amp, dev, wide_input=splits_input(self.dim, self.head.config.hidden))
-        self.opt = torch.optim.AdamW(self.head.parameters(), lr=1e-3, betas=tr.ADAM_BETAS, fused=True)  # as train-head
+        self.amp = runtime.resolve_amp(amp, dev, wide_input=splits_input(self.dim, self.head.config.hidden))
+        self.opt = torch.optim.AdamW(self.head.parameters(), lr=1e-3, betas=ADAM_BETAS, fused=True)  # as train-head
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
 
     def _step(self, batch, kept: dict | None):
         from pipeline import extract as ex
-        from pipeline import train as tr
         from pipeline.head import masked_bce
+        from pipeline.loop import GRAD_CLIP
+        from pipeline.runtime import autocast
 
         dev = self.dev
         f = ex.batch_features(self.model, [b["frames"] for b in batch], dev, self.precision,
                               normalize=True, out_dtype="float32")     # [B, T, D], normalised as extract does
         env = torch.from_numpy(np.stack([b["envelope"] for b in batch])).to(dev)
         length = torch.tensor([b["length"] for b in batch], device=dev)
-        with tr.autocast(dev, self.amp):
+        with autocast(dev, self.amp):
             logits = self.head(self.transform(torch.from_numpy(f).to(dev)))
         loss = masked_bce(logits, env, length)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.head.parameters(), tr.GRAD_CLIP)
+        torch.nn.utils.clip_grad_norm_(self.head.parameters(), GRAD_CLIP)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
@@ -183,9 +185,10 @@ class FrozenBackboneTraining:
 
     def epoch(self, keep: bool = False) -> dict:
         from pipeline import extract as ex
+        from pipeline import runtime
 
         loader = ex.make_loader(ex.ClipDataset(self.items, **self.dataset_args, normalize=False),
-                                ex.default_workers(self.dev), self.dev)
+                                runtime.decode_workers(self.dev), self.dev)
         kept = {"features": [], "envelopes": [], "lengths": [], "ids": [], "labels": []} if keep else None
         pending, clips = [], 0
         _sync(self.dev)
@@ -238,7 +241,8 @@ def uncompressed_copy(cache_dir: Path, out: Path) -> Path:
     import shutil
 
     import zarr
-    from pipeline.cache import MISSING_FILL, SHARDS_DIR
+    from pipeline.cache import SHARDS_DIR
+    from pipeline.shards import MISSING_FILL
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(cache_dir, out)
@@ -268,7 +272,9 @@ def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER
     from pipeline.cache import FeatureCache, write_cache
     from pipeline.distributed import Distributed
     from pipeline.head import InputTransform
-    from pipeline.train import CacheBatches, DEFAULTS, _default_workers, resolve_device
+    from pipeline.loader import CacheBatches
+    from pipeline.options import TrainOptions
+    from pipeline.runtime import reader_workers, resolve_device
 
     t = _tiled(alt, clips)
     cache = write_cache(workdir / "loader-cache", t["ids"], t["labels"], t["features"], t["envelopes"], t["lengths"],
@@ -282,7 +288,7 @@ def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER
         npy_files.append(npy_dir / f"{clip_id}.npy")
         np.save(npy_files[-1], f.astype(np.float32))
     n, frames, dim = len(cache), cache.frames, cache.dim
-    bs = DEFAULTS["batch_size"]
+    bs = TrainOptions.batch_size
     del t
     # A prototype layout (not in train-head): each shard's float16 features as one contiguous .npy,
     # memory-mapped, a batch gathered clip by clip in the loader's shuffled order.
@@ -321,9 +327,9 @@ def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER
         return time.perf_counter() - t0, len(npy_files)
 
     dev = resolve_device(device)
-    workers = _default_workers(1)
+    workers = reader_workers(1)
     dist = Distributed(device=dev)
-    make = lambda path, preload: CacheBatches(  # noqa: E731
+    make = lambda path, preload: CacheBatches.from_cache(  # noqa: E731
         FeatureCache(path), InputTransform("features", dim), bs, shuffle=True, seed=SEED, preload=preload,
         device=dev, workers=workers, dist=dist)
     loaders = {"zstd": make(cache.path, "none"), "uncompressed": make(raw, "none")}
@@ -414,27 +420,32 @@ def preloaded_epoch(n: int, dim: int, device: str, workdir: Path, batch_size: in
     AdamW, autocast, checkpoints) for 2 epochs; epoch 2's training seconds (epoch 1 warms up)."""
     from pipeline.distributed import Distributed
     from pipeline.head import Head, HeadConfig, InputTransform, splits_input
-    from pipeline import train as tr
+    from pipeline.loader import CacheBatches
+    from pipeline.loop import ADAM_BETAS, fit
+    from pipeline.options import TrainOptions
+    from pipeline.runs import RunDescription, prepare_run_dir
+    from pipeline.runtime import resolve_amp
 
     dev = torch.device(device)
-    batch_size = batch_size or tr.DEFAULTS["batch_size"]
+    batch_size = batch_size or TrainOptions.batch_size
     torch.manual_seed(SEED)
     features = torch.randn((n, 48, dim), dtype=torch.float16, device=dev)     # 31 GB at 12991 x 25088
     envelope = torch.rand((n, 48), device=dev)
     length = torch.full((n,), 48, dtype=torch.int64, device=dev)
     transform = InputTransform("features", dim).to(dev)        # unfitted: the same arithmetic
     dist = Distributed(device=dev)
-    batches = lambda k, shuffle: tr.CacheBatches.from_tensors(  # noqa: E731
+    batches = lambda k, shuffle: CacheBatches.from_tensors(  # noqa: E731
         features[:k], envelope[:k], length[:k], transform, batch_size, shuffle=shuffle, seed=SEED, device=dev,
         dist=dist)
     head = Head(HeadConfig(input_dim=dim)).to(dev)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, betas=tr.ADAM_BETAS, fused=True)
-    amp = tr.resolve_amp("auto", dev, wide_input=splits_input(dim, head.config.hidden))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, betas=ADAM_BETAS, fused=True)
+    amp = resolve_amp("auto", dev, wide_input=splits_input(dim, head.config.hidden))
     out = Path(workdir) / "preloaded-epoch"
-    tr.prepare_run_dir(out, resume=False, overwrite=True)
-    tr.fit(head, opt, batches(n, True), batches(min(n, 256), False), run_dir=out, epochs=2, warmup_steps=10,
-           dist=dist, describe={"benchmark": "preloaded_epoch"}, config={"command": "benchmark"}, amp=amp,
-           progress=False)
+    prepare_run_dir(out, resume=False, overwrite=True)
+    description = RunDescription(kind="benchmark", head_config=head.config.to_dict(),
+                                 transform=transform.state_dict(), fingerprint="preloaded_epoch")
+    fit(head, opt, batches(n, True), batches(min(n, 256), False), run_dir=out, epochs=2, warmup_steps=10,
+        dist=dist, description=description, config={"command": "benchmark"}, amp=amp, progress=False)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     del features
     return {"clips": n, "features": [48, dim], "batch_size": batch_size, "amp": amp, "device": str(dev),
@@ -481,7 +492,7 @@ def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = N
             annotations: Path | None = None, loader_clips: int = LOADER_CLIPS, weights: Path | None = None) -> dict:
     """run()'s measurements, in this process. loader_clips: the loader benchmark's cache (tests: fewer)."""
     from pipeline.cache import write_cache
-    from pipeline.train import DEFAULTS
+    from pipeline.options import TrainOptions
 
     plan = QUICK if quick else FULL
     sizes, clips, n_rounds = sizes or plan["sizes"], clips or plan["clips"], rounds or plan["rounds"]
@@ -494,12 +505,12 @@ def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = N
     else:
         videos, items = make_clips(workdir / "synthetic", clips)
     backbone_precision, head_amp = phase_precisions(precision, dev)
-    result = {"device": device, "clips": len(items), "batch_size": DEFAULTS["batch_size"], "precision": precision,
+    result = {"device": device, "clips": len(items), "batch_size": TrainOptions.batch_size, "precision": precision,
               "torch_threads": torch.get_num_threads(), "load_average_start": [round(x, 2) for x in os.getloadavg()],
               "by_size": []}
     alt_at_first = None
     for size in sizes:
-        alt = FrozenBackboneTraining(items, videos, size, dev, DEFAULTS["batch_size"], precision=precision,
+        alt = FrozenBackboneTraining(items, videos, size, dev, TrainOptions.batch_size, precision=precision,
                                      weights=weights)
         cache_dir = workdir / f"cache-{size}"
         variants = ["none"] + (["gpu"] if dev.type == "cuda" else [])

@@ -179,33 +179,40 @@ def cache_info_cmd(cache_dir, verify, as_json, quiet):
         sys.exit(1)
 
 
+def train_default(name: str) -> str:
+    """train-head's --help default for option `name`, as pipeline.options.TrainOptions holds it."""
+    from pipeline.options import TrainOptions     # torch-free: --help stays fast
+
+    return f"[default: {TrainOptions.default_text(name)}]"
+
+
 @cli.command("train-head")
 @click.option("--train-cache", required=True, type=click.Path(path_type=Path), help="Feature cache to train on.")
 @click.option("--val-cache", required=True, type=click.Path(path_type=Path), help="Feature cache to validate on (same fingerprint).")
 @click.option("--out", required=True, type=OUT_DIR, help="Run directory (config.json, metrics.jsonl, checkpoints).")
-@click.option("--epochs", type=int, help="Epochs.  [default: 30]")
-@click.option("--batch-size", type=int, help="Clips per batch (per process under torchrun).  [default: 16]")
-@click.option("--lr", type=float, help="Peak learning rate (AdamW; warmup, then cosine to lr/10).  [default: 0.001]")
-@click.option("--weight-decay", type=float, help="AdamW weight decay (weights only, not biases).  [default: 0.01]")
-@click.option("--warmup", type=int, help="Warmup in optimizer steps.  [default: 5% of all steps]")
-@click.option("--hidden", type=int, help="LSTM hidden size.  [default: 512]")
-@click.option("--layers", type=int, help="LSTM layers.  [default: 2]")
-@click.option("--dropout", type=float, help="Dropout between LSTM layers and in the FC layers.  [default: 0]")
+@click.option("--epochs", type=int, help=f"Epochs.  {train_default('epochs')}")
+@click.option("--batch-size", type=int, help=f"Clips per batch (per process under torchrun).  {train_default('batch_size')}")
+@click.option("--lr", type=float, help=f"Peak learning rate (AdamW; warmup, then cosine to lr/10).  {train_default('lr')}")
+@click.option("--weight-decay", type=float, help=f"AdamW weight decay (weights only, not biases).  {train_default('weight_decay')}")
+@click.option("--warmup", type=int, help=f"Warmup in optimizer steps.  {train_default('warmup')}")
+@click.option("--hidden", type=int, help=f"LSTM hidden size.  {train_default('hidden')}")
+@click.option("--layers", type=int, help=f"LSTM layers.  {train_default('layers')}")
+@click.option("--dropout", type=float, help=f"Dropout between LSTM layers and in the FC layers.  {train_default('dropout')}")
 @click.option("--input", "input_", type=str, help="features (standardised, the seed's head) | motion-energy "
-              "(17-d change signal, FINDINGS.md; generalises from small data).  [default: features]")
-@click.option("--seed", type=int, help="Random seed (init, data order, dropout).  [default: 0]")
+              "(17-d change signal, FINDINGS.md; generalises from small data).  " + train_default("input"))
+@click.option("--seed", type=int, help=f"Random seed (init, data order, dropout).  {train_default('seed')}")
 @click.option("--device", default="auto", help="auto | cpu | cuda.")
 @click.option("--preload", default="none", help="none (read shards every epoch) | ram | gpu (whole cache in memory; "
               "refused with its size if it does not fit).")
 @click.option("--workers", type=int, help="Reader processes per training process (0 = read in it).  "
               "[default: its share of the cores, 1 to 4]")
 @click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA; on a CPU with native "
-              "bf16, bf16 for a wide input's projection only, else off).  [default: auto]")
-@click.option("--early-stop", type=int, help="Stop after N epochs without a better val loss (0 = never).  [default: 0]")
+              "bf16, bf16 for a wide input's projection only, else off).  " + train_default("amp"))
+@click.option("--early-stop", type=int, help=f"Stop after N epochs without a better val loss (0 = never).  {train_default('early_stop')}")
 @click.option("--center-clips/--no-center-clips", default=None,
               help="--input features: subtract each clip's mean feature over time before standardising (drops "
                    "what stays the same in a clip, keeps what changes; what makes the head carry over to clips "
-                   "that look different).  [default: off]")
+                   "that look different).  " + train_default("center_clips"))
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint-last.pt (its options are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
@@ -214,8 +221,8 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
                    quiet):
     """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared CPU the
-    # spinning threads stole the cores the LSTM's many small steps wait for (2-core CPU, load ~3.5,
-    # [48, 25088] epoch: 4.5 s passive vs 6.7-11.5 s spinning; 1 thread 3.9-4.6 s).
+    # spinning threads steal the cores the LSTM's many small steps wait for, slowing an epoch
+    # severalfold (benchmarks/train_head.py measures under the same policy).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pipeline.train import train_head
 
@@ -237,6 +244,20 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
     echo(f"run: {out}/ (config.json, metrics.jsonl, checkpoint-best.pt, checkpoint-last.pt)", quiet)
 
 
+def finetune_default(name: str) -> str:
+    """finetune's --help default for option `name`, as pipeline.options.FinetuneOptions holds it."""
+    from pipeline.options import FinetuneOptions  # torch-free: --help stays fast
+
+    return f"[{FinetuneOptions.default_text(name)}]"
+
+
+def finetune_choices(name: str) -> click.Choice:
+    """finetune's choices for --input / --amp, from pipeline.options."""
+    from pipeline.options import AMP_CHOICES, INPUTS
+
+    return click.Choice(list({"input": INPUTS, "amp": AMP_CHOICES}[name]))
+
+
 @cli.command("finetune")
 @click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of the train AND validation videos.")
 @click.option("--annotations", required=True, type=click.Path(path_type=Path),
@@ -251,20 +272,20 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 @click.option("--checkpoint", default=None, help="Backbone weights, or 'none' [default: the weights the --init-head "
               "cache was extracted with, else none].")
 @click.option("--init-head", type=EXISTING_FILE, default=None, help="Start from a train-head run's checkpoint.")
-@click.option("--freeze-blocks", default=None, type=click.IntRange(0, 5), help="Keep the first N of the 5 blocks fixed [0].")
+@click.option("--freeze-blocks", default=None, type=click.IntRange(0, 5), help=f"Keep the first N of the 5 blocks fixed {finetune_default('freeze_blocks')}.")
 @click.option("--size", default=None, type=click.IntRange(32), help="Frame size [default: the --init-head cache's, "
               "else the backbone's: 224 model3d_1, 112 mobilenet_v2].")
 @click.option("--pool", default=None, help="Pooling of the backbone's last map: none, global or KxK [default: the "
               "--init-head cache's, else the backbone's].")
-@click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [5].")
-@click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step [4].")
-@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Head learning rate [1e-4].")
-@click.option("--backbone-lr", default=None, type=click.FloatRange(min=0), help="Backbone learning rate [1e-6]: AdamW moves every weight ~lr per step, so 1e-5 already pulls a trained backbone away from its head.")
-@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help="AdamW weight decay [0.01].")
-@click.option("--input", "input_", default=None, type=click.Choice(["features", "motion-energy"]),
-              help="Head input without --init-head [features].")
-@click.option("--seed", default=None, type=int, help="Seed [0].")
-@click.option("--amp", default="auto", type=click.Choice(["auto", "bf16", "fp16", "off"]),
+@click.option("--epochs", default=None, type=click.IntRange(1), help=f"Epochs {finetune_default('epochs')}.")
+@click.option("--batch-size", default=None, type=click.IntRange(1), help=f"Clips per step {finetune_default('batch_size')}.")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help=f"Head learning rate {finetune_default('lr')}.")
+@click.option("--backbone-lr", default=None, type=click.FloatRange(min=0), help=f"Backbone learning rate {finetune_default('backbone_lr')}: AdamW moves every weight ~lr per step, so 1e-5 already pulls a trained backbone away from its head.")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help=f"AdamW weight decay {finetune_default('weight_decay')}.")
+@click.option("--input", "input_", default=None, type=finetune_choices("input"),
+              help=f"Head input without --init-head {finetune_default('input')}.")
+@click.option("--seed", default=None, type=int, help=f"Seed {finetune_default('seed')}.")
+@click.option("--amp", default="auto", type=finetune_choices("amp"),
               help="Autocast: auto = bf16 on CUDA and on CPUs with native bf16.")
 @click.option("--activation-checkpointing", is_flag=True, help="Recompute backbone blocks in backward (less memory).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))

@@ -2,7 +2,7 @@
 
     frames [B, 3, T, S, S] ─► backbone ─► features [B, T, D] ─► InputTransform ─► Head ─► logits [B, T]
 
-It shares train-head's loop (`pipeline.train.fit`): schedule, clipping, autocast, DDP, validation
+It shares train-head's loop (`pipeline.loop.fit`): schedule, clipping, autocast, DDP, validation
 metrics, metrics.jsonl, atomic self-describing checkpoints and `--resume`. What is its own:
 - data: clips decoded by `load_clip` (the extraction path) in DataLoader workers, with light
   augmentation that never moves a sound in time (scale jitter + a random crop, the same for every
@@ -16,12 +16,15 @@ metrics, metrics.jsonl, atomic self-describing checkpoints and `--resume`. What 
 - outputs: the run directory of train-head plus RUN/backbone.pth.tar (the published key layout:
   `extract-features --checkpoint RUN/backbone.pth.tar` re-caches with it) and RUN/backbone.safetensors,
   both from the best epoch.
+Its options, their defaults and ranges are `pipeline.options.FinetuneOptions`. This module must not
+hold the loop or the run directory's formats (pipeline.loop, pipeline.runs).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,22 +37,29 @@ from pipeline import backbones
 from pipeline.data import find_video, load_annotations, manifest_source
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.extract import CALIBRATED_WEIGHTS, cpu_has_bf16, weights_sha256
-from pipeline.head import INPUTS, Head, HeadConfig, InputTransform, load_head
+from pipeline.extract import CALIBRATED_WEIGHTS, weights_sha256
+from pipeline.fsio import atomic_write_text
+from pipeline.head import Head, HeadConfig, InputTransform
+from pipeline.loader import epoch_batches
+from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, fit
 from pipeline.media import FaultyVideo, load_clip, normalize_frames
-from pipeline.train import (ADAM_BETAS, CKPT_BEST, CKPT_LAST, GRAD_CLIP, MIN_LR_RATIO, WARMUP_FRACTION,
-                            _on_main, _to_cpu, atomic_write_text, epoch_batches, fit, prepare_run_dir,
-                            read_checkpoint, resolve_device, seed_everything, versions)
+from pipeline.options import FinetuneOptions, default_warmup
+from pipeline.runs import (CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL, RunCheckpoint, RunDescription,
+                           load_head, on_main, prepare_run_dir, read_resume_checkpoint, to_cpu, versions)
+from pipeline.runtime import autocast, cpu_has_bf16, decode_workers, resolve_amp, resolve_device, seed_everything
 
 log = logging.getLogger("foleycache")
 
 SCALE_JITTER = (1.0, 1.15)     # decode at size * s, then a random size x size crop (train only)
 STATS_CLIPS = 32               # clips whose features fit the input transform when there is no --init-head
+PROBE_SIZE = 32                # frame size the up-front scan for faulty videos decodes at
+DEFAULT_BACKBONE = "model3d_1"
+DEFAULT_FRAMES = 48
+DEFAULT_FPS = 12
 BACKBONE_PT = "backbone.pth.tar"
 BACKBONE_ST = "backbone.safetensors"
 FAILURES = "failures.jsonl"
-DEFAULTS = {"epochs": 5, "batch_size": 4, "lr": 1e-4, "backbone_lr": 1e-6, "weight_decay": 0.01,
-            "freeze_blocks": 0, "input": "features", "hidden": 512, "layers": 2, "seed": 0}
+EXTRA_FILES = (BACKBONE_PT, BACKBONE_ST, FAILURES)     # a finetune run's files beyond runs.RUN_FILES
 
 
 class EndToEnd(nn.Module):
@@ -145,7 +155,7 @@ def _scan(entries, videos, frames, fps, workers, progress) -> tuple[list, list]:
         def __getitem__(self, k):
             a = entries[k]
             try:
-                load_clip(find_video(videos, a), frames, fps, 32, threads=1, start=a.start)
+                load_clip(find_video(videos, a), frames, fps, PROBE_SIZE, threads=1, start=a.start)
                 return None
             except FaultyVideo as e:
                 return {"id": a.id, "path": str(Path(videos) / (a.video or a.id)), "reason": e.reason,
@@ -163,16 +173,43 @@ def _init_head_defaults(init_head: Path | None) -> dict:
     if init_head is None:
         return {}
     head, transform, ckpt = load_head(init_head)
-    cache_config = ckpt.get("cache_config") or {}
+    cache_config = ckpt.description.cache_config or {}
     prov = cache_config.get("backbone_provenance", {})
     weights = prov.get("weights_name") or prov.get("checkpoint")    # a name is found again on this machine
     if weights == "none":          # a calibrated random init: the cache keeps the calibrated weights
-        weights = str(Path(ckpt["config"]["train_cache"]["path"]) / CALIBRATED_WEIGHTS)
+        weights = str(Path(ckpt.config["train_cache"]["path"]) / CALIBRATED_WEIGHTS)
     return {"path": str(init_head), "head": head, "transform": transform, "ckpt": ckpt, "checkpoint": weights,
             "size": cache_config.get("preprocess", {}).get("size"), "backbone": cache_config.get("backbone"),
             "pool": cache_config.get("pool", "none") if cache_config else None,
             "frames": cache_config.get("frames"), "fps": cache_config.get("fps"),
             "weights_sha256": cache_config.get("weights_sha256")}
+
+
+@dataclass
+class _Manifests:
+    """Where the clips come from (`pipeline.data.load_annotations`' arguments)."""
+
+    videos: Path
+    annotations: Path | str
+    val_annotations: Path | str
+    labels: Path | None
+    classes: str | None
+    window_stride: float | None
+    limit: int | None
+
+    def entries(self, opts: FinetuneOptions) -> tuple[list, list]:
+        """(train entries, validation entries), the first `limit` of each."""
+        manifest = dict(classes=self.classes, labels_path=self.labels, videos=self.videos,
+                        window_stride=self.window_stride, frames=opts.frames, fps=opts.fps)
+        return (load_annotations(self.annotations, **manifest)[:self.limit],
+                load_annotations(self.val_annotations, **manifest)[:self.limit])
+
+    def record(self) -> dict:
+        """What config.json says about them."""
+        return {"videos": str(self.videos.resolve()), "annotations": manifest_source(self.annotations),
+                "val_annotations": manifest_source(self.val_annotations),
+                "classes": None if self.classes is None else str(self.classes), "window_stride": self.window_stride,
+                "labels": str(self.labels) if self.labels else None}
 
 
 def finetune(*, videos: Path, annotations: Path | str, val_annotations: Path | str, out: Path,
@@ -187,10 +224,10 @@ def finetune(*, videos: Path, annotations: Path | str, val_annotations: Path | s
              overwrite: bool = False, progress: bool = True) -> dict:
     """Train backbone + head end to end on `annotations`, validate on `val_annotations` (same videos dir).
 
-    Options left None take DEFAULTS, the --init-head run's values, or (with resume) the run's own.
-    annotations, val_annotations, classes, window_stride: manifests as `pipeline.data.load_annotations`
-    reads them (SSv2 JSON, CSV / JSON Lines, a folder inside `videos`; windows of frames / fps s).
-    Returns fit()'s summary plus the paths of the run's files.
+    Options left None take FinetuneOptions' defaults, the --init-head run's values, or (with resume)
+    the run's own. annotations, val_annotations, classes, window_stride: manifests as
+    `pipeline.data.load_annotations` reads them (SSv2 JSON, CSV / JSON Lines, a folder inside
+    `videos`; windows of frames / fps s). Returns fit()'s summary plus the paths of the run's files.
     """
     out, videos = Path(out), Path(videos)
     if not videos.is_dir():
@@ -198,168 +235,183 @@ def finetune(*, videos: Path, annotations: Path | str, val_annotations: Path | s
     init = _init_head_defaults(Path(init_head)) if init_head else {}
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay,
                  freeze_blocks=freeze_blocks, input=input, seed=seed)
-    opts = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    if init and input is None:
-        opts["input"] = init["transform"].kind
-    opts["backbone"] = backbone or init.get("backbone") or "model3d_1"
-    spec = backbones.get_spec(opts["backbone"])
-    opts["size"] = int(size or init.get("size") or spec.default_size)
-    opts["pool"] = backbones.canonical_pool(pool or init.get("pool") or spec.default_pool)
-    opts["frames"] = int(frames or init.get("frames") or 48)
-    opts["fps"] = float(fps or init.get("fps") or 12)
-    opts["checkpoint"] = str(checkpoint if checkpoint is not None else init.get("checkpoint") or "none")
-    _check(opts)
-    if backbones.get_spec(opts["backbone"]).time_stride != 1:
-        raise FoleyError(f"backbone {opts['backbone']} pools time; the head needs one feature per frame")
-    if opts["checkpoint"] != "none":
-        opts["checkpoint"] = str(backbones.resolve_checkpoint(opts["backbone"], opts["checkpoint"])[0])
-    if init and opts["checkpoint"] != "none" and not Path(opts["checkpoint"]).is_file():
-        raise FoleyError(f"--init-head was trained on features of {opts['checkpoint']}, which no longer exists; "
-                         "pass --checkpoint")
-
-    from pipeline.train import resolve_amp
+    opts = _resolve_options(given, init, backbone=backbone, size=size, pool=pool, frames=frames, fps=fps,
+                            checkpoint=checkpoint)
+    manifests = _Manifests(videos, annotations, val_annotations, labels, classes, window_stride, limit)
     dev = resolve_device(device)
     dist = Distributed.from_env(dev)
     try:
         if amp == "auto" and dev.type == "cpu":
-            amp = "bf16" if cpu_has_bf16() else "off"    # the backbone dominates: bf16 is 2-5x faster here
+            amp = "bf16" if cpu_has_bf16() else "off"    # the backbone dominates: bf16 is several times faster here
         amp = resolve_amp(amp, dist.device)
-        return _finetune(videos, annotations, val_annotations, out, labels, classes, window_stride, init, opts,
-                         amp, activation_checkpointing, dist, workers, limit, resume, overwrite, progress)
+        workers = decode_workers(dist.device) if workers is None else workers
+        return _finetune(manifests, out, init, opts, amp, activation_checkpointing, dist, workers, resume,
+                         overwrite, progress)
     finally:
         dist.close()
 
 
-def _check(o: dict):
-    if o["epochs"] < 1 or o["batch_size"] < 1:
-        raise FoleyError("--epochs and --batch-size must be >= 1")
-    if o["lr"] <= 0 or o["backbone_lr"] < 0 or o["weight_decay"] < 0:
-        raise FoleyError("--lr must be > 0, --backbone-lr and --weight-decay >= 0")
-    if not 0 <= o["freeze_blocks"] <= 5:
-        raise FoleyError(f"--freeze-blocks must be 0..5 (model3d_1 has five blocks), got {o['freeze_blocks']}")
-    if o["input"] not in INPUTS:
-        raise FoleyError(f"unknown --input {o['input']!r}; choose one of: {', '.join(INPUTS)}")
-    if o["size"] < 32:
-        raise FoleyError(f"--size must be >= 32, got {o['size']}")
+def _resolve_options(given: dict, init: dict, *, backbone, size, pool, frames, fps, checkpoint) -> FinetuneOptions:
+    """Given options over the --init-head run's, over the backbone's own and the defaults; checked."""
+    opts = FinetuneOptions.resolve(given)
+    if init and given["input"] is None:
+        opts.input = init["transform"].kind
+    opts.backbone = backbone or init.get("backbone") or DEFAULT_BACKBONE
+    spec = backbones.get_spec(opts.backbone)
+    opts.size = int(size or init.get("size") or spec.default_size)
+    opts.pool = backbones.canonical_pool(pool or init.get("pool") or spec.default_pool)
+    opts.frames = int(frames or init.get("frames") or DEFAULT_FRAMES)
+    opts.fps = float(fps or init.get("fps") or DEFAULT_FPS)
+    opts.checkpoint = str(checkpoint if checkpoint is not None else init.get("checkpoint") or "none")
+    opts.validate()
+    if spec.time_stride != 1:
+        raise FoleyError(f"backbone {opts.backbone} pools time; the head needs one feature per frame")
+    if opts.checkpoint != "none":
+        opts.checkpoint = str(backbones.resolve_checkpoint(opts.backbone, opts.checkpoint)[0])
+    if init and opts.checkpoint != "none" and not Path(opts.checkpoint).is_file():
+        raise FoleyError(f"--init-head was trained on features of {opts.checkpoint}, which no longer exists; "
+                         "pass --checkpoint")
+    return opts
 
 
-def _finetune(videos, annotations, val_annotations, out, labels, classes, window_stride, init, opts, amp,
-              checkpointing, dist, workers, limit, resume, overwrite, progress) -> dict:
+def _finetune(manifests: _Manifests, out: Path, init: dict, opts: FinetuneOptions, amp: str, checkpointing: bool,
+              dist: Distributed, workers: int, resume: bool, overwrite: bool, progress: bool) -> dict:
     device = dist.device
-    workers = max(1, min(4, (torch.get_num_threads() or 2) - 1)) if workers is None else workers
-    manifest = dict(classes=classes, labels_path=labels, videos=videos, window_stride=window_stride,
-                    frames=opts["frames"], fps=opts["fps"])
-    train_entries = load_annotations(annotations, **manifest)[:limit]
-    val_entries = load_annotations(val_annotations, **manifest)[:limit]
+    has_ckpt, train_entries, val_entries, n_failed = _prepare_run(manifests, out, opts, dist, workers, resume,
+                                                                  overwrite, progress)
+    ckpt = read_resume_checkpoint(out) if has_ckpt else None
+    if ckpt is not None:
+        changed = opts.changed_from(ckpt.config["options"])
+        if changed:
+            raise FoleyError(f"--resume with other options than the run's ({', '.join(changed)}); resume with "
+                             "the same options, or start over with --overwrite")
+    seed_everything(opts.seed)
+    net, init_weights = _backbone(opts, train_entries, manifests.videos, ckpt, checkpointing, device)
+    transform, head = _transform_and_head(init, init_weights, opts, net, train_entries, manifests.videos, ckpt,
+                                          dist, amp)
+    model = EndToEnd(net, transform, head)
+    optimizer = _optimizer(net, head, opts)
 
-    # Rank 0 checks (and with --overwrite empties) the run dir and finds the faulty videos.
+    spec = backbones.get_spec(opts.backbone)
+    args = (manifests.videos, opts.frames, opts.fps, opts.size)
+    train_batches = VideoBatches(VideoClips(train_entries, *args, True, opts.seed, spec), opts.batch_size,
+                                 True, opts.seed, dist, workers)
+    val_batches = VideoBatches(VideoClips(val_entries, *args, False, opts.seed, spec), opts.batch_size, False,
+                               opts.seed, dist, workers)
+    total_steps = opts.epochs * len(train_batches)
+    config = {
+        "command": "finetune", "options": opts.to_dict(), "amp": amp, "device": str(device), "workers": workers,
+        "world_size": dist.world_size, "activation_checkpointing": checkpointing, **manifests.record(),
+        "train_clips": len(train_entries), "val_clips": len(val_entries), "failed": n_failed,
+        "init_head": init.get("path"), "init_backbone_sha256": init_weights, "steps_per_epoch": len(train_batches),
+        "total_steps": total_steps, "warmup_steps": default_warmup(total_steps), "min_lr_ratio": MIN_LR_RATIO,
+        "grad_clip": GRAD_CLIP, "head": head.config.to_dict(), "versions": versions(),
+    }
+    summary = fit(model, optimizer, train_batches, val_batches, run_dir=out, epochs=opts.epochs,
+                  warmup_steps=config["warmup_steps"], dist=dist, description=_description(opts, init, init_weights,
+                                                                                          head, transform),
+                  config=config, amp=amp, seed=opts.seed, resume=ckpt, progress=progress)
+    if dist.is_main:
+        export_backbone(out / CKPT_BEST, out, opts.backbone)
+    dist.barrier()
+    summary["files"] = {name: str(out / name) for name in
+                        (CONFIG_JSON, METRICS_JSONL, CKPT_LAST, CKPT_BEST, BACKBONE_PT, BACKBONE_ST, FAILURES)}
+    return summary
+
+
+def _prepare_run(manifests: _Manifests, out: Path, opts: FinetuneOptions, dist: Distributed, workers: int,
+                 resume: bool, overwrite: bool, progress: bool) -> tuple[bool, list, list, int]:
+    """Rank 0 checks (and with --overwrite empties) the run dir and finds the faulty videos, recorded
+    in RUN/failures.jsonl → (a checkpoint to resume?, decodable train entries, decodable validation
+    entries, failures)."""
+    train_entries, val_entries = manifests.entries(opts)
+
     def prepare():
-        has_ckpt = prepare_run_dir(out, resume, overwrite, extra_files=(BACKBONE_PT, BACKBONE_ST, FAILURES)) is not None
+        has_ckpt = prepare_run_dir(out, resume, overwrite, extra_files=EXTRA_FILES) is not None
         out.mkdir(parents=True, exist_ok=True)
-        scans = [_scan(e, videos, opts["frames"], opts["fps"], workers, progress) for e in (train_entries, val_entries)]
+        scans = [_scan(e, manifests.videos, opts.frames, opts.fps, workers, progress)
+                 for e in (train_entries, val_entries)]
         failures = scans[0][1] + scans[1][1]
         atomic_write_text(out / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
         return has_ckpt, [a.id for a in scans[0][0]], [a.id for a in scans[1][0]], len(failures)
-    has_ckpt, train_ids, val_ids, n_failed = _on_main(dist, prepare)
+    has_ckpt, train_ids, val_ids, n_failed = on_main(dist, prepare)
     train_entries = [a for a in train_entries if a.id in set(train_ids)]
     val_entries = [a for a in val_entries if a.id in set(val_ids)]
     if not train_entries or not val_entries:
         raise FoleyError("no decodable clip left in the train or validation list (see failures.jsonl)")
-    ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
-    if ckpt is not None:
-        saved = ckpt["config"]["options"]
-        changed = [k for k in opts if k in saved and saved[k] != opts[k]]
-        if changed:
-            raise FoleyError(f"--resume with other options than the run's ({', '.join(changed)}); resume with "
-                             "the same options, or start over with --overwrite")
-    seed_everything(opts["seed"])
+    return has_ckpt, train_entries, val_entries, n_failed
 
-    # The backbone: loaded, or a calibrated random init (deterministic from the seed and the clips).
-    spec = backbones.get_spec(opts["backbone"])
-    net = backbones.create_backbone(opts["backbone"], seed=opts["seed"], pool=opts["pool"])
-    if opts["checkpoint"] != "none":
-        backbones.load_checkpoint(net, opts["checkpoint"])
+
+def _backbone(opts: FinetuneOptions, train_entries: list, videos: Path, ckpt: RunCheckpoint | None,
+              checkpointing: bool, device: torch.device) -> tuple[nn.Module, str]:
+    """The backbone on `device`, loaded or a calibrated random init (deterministic from the seed and
+    the clips), blocks frozen → (backbone, sha256 of its initial weights)."""
+    net = backbones.create_backbone(opts.backbone, seed=opts.seed, pool=opts.pool)
+    if opts.checkpoint != "none":
+        backbones.load_checkpoint(net, opts.checkpoint)
     elif ckpt is None:
         log.warning("WARNING: --checkpoint none: the backbone is RANDOMLY INITIALISED (BatchNorm calibrated "
                     "on the first training clips); end-to-end training from scratch needs far more data "
                     "than a demo has.")
-        clips = VideoClips(train_entries[:STATS_CLIPS], videos, opts["frames"], opts["fps"], opts["size"], False, 0,
-                           spec)
+        clips = VideoClips(train_entries[:STATS_CLIPS], videos, opts.frames, opts.fps, opts.size, False, 0,
+                           backbones.get_spec(opts.backbone))
         backbones.calibrate_batchnorm(net, (torch.stack([clips[i]["inputs"]]) for i in range(len(clips))))
     init_weights = weights_sha256(net)
     net = net.to(device)
-    backbones.freeze_blocks(net, opts["freeze_blocks"])
+    backbones.freeze_blocks(net, opts.freeze_blocks)
     net.checkpointing = checkpointing
+    return net, init_weights
 
-    # Transform + head: from --init-head, or fitted on the first training clips' features.
+
+def _transform_and_head(init: dict, init_weights: str, opts: FinetuneOptions, net: nn.Module, train_entries: list,
+                        videos: Path, ckpt: RunCheckpoint | None, dist: Distributed,
+                        amp: str) -> tuple[InputTransform, Head]:
+    """From --init-head, or a fresh head with the transform fitted on the first training clips' features."""
+    device = dist.device
     if init:
-        transform, head = init["transform"].to(device), init["head"].to(device)
         if init.get("weights_sha256") and init["weights_sha256"] != init_weights:
             log.warning("note: --init-head was trained on features of other backbone weights than this run's")
-    else:
-        dim = backbones.feature_dim(opts["backbone"], opts["size"], opts["pool"])
-        transform = InputTransform(opts["input"], dim, cache_config={"backbone": opts["backbone"]}).to(device)
-        if ckpt is None:
-            transform.load_state_dict(_on_main(dist, lambda: _to_cpu(
-                _fit_transform(transform, net, train_entries, videos, opts, device, amp).state_dict())))
-        torch.manual_seed(opts["seed"])
-        head = Head(HeadConfig(input_dim=transform.out_dim, hidden=opts["hidden"], layers=opts["layers"],
-                               input=opts["input"])).to(device)
-    model = EndToEnd(net, transform, head)
+        return init["transform"].to(device), init["head"].to(device)
+    dim = backbones.feature_dim(opts.backbone, opts.size, opts.pool)
+    transform = InputTransform(opts.input, dim, cache_config={"backbone": opts.backbone}).to(device)
+    if ckpt is None:
+        transform.load_state_dict(on_main(dist, lambda: to_cpu(
+            _fit_transform(transform, net, train_entries, videos, opts, device, amp).state_dict())))
+    torch.manual_seed(opts.seed)
+    head = Head(HeadConfig(input_dim=transform.out_dim, hidden=opts.hidden, layers=opts.layers,
+                           input=opts.input)).to(device)
+    return transform, head
 
+
+def _optimizer(net: nn.Module, head: Head, opts: FinetuneOptions) -> torch.optim.Optimizer:
+    """AdamW: the head at --lr, the trainable backbone at --backbone-lr (frozen when that is 0)."""
     head_params = [p for p in head.parameters() if p.requires_grad]
     backbone_params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": head_params, "lr": opts["lr"], "weight_decay": opts["weight_decay"]}]
-    if backbone_params and opts["backbone_lr"] > 0:
-        groups.append({"params": backbone_params, "lr": opts["backbone_lr"], "weight_decay": opts["weight_decay"]})
+    groups = [{"params": head_params, "lr": opts.lr, "weight_decay": opts.weight_decay}]
+    if backbone_params and opts.backbone_lr > 0:
+        groups.append({"params": backbone_params, "lr": opts.backbone_lr, "weight_decay": opts.weight_decay})
     else:
         for p in backbone_params:
             p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(groups, betas=ADAM_BETAS)
+    return torch.optim.AdamW(groups, betas=ADAM_BETAS)
 
-    args = (videos, opts["frames"], opts["fps"], opts["size"])
-    train_batches = VideoBatches(VideoClips(train_entries, *args, True, opts["seed"], spec), opts["batch_size"],
-                                 True, opts["seed"], dist, workers)
-    val_batches = VideoBatches(VideoClips(val_entries, *args, False, opts["seed"], spec), opts["batch_size"], False,
-                               opts["seed"], dist, workers)
-    total_steps = opts["epochs"] * len(train_batches)
-    warmup_steps = max(1, round(WARMUP_FRACTION * total_steps))
-    fingerprint = hashlib.sha256(json.dumps({"finetune": True, "backbone": opts["backbone"], "init": init_weights,
-                                             "size": opts["size"], "frames": opts["frames"], "fps": opts["fps"]},
+
+def _description(opts: FinetuneOptions, init: dict, init_weights: str, head: Head,
+                 transform: InputTransform) -> RunDescription:
+    """What the checkpoints say the run trains; its fingerprint names the backbone and its inputs."""
+    fingerprint = hashlib.sha256(json.dumps({"finetune": True, "backbone": opts.backbone, "init": init_weights,
+                                             "size": opts.size, "frames": opts.frames, "fps": opts.fps},
                                             sort_keys=True).encode()).hexdigest()
-    config = {
-        "command": "finetune", "options": opts, "amp": amp, "device": str(device), "workers": workers,
-        "world_size": dist.world_size, "activation_checkpointing": checkpointing,
-        "videos": str(videos.resolve()), "annotations": manifest_source(annotations),
-        "val_annotations": manifest_source(val_annotations), "classes": None if classes is None else str(classes),
-        "window_stride": window_stride,
-        "labels": str(labels) if labels else None, "train_clips": len(train_entries), "val_clips": len(val_entries),
-        "failed": n_failed, "init_head": init.get("path"),
-        "init_backbone_sha256": init_weights, "steps_per_epoch": len(train_batches), "total_steps": total_steps,
-        "warmup_steps": warmup_steps, "min_lr_ratio": MIN_LR_RATIO, "grad_clip": GRAD_CLIP,
-        "head": head.config.to_dict(), "versions": versions(),
-    }
-    describe = {"head_config": head.config.to_dict(), "transform": transform.state_dict(), "fingerprint": fingerprint,
-                "kind": "finetune", "backbone": opts["backbone"], "size": opts["size"], "pool": opts["pool"],
-                "frames": opts["frames"],
-                "fps": opts["fps"], "cache_config": init["ckpt"].get("cache_config") if init else None}
-    summary = fit(model, optimizer, train_batches, val_batches, run_dir=out, epochs=opts["epochs"],
-                  warmup_steps=warmup_steps, dist=dist, describe=describe, config=config, amp=amp,
-                  seed=opts["seed"], resume=ckpt, progress=progress)
-    if dist.is_main:
-        export_backbone(out / CKPT_BEST, out, opts["backbone"])
-    dist.barrier()
-    summary["files"] = {name: str(out / name) for name in
-                        ("config.json", "metrics.jsonl", CKPT_LAST, CKPT_BEST, BACKBONE_PT, BACKBONE_ST, FAILURES)}
-    return summary
+    return RunDescription(kind="finetune", head_config=head.config.to_dict(), transform=transform.state_dict(),
+                          fingerprint=fingerprint, cache_config=init["ckpt"].description.cache_config if init else None,
+                          backbone=opts.backbone, size=opts.size, pool=opts.pool, frames=opts.frames, fps=opts.fps)
 
 
 @torch.no_grad()
-def _fit_transform(transform, net, entries, videos, opts, device, amp) -> InputTransform:
+def _fit_transform(transform, net, entries, videos, opts: FinetuneOptions, device, amp) -> InputTransform:
     """Input statistics from the first STATS_CLIPS training clips' features (no cache to fit them on)."""
-    from pipeline.train import autocast
-    clips = VideoClips(entries[:STATS_CLIPS], videos, opts["frames"], opts["fps"], opts["size"], False, 0,
-                       backbones.get_spec(opts["backbone"]))
+    clips = VideoClips(entries[:STATS_CLIPS], videos, opts.frames, opts.fps, opts.size, False, 0,
+                       backbones.get_spec(opts.backbone))
     feats, lengths = [], []
     net.eval()
     for i in range(len(clips)):
@@ -372,7 +424,7 @@ def _fit_transform(transform, net, entries, videos, opts, device, amp) -> InputT
 
 def export_backbone(checkpoint: Path, out: Path, name: str):
     """The finetuned backbone of a run checkpoint, in the published layout and as safetensors."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    state = RunCheckpoint.read(checkpoint).model
     net = backbones.create_backbone(name)
     net.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
     backbones.save_published(net, out / BACKBONE_PT)

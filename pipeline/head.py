@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import FoleyError
+from pipeline.options import INPUTS
 
-INPUTS = ("features", "motion-energy")
 DEFAULT_CHANNELS = 512          # model3d_1's last conv block; D = channels * h * w, channel-major
 MOTION_CELLS = 4                # motion-energy pools the h x w grid into 4 x 4 cells (fewer if h < 4)
 STD_FLOOR = 1e-6                # a dimension whose spread is below this (dead ReLU unit) is divided by 1
@@ -361,20 +361,3 @@ def rebuild_head(head_config: dict, model_state: dict, transform_state: dict,
         raise FoleyError(f"{source}: head weights do not match its head_config: {e}") from e
     return head, transform
 
-
-def load_head(path, map_location: str | torch.device = "cpu") -> tuple[Head, InputTransform, dict]:
-    """Transitional (issue 12): the checkpoint as a dict, for callers not yet on
-    `pipeline.runs.load_head` (which returns a RunCheckpoint). Removed once export has switched."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint-best.pt"
-    if not path.exists():
-        raise FoleyError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or "head_config" not in ckpt or "transform" not in ckpt or "model" not in ckpt:
-        raise FoleyError(f"{path} is not a foleycache head checkpoint (no head_config/transform/model)")
-    head, transform = rebuild_head(ckpt["head_config"], ckpt["model"], ckpt["transform"], path)
-    return head.to(map_location).eval(), transform.to(map_location), ckpt

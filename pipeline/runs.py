@@ -33,6 +33,7 @@ so train-head and finetune checkpoints hold the keys they always held.
     ckpt = RunCheckpoint.read(run / CKPT_LAST)          # FoleyError if unreadable or not a run checkpoint
     ckpt.description.fingerprint, ckpt.epoch, ckpt.model, ckpt.config["options"]
     ckpt.write(run / CKPT_LAST, also=run / CKPT_BEST)   # atomic; `also` shares the bytes
+    read_checkpoint(path) -> dict                       # the raw dict, format checked (pretrain's own fields)
     head, transform, ckpt = load_head(run / CKPT_BEST)  # the trained head, ready to predict
 
 This module owns the run directory's files and their names; it must not train, read caches or
@@ -161,8 +162,6 @@ class RunCheckpoint:
 
     @classmethod
     def from_dict(cls, d: dict, path: str | Path = "checkpoint") -> "RunCheckpoint":
-        if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
-            raise FoleyError(f"{path} is not a foleycache run checkpoint")
         state_keys = [f.name for f in fields(cls) if f.name != "description"]
         missing = [k for k in ("kind", "head_config", "transform", "fingerprint", *state_keys) if k not in d]
         if missing:
@@ -174,19 +173,28 @@ class RunCheckpoint:
     def read(cls, path: str | Path, map_location: str | torch.device = "cpu", hint: str = "") -> "RunCheckpoint":
         """Read with weights_only=True onto `map_location` (FoleyError if missing, unreadable or not a
         run checkpoint; `hint`, what to do about an unreadable one, ends its message)."""
-        path = Path(path)
-        if not path.exists():
-            raise FoleyError(f"no checkpoint at {path}")
-        try:
-            d = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            tail = f"; {hint}" if hint else ""
-            raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}{tail}") from e
-        return cls.from_dict(d, path)
+        return cls.from_dict(read_checkpoint(path, map_location, hint), path)
 
     def write(self, path: str | Path, also: str | Path | None = None):
         """Save atomically (a kill leaves the old file or the new one); `also`: a second name, same bytes."""
         atomic_torch_save(self.to_dict(), path, also=also)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", hint: str = "") -> dict:
+    """A checkpoint file of this tool's format as the dict on disk (weights_only=True, onto
+    `map_location`): `RunCheckpoint.read`'s reader, and that of runs whose checkpoints carry other
+    fields (pretrain)."""
+    path = Path(path)
+    if not path.exists():
+        raise FoleyError(f"no checkpoint at {path}")
+    try:
+        d = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        tail = f"; {hint}" if hint else ""
+        raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}{tail}") from e
+    if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
+        raise FoleyError(f"{path} is not a foleycache run checkpoint")
+    return d
 
 
 def load_head(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Head, InputTransform,
@@ -213,8 +221,9 @@ def _is_run_file(name: str, run_files: tuple[str, ...]) -> bool:
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool,
-                    extra_files: tuple[str, ...] = ()) -> RunCheckpoint | None:
-    """Check (and with overwrite, empty) a run directory; return the checkpoint to resume or None.
+                    extra_files: tuple[str, ...] = ()) -> Path | None:
+    """Check (and with overwrite, empty) a run directory; return the path of the checkpoint to
+    resume (RUN/checkpoint-last.pt: read it with `read_resume_checkpoint`) or None.
 
     A non-empty `out` needs --resume (continue checkpoint-last.pt) or --overwrite (delete the run's
     files: RUN_FILES + `extra_files`, e.g. finetune's exported backbone; a directory holding
@@ -233,7 +242,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool,
         for name in entries:            # half-written temporaries of a killed run
             if ".tmp-" in name and _is_run_file(name, run_files):
                 (out / name).unlink()
-        return read_resume_checkpoint(out) if CKPT_LAST in entries else None
+        return out / CKPT_LAST if CKPT_LAST in entries else None
     if entries:
         if not overwrite:
             raise FoleyError(f"--out {out} already holds a run (or other files); pass --resume to continue it "

@@ -9,7 +9,8 @@ import torch
 
 from pipeline.errors import FoleyError
 from pipeline.head import (SPLIT_INPUT_RATIO, Head, HeadConfig, InputTransform, feature_grid, frame_mask,
-                           load_head, masked_bce)
+                           masked_bce)
+from pipeline.runs import RunCheckpoint, RunDescription, load_head
 from tests.cachekit import make_signal_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")      # tests/conftest.py
@@ -70,15 +71,15 @@ def test_head_cpu_split_lstm_under_bf16_autocast_keeps_the_recurrence_float32():
 
 
 def test_resolve_amp_auto_on_cpu_follows_the_input_width(monkeypatch):
-    from pipeline import extract, train
+    from pipeline import runtime
 
     for native in (True, False):
-        monkeypatch.setattr(extract, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
         cpu = torch.device("cpu")
-        assert train.resolve_amp("auto", cpu, wide_input=True) == ("bf16" if native else "off")
-        assert train.resolve_amp("auto", cpu, wide_input=False) == "off"
-        assert train.resolve_amp("off", cpu, wide_input=True) == "off"
-        assert train.resolve_amp("bf16", cpu) == "bf16"
+        assert runtime.resolve_amp("auto", cpu, wide_input=True) == ("bf16" if native else "off")
+        assert runtime.resolve_amp("auto", cpu, wide_input=False) == "off"
+        assert runtime.resolve_amp("off", cpu, wide_input=True) == "off"
+        assert runtime.resolve_amp("bf16", cpu) == "bf16"
 
 
 def test_head_config_refuses_bad_sizes():
@@ -191,15 +192,17 @@ def test_transform_state_roundtrips_through_weights_only(tmp_path):
 def test_load_head_rebuilds_a_saved_head(tmp_path):
     head = Head(HeadConfig(input_dim=6, hidden=8)).eval()
     t = InputTransform("features", 6).fit((torch.randn(2, 4, 6), torch.tensor([4, 4])))
-    torch.save({"head_config": head.config.to_dict(), "transform": t.state_dict(), "model": head.state_dict(),
-                "fingerprint": "abc"}, tmp_path / "ckpt.pt")
+    description = RunDescription(kind="train-head", head_config=head.config.to_dict(), transform=t.state_dict(),
+                                 fingerprint="abc")
+    checkpoint = lambda model: RunCheckpoint(description, model, optimizer={}, scaler={}, epoch=1, step=1,  # noqa: E731
+                                             val_loss=0.5, metrics={}, best_val_loss=0.5, best_epoch=1, bad_epochs=0)
+    checkpoint(head.state_dict()).write(tmp_path / "ckpt.pt")
     head2, t2, ckpt = load_head(tmp_path / "ckpt.pt")
     x = torch.randn(1, 4, 6)
-    assert torch.equal(head2(t2(x)), head(t(x))) and ckpt["fingerprint"] == "abc"
+    assert torch.equal(head2(t2(x)), head(t(x))) and ckpt.description.fingerprint == "abc"
     # A bigger model (finetune) stores its head under `head.`: load_head takes that part.
     bigger = {f"head.{k}": v for k, v in head.state_dict().items()} | {"backbone.w": torch.zeros(1)}
-    torch.save({"head_config": head.config.to_dict(), "transform": t.state_dict(), "model": bigger},
-               tmp_path / "big.pt")
+    checkpoint(bigger).write(tmp_path / "big.pt")
     head3, _, _ = load_head(tmp_path / "big.pt")
     assert torch.equal(head3(x), head(x))
     with pytest.raises(FoleyError, match="no checkpoint"):

@@ -1,5 +1,6 @@
-"""train-head (pipeline/train.py): schedule, data order, the run directory, checkpoints, resume
-after kill -9, DDP under torchrun, and the CLI's refusals, on small real caches."""
+"""train-head (pipeline/train.py, with loader.py, loop.py, runs.py, options.py): schedule, data order,
+the run directory, checkpoints, resume after kill -9, DDP under torchrun, and the CLI's refusals, on
+small real caches."""
 from __future__ import annotations
 
 import json
@@ -15,10 +16,12 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline import loader, loop, runs
 from pipeline import train as tr
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.head import Head, HeadConfig, InputTransform, load_head
+from pipeline.head import Head, HeadConfig, InputTransform
+from pipeline.runs import RunDescription, load_head
 from tests.cachekit import make_signal_cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,26 +53,26 @@ def metrics_lines(run: Path) -> list[dict]:
 
 def test_get_lr_warms_up_then_decays_by_cosine_to_min_lr():
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100
-    lrs = [tr.get_lr(s, warmup, total, lr, min_lr) for s in range(120)]
+    lrs = [loop.get_lr(s, warmup, total, lr, min_lr) for s in range(120)]
     assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup + 1]))      # rising through warmup
     assert lrs[warmup] == pytest.approx(lr)                                   # peak right after it
     assert all(a >= b for a, b in zip(lrs[warmup:total], lrs[warmup + 1:total + 1]))
-    assert tr.get_lr(55, warmup, total, lr, min_lr) == pytest.approx((lr + min_lr) / 2)   # cosine midpoint
+    assert loop.get_lr(55, warmup, total, lr, min_lr) == pytest.approx((lr + min_lr) / 2)   # cosine midpoint
     assert lrs[total] == min_lr and lrs[-1] == min_lr
-    assert tr.get_lr(0, 0, 10, lr, min_lr) == pytest.approx(lr)
+    assert loop.get_lr(0, 0, 10, lr, min_lr) == pytest.approx(lr)
 
 
 def test_epoch_batches_cover_every_clip_once_and_depend_only_on_seed_and_epoch():
     sizes = [8, 8, 8, 5]
-    a = tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)
+    a = loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)
     assert sorted(np.concatenate(a).tolist()) == list(range(29))
     assert all(len(b) <= 4 for b in a)
-    assert [b.tolist() for b in a] == [b.tolist() for b in tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)]
-    assert [b.tolist() for b in a] != [b.tolist() for b in tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=4)]
-    plain = tr.epoch_batches(sizes, 4, shuffle=False)
+    assert [b.tolist() for b in a] == [b.tolist() for b in loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)]
+    assert [b.tolist() for b in a] != [b.tolist() for b in loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=4)]
+    plain = loader.epoch_batches(sizes, 4, shuffle=False)
     assert np.concatenate(plain).tolist() == list(range(29))
     # DDP: equal batch counts per rank (padded), together covering everything.
-    ranks = [tr.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=1, rank=r, world_size=3) for r in range(3)]
+    ranks = [loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=1, rank=r, world_size=3) for r in range(3)]
     assert len({len(r) for r in ranks}) == 1
     assert set(np.concatenate([np.concatenate(r) for r in ranks]).tolist()) == set(range(29))
 
@@ -131,7 +134,7 @@ def test_motion_energy_run_stores_train_statistics(tmp_path):
 def test_preload_refusals_are_clear(caches, tmp_path, monkeypatch):
     with pytest.raises(FoleyError, match="needs a CUDA device"):
         tr.train_head(caches["train"], caches["val"], tmp_path / "g", epochs=1, preload="gpu", **FAST)
-    monkeypatch.setattr(tr, "available_ram_bytes", lambda: 1000)
+    monkeypatch.setattr(loader, "available_ram_bytes", lambda: 1000)
     with pytest.raises(FoleyError, match=r"needs 0\.0 GB.*--preload none"):
         tr.train_head(caches["train"], caches["val"], tmp_path / "r", epochs=1, preload="ram", **FAST)
 
@@ -173,14 +176,14 @@ def test_early_stop_and_fit_reuse_with_another_model(caches, tmp_path):
     train, val = FeatureCache(caches["train"]), FeatureCache(caches["val"])
     transform = InputTransform("features", train.dim).fit(train)
     identity = InputTransform("features", train.dim)        # the batches hand over raw features
-    batches = lambda c, shuffle: tr.CacheBatches(c, identity, 8, shuffle=shuffle, seed=0, preload="none",  # noqa: E731
+    batches = lambda c, shuffle: loader.CacheBatches.from_cache(c, identity, 8, shuffle=shuffle, seed=0, preload="none",  # noqa: E731
                                                  device=torch.device("cpu"), workers=0, dist=dist)
     model = Wrapped(transform, Head(HeadConfig(input_dim=train.dim, hidden=8)))
     opt = torch.optim.AdamW(model.head.parameters(), lr=0.0)
-    s = tr.fit(model, opt, batches(train, True), batches(val, False), run_dir=tmp_path / "ft", epochs=6,
-               warmup_steps=0, dist=dist, config={"command": "test"}, early_stop=1,
-               describe={"head_config": model.head.config.to_dict(), "transform": transform.state_dict(),
-                         "fingerprint": train.fingerprint})
+    s = loop.fit(model, opt, batches(train, True), batches(val, False), run_dir=tmp_path / "ft", epochs=6,
+                 warmup_steps=0, dist=dist, config={"command": "test"}, early_stop=1,
+                 description=RunDescription(kind="test", head_config=model.head.config.to_dict(),
+                                            transform=transform.state_dict(), fingerprint=train.fingerprint))
     assert s["stopped_early"] and s["epochs_run"] == 2 and s["best_epoch"] == 1
     head, t, ckpt = load_head(tmp_path / "ft" / "checkpoint-best.pt")
     x = torch.from_numpy(val.read_many([0])["features"])
@@ -194,7 +197,7 @@ def test_loader_workers_reuse_their_buffers_without_overwriting_a_batch_in_use(t
 
     cache = FeatureCache(make_signal_cache(tmp_path / "c", 64, seed=3, dim=48).path)
     dist = Distributed()
-    batches = tr.CacheBatches(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
+    batches = loader.CacheBatches.from_cache(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
                               preload="none", device=torch.device("cpu"), workers=2, dist=dist)
     batches.start_workers()
     slots = []
@@ -212,12 +215,12 @@ def test_loader_workers_reuse_their_buffers_without_overwriting_a_batch_in_use(t
     batches.set_epoch(3)
     held = [b for b in batches.loader]
     slots = [int(b["lease"][1]) for b in held]
-    assert len(held) == 16 and max(slots) == tr.LOADER_RING - 1 and slots.count(-1) > 0
+    assert len(held) == 16 and max(slots) == loader.LOADER_RING - 1 and slots.count(-1) > 0
     for b in held:
         assert torch.equal(b["features"], torch.from_numpy(cache.read_many(b["index"].numpy())["features"]))
     batches.leases.zero_()
     # Training through the recycled buffers gives the numbers of a loader without workers.
-    plain = tr.CacheBatches(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
+    plain = loader.CacheBatches.from_cache(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
                             preload="none", device=torch.device("cpu"), workers=0, dist=dist)
     for b in (batches, plain):
         b.set_epoch(5)
@@ -295,17 +298,17 @@ def test_bf16_wide_input_run_interrupted_then_resumed_ends_like_an_uninterrupted
     opts = dict(epochs=4, hidden=32, batch_size=8, lr=3e-3, amp="bf16", device="cpu", progress=False, workers=0)
     whole = tr.train_head(train.path, val.path, tmp_path / "whole", **opts)
     assert whole["config"]["amp"] == "bf16" and whole["config"]["head"]["input_dim"] > 4 * 32
-    saves, real = [], tr.atomic_torch_save
+    saves, real = [], runs.atomic_torch_save
 
     def dies_after_two(obj, path, also=None):
         real(obj, path, also=also)
         saves.append(path)
         if len(saves) == 2:
             raise KeyboardInterrupt         # after epoch 2's checkpoint, before its metrics line
-    monkeypatch.setattr(tr, "atomic_torch_save", dies_after_two)
+    monkeypatch.setattr(runs, "atomic_torch_save", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         tr.train_head(train.path, val.path, tmp_path / "cut", **opts)
-    monkeypatch.setattr(tr, "atomic_torch_save", real)
+    monkeypatch.setattr(runs, "atomic_torch_save", real)
     tr.train_head(train.path, val.path, tmp_path / "cut", resume=True, **opts)
     a, b = metrics_lines(tmp_path / "whole"), metrics_lines(tmp_path / "cut")
     assert [m["epoch"] for m in b] == [1, 2, 3, 4]
@@ -344,4 +347,4 @@ def test_preload_gpu_trains_on_cuda_with_autocast(caches, tmp_path):
     assert len(lines) == 4 and lines[-1]["val_loss"] < lines[0]["val_loss"]
     assert s["config"]["amp"] in ("bf16", "fp16") and s["config"]["device"].startswith("cuda")
     head, transform, ckpt = load_head(run / "checkpoint-best.pt")      # CPU tensors: loads anywhere
-    assert next(head.parameters()).device.type == "cpu" and ckpt["fingerprint"] == s["config"]["train_cache"]["fingerprint"]
+    assert next(head.parameters()).device.type == "cpu" and ckpt.description.fingerprint == s["config"]["train_cache"]["fingerprint"]

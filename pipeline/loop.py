@@ -1,0 +1,310 @@
+"""The training loop shared by train-head and finetune: schedule, steps, validation, checkpoints, resume.
+
+Read top to bottom: the pure helpers (`get_lr`, `evaluate_model`, `gather_predictions`), then
+`fit` and the named steps it is made of (`_restore`, `_seed_ranks`, `_train_epoch`, `_validate`,
+`_save_epoch`).
+
+Reusing the loop (finetune, or any model that maps a batch to per-frame logits)
+-------------------------------------------------------------------------------
+`fit(model, optimizer, train_batches, val_batches, run_dir=..., ...)` owns everything that is not
+the model or the data: warmup + cosine schedule, AdamW stepping, gradient clipping, autocast
+(+ GradScaler for fp16), DistributedDataParallel, validation with pipeline.metrics every epoch,
+early stopping, a tqdm bar, `config.json`, `metrics.jsonl`, atomic `checkpoint-last.pt` /
+`checkpoint-best.pt` (`pipeline.runs.RunCheckpoint`), and resume (model, optimizer, scaler, step,
+RNG states per rank, history). The caller provides:
+
+- `model`: an nn.Module already on `dist.device`; `model(batch["inputs"]) -> logits [B, T]`.
+  fit wraps it in DDP under torchrun and saves `model.state_dict()` as the checkpoint's model. A
+  model that contains the head as its `.head` submodule (finetune: backbone → transform → head)
+  keeps `pipeline.runs.load_head` working on its checkpoints.
+- `optimizer`: any torch optimizer; each param group's "lr" is its PEAK lr (e.g. a separate
+  backbone lr). fit stores it as group["base_lr"] and sets group["lr"] = get_lr(step, ...) scaled
+  to that peak every step.
+- `train_batches`: `.set_epoch(epoch)`, `len()` = batches per epoch on this rank (the same on
+  every rank, or DDP hangs), iteration yields dicts {"inputs": Tensor (or a tuple/dict of them),
+  "target": [B, T] float in [0, 1], "length": [B] int}; CPU tensors (pinned is best) or already on
+  the device. The order must be a function of (seed, epoch) so a resumed run sees the same data.
+- `val_batches`: the same, plus "index": [B] int64 clip indices (global, 0..N-1); each rank may
+  hold any share of the validation set, fit gathers the predictions and scores them all at once.
+- `description`: a `pipeline.runs.RunDescription` (what is trained: head config, transform state,
+  fingerprint, ...), put into every checkpoint; `config`: the resolved run config (config.json and
+  the checkpoint's config).
+- `resume`: the checkpoint to continue (`pipeline.runs.prepare_run_dir(run_dir, resume=True, ...)`
+  returns it), else None. Build the model and optimizer as for a fresh run; fit restores their
+  states. prepare_run_dir also enforces --resume / --overwrite.
+The loss is `masked_bce` (pipeline.head) on the real frames.
+
+This module trains; it must not choose options, read caches or decode videos (its callers do),
+and it writes the run directory only through `pipeline.runs`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.distributed import Distributed
+from pipeline.head import masked_bce
+from pipeline.runs import (CKPT_BEST, CKPT_LAST, RunCheckpoint, RunDescription, json_plain, write_config,
+                           write_metrics)
+from pipeline.runtime import autocast, rng_state, seed_everything, set_rng_state
+
+MIN_LR_RATIO = 0.1              # cosine decays to lr / 10 (nanoGPT's choice)
+GRAD_CLIP = 1.0                 # max global gradient norm
+ADAM_BETAS = (0.9, 0.999)
+POSTFIX_EVERY = 20              # steps between progress-bar loss updates (each one syncs a GPU)
+RESUME_SEED_STRIDE = 7919       # a resume without the ranks' RNG states seeds seed + rank + this * epoch
+
+# Per-epoch validation metrics copied into metrics.jsonl (as val_<name>), from pipeline.metrics.
+EPOCH_METRICS = ("bce", "mae", "pearson", "peak_within_1", "peak_error_frames", "onset_f1", "seed_score")
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+def get_lr(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
+    """Learning rate at optimizer step `step` (0-based): linear warmup over `warmup` steps to `lr`,
+    then cosine decay to `min_lr` at step `total`, `min_lr` after it."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if step >= total:
+        return min_lr
+    ratio = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def to_device(x, device: torch.device):
+    """Tensors (also inside dicts, tuples, lists) to `device`, without blocking."""
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, batches, device: torch.device, amp: str = "off",
+                   progress: bool = False) -> dict:
+    """Run `model` over `batches` (this rank's share of a clip set) in eval mode, under the autocast
+    `amp` names (runtime.autocast); what validation scores every epoch, and what export predicts.
+
+    Returns {"loss_sum": summed masked BCE, "frames": real frames, "index" [n] int64 clip indices,
+    "pred" [n, T] float32 probabilities per clip, "target" [n, T], "length" [n]} as numpy arrays,
+    in the batches' order (`gather_predictions` puts several ranks' in clip order).
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    loss_sum, frames = 0.0, 0
+    index, pred, target, length = [], [], [], []
+    for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress, leave=False):
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            logits = model(batch["inputs"])
+        loss_sum += float(masked_bce(logits, batch["target"], batch["length"], reduction="sum"))
+        frames += int(batch["length"].sum())
+        index.append(batch["index"].cpu())
+        pred.append(torch.sigmoid(logits.float()).cpu())
+        target.append(batch["target"].float().cpu())
+        length.append(batch["length"].cpu())
+    model.train(was_training)
+    cat = lambda xs, shape: torch.cat(xs).numpy() if xs else np.zeros(shape, np.float32)  # noqa: E731
+    return {"loss_sum": loss_sum, "frames": frames, "index": cat(index, (0,)).astype(np.int64),
+            "pred": cat(pred, (0, 0)), "target": cat(target, (0, 0)), "length": cat(length, (0,)).astype(np.int64)}
+
+
+def gather_predictions(local: dict, dist: Distributed) -> dict:
+    """evaluate_model results of all ranks → one dict in clip order (every rank gets it)."""
+    parts = dist.gather(local)
+    out = {"loss_sum": sum(p["loss_sum"] for p in parts), "frames": sum(p["frames"] for p in parts)}
+    parts = [p for p in parts if len(p["index"])] or parts[:1]     # a rank may hold no val batch
+    order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
+    for key in ("index", "pred", "target", "length"):
+        out[key] = np.concatenate([p[key] for p in parts])[order]
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class _Progress:
+    """What a checkpoint carries about where training stands (restored on resume)."""
+
+    epoch: int = 0                  # epochs done
+    step: int = 0                   # optimizer steps done
+    best_val: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class _Trainer:
+    """One run's fixed pieces, handed to the steps of `fit`."""
+
+    model: nn.Module                # what runs the batches (DDP-wrapped under torchrun)
+    raw_model: nn.Module            # what is saved and clipped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dist: Distributed
+    amp: str
+    warmup_steps: int
+    total_steps: int
+    grad_clip: float
+    min_lr_ratio: float
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_batches, *,
+        run_dir: Path, epochs: int, warmup_steps: int, dist: Distributed, description: RunDescription,
+        config: dict, amp: str = "off", grad_clip: float = GRAD_CLIP, min_lr_ratio: float = MIN_LR_RATIO,
+        early_stop: int = 0, seed: int = 0, resume: RunCheckpoint | None = None, progress: bool = True) -> dict:
+    """Train `model` for `epochs`, validating and checkpointing every epoch (see the module docstring).
+
+    Returns {"run_dir", "epochs_run", "best_epoch", "best_val_loss", "best_metrics",
+    "last_metrics", "stopped_early", "seconds"} (the same on every rank).
+    """
+    run_dir, device = Path(run_dir), dist.device
+    config = json_plain(config)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    t = _Trainer(model=model, raw_model=model, optimizer=optimizer,
+                 scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), dist=dist, amp=amp,
+                 warmup_steps=warmup_steps, total_steps=epochs * len(train_batches), grad_clip=grad_clip,
+                 min_lr_ratio=min_lr_ratio)
+    state = _restore(t, resume)
+    if dist.enabled:
+        t.model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            forward_sync_buffers=False)     # the head has no BatchNorm: nothing to sync per step
+    if dist.is_main:                        # the run's record: config, and metrics up to the checkpoint
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, config)
+        write_metrics(run_dir, state.history)
+    _seed_ranks(dist, resume, seed, state.epoch)
+
+    stopped_early = early_stop > 0 and state.bad_epochs >= early_stop
+    t_start = time.perf_counter()
+    for epoch in range(state.epoch, epochs):
+        if stopped_early:
+            break
+        t0 = time.perf_counter()
+        train_loss, samples, train_seconds = _train_epoch(t, train_batches, state, epoch, epochs, progress)
+        val_loss, record = _validate(t, val_batches, state, epoch)
+        improved = val_loss < state.best_val
+        if improved:
+            state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        stopped_early = early_stop > 0 and state.bad_epochs >= early_stop
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **record}
+        record.update(seconds=round(time.perf_counter() - t0, 3), train_seconds=round(train_seconds, 3),
+                      samples_per_s=round(samples / train_seconds, 2) if train_seconds else None,
+                      lr=optimizer.param_groups[0]["lr"], step=state.step, best=improved)
+        record = dist.broadcast(record)
+        state.history.append(record)
+        state.epoch = epoch + 1
+        _save_epoch(t, state, run_dir, description, config, val_loss, record, improved)
+
+    best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+    return {"run_dir": str(run_dir), "epochs_run": len(state.history), "best_epoch": state.best_epoch,
+            "best_val_loss": state.best_val if best is not None else None, "best_metrics": best,
+            "last_metrics": state.history[-1] if state.history else None, "stopped_early": stopped_early,
+            "seconds": round(time.perf_counter() - t_start, 2)}
+
+
+def _restore(t: _Trainer, resume: RunCheckpoint | None) -> _Progress:
+    """A fresh run's progress, or the checkpoint's, with model / optimizer / scaler states loaded."""
+    if resume is None:
+        return _Progress()
+    t.raw_model.load_state_dict(resume.model)
+    t.optimizer.load_state_dict(resume.optimizer)
+    t.scaler.load_state_dict(resume.scaler)
+    return _Progress(epoch=int(resume.epoch), step=int(resume.step), best_val=float(resume.best_val_loss),
+                     best_epoch=int(resume.best_epoch), bad_epochs=int(resume.bad_epochs),
+                     history=list(resume.history))
+
+
+def _seed_ranks(dist: Distributed, resume: RunCheckpoint | None, seed: int, start_epoch: int):
+    """Each rank its own dropout stream: the checkpoint's RNG states when it has this world size's."""
+    if resume is not None and len(resume.rng) == dist.world_size:
+        set_rng_state(resume.rng[dist.rank], dist.device)
+    elif resume is None:
+        seed_everything(seed + dist.rank)
+    else:
+        seed_everything(seed + dist.rank + RESUME_SEED_STRIDE * start_epoch)
+
+
+def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int,
+                 progress: bool) -> tuple[float, int, float]:
+    """One epoch of optimizer steps → (train loss over every rank's real frames, clips, seconds)."""
+    from tqdm import tqdm
+
+    device, t0 = t.dist.device, time.perf_counter()
+    t.model.train()
+    batches.set_epoch(epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    frames = torch.zeros((), dtype=torch.int64, device=device)
+    samples = 0
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+               disable=not (progress and t.dist.is_main))
+    for i, batch in enumerate(bar):
+        batch = to_device(batch, device)
+        lr_factor = get_lr(state.step, t.warmup_steps, t.total_steps, 1.0, t.min_lr_ratio)
+        for group in t.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor
+        with autocast(device, t.amp):
+            logits = t.model(batch["inputs"])
+        loss = masked_bce(logits, batch["target"], batch["length"])
+        t.scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            t.scaler.unscale_(t.optimizer)
+            nn.utils.clip_grad_norm_(t.raw_model.parameters(), t.grad_clip)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        n_frames = batch["length"].sum()
+        loss_sum += loss.detach().double() * n_frames
+        frames += n_frames
+        samples += int(batch["length"].shape[0])
+        state.step += 1
+        if i % POSTFIX_EVERY == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    train_loss = t.dist.sum(float(loss_sum)) / max(1.0, t.dist.sum(float(frames)))
+    return train_loss, int(t.dist.sum(samples)), time.perf_counter() - t0
+
+
+def _validate(t: _Trainer, batches, state: _Progress, epoch: int) -> tuple[float, dict]:
+    """Every rank its share, scored together → (val loss, {"val_loss", "val_clips", val_<metric>...})."""
+    from pipeline.metrics import evaluate
+
+    val = gather_predictions(evaluate_model(t.raw_model, batches, t.dist.device, t.amp), t.dist)
+    val_loss = val["loss_sum"] / max(1, val["frames"])
+    record = {"val_loss": val_loss, "val_clips": len(val["index"])}
+    if t.dist.is_main:
+        metrics = evaluate(val["pred"], val["target"], val["length"])
+        record.update({f"val_{k}": metrics[k] for k in EPOCH_METRICS})
+    return val_loss, record
+
+
+def _save_epoch(t: _Trainer, state: _Progress, run_dir: Path, description: RunDescription, config: dict,
+                val_loss: float, record: dict, improved: bool):
+    """The epoch's checkpoint (atomic; best renamed in before last, so a kill between re-runs this
+    epoch; best is a hard link to the same bytes: a 25088-d head with AdamW state is ~660 MB),
+    then metrics.jsonl."""
+    rngs = t.dist.gather(rng_state(t.dist.device))
+    if t.dist.is_main:
+        ckpt = RunCheckpoint(
+            description=description, model=t.raw_model.state_dict(), optimizer=t.optimizer.state_dict(),
+            scaler=t.scaler.state_dict(), epoch=state.epoch, step=state.step, val_loss=val_loss, metrics=record,
+            best_val_loss=state.best_val, best_epoch=state.best_epoch, bad_epochs=state.bad_epochs,
+            history=state.history, rng=rngs, config=config, world_size=t.dist.world_size)
+        ckpt.write(run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
+        write_metrics(run_dir, state.history)
+    t.dist.barrier()
