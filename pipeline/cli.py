@@ -382,6 +382,34 @@ def pretrain_cmd(videos, annotations, val_annotations, labels, classes, backbone
     echo(f"cache features with it:\n  {summary['extract_command']}", quiet)
 
 
+@cli.command("pretrain-compare")
+@pretrain_options
+@click.option("--out", required=True, type=OUT_DIR, help="Comparison directory (re-run the same command to continue).")
+@click.option("--seeds", default="0,1,2", help="Comma-separated seeds, one pretrain + head per arm each.")
+@click.option("--aux-envelope", "aux_envelope", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="W of the aux arm (loss = CE + W x BCE) [1.0].")
+@click.option("--head-epochs", default=None, type=click.IntRange(1), help="Epochs of each seed's head [10].")
+@click.option("--head-hidden", default=None, type=click.IntRange(1), help="LSTM width of the heads [512].")
+@click.option("--head-input", default=None, type=click.Choice(["features", "motion-energy"]), help="Head input [features].")
+def pretrain_compare_cmd(videos, annotations, val_annotations, labels, classes, backbone, size, epochs, batch_size, lr,
+                         amp, device, threads, limit, quiet, out, seeds, aux_envelope, head_epochs, head_hidden,
+                         head_input):
+    """Pretrain with and without --aux-envelope over seeds; score each backbone's head on held-out clips."""
+    from pipeline.compare import compare
+    setup_logging(quiet)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
+    report = compare(videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
+                     classes=classes, seeds=seed_list, aux_weight=aux_envelope, backbone=backbone, size=size,
+                     epochs=epochs, batch_size=batch_size, lr=lr, amp=amp, head_epochs=head_epochs,
+                     head_hidden=head_hidden, head_input=head_input, device=device, threads=threads, limit=limit,
+                     progress=not quiet)
+    echo((Path(out) / "compare.md").read_text(encoding="utf-8"), quiet)
+    echo(f"report: {out}/compare.md and compare.json ({report['seconds']:.0f} s)", quiet)
+
+
 def plots_arg(value: str):
     if value == "all":
         return value
