@@ -14,7 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import synthetic as S
+from pipeline.errors import FoleyError
 from pipeline.synthetic import TEMPLATES_12, make_synthetic, render_clip, write_video
+from pipeline.synthetic import audio as A
+from pipeline.synthetic import looks as L
+from pipeline.synthetic import objects as O
+from pipeline.synthetic.clip import render
+from pipeline.synthetic.physics import Scene
 
 TINY = (64, 48)
 
@@ -48,6 +54,24 @@ def _audio(path):
         planar = av.AudioResampler(format="fltp")        # any codec's samples as float [C, n]
         x = np.concatenate([g.to_ndarray() for f in c.decode(stream) for g in planar.resample(f)], axis=1)
         return x[0], stream.rate
+
+
+# --- the package's layout -----------------------------------------------------------------------
+PIPELINE_ORDER = ["physics", "raster", "objects", "scenes", "looks", "frames", "audio", "clip", "encode", "dataset"]
+
+
+def test_modules_import_in_pipeline_order():
+    """Each module of pipeline.synthetic imports only the ones before it in the order a clip is made."""
+    import ast
+    from pathlib import Path
+
+    root = Path(S.__file__).parent
+    assert sorted(p.stem for p in root.glob("*.py") if p.stem != "__init__") == sorted(PIPELINE_ORDER)
+    for i, name in enumerate(PIPELINE_ORDER):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        used = {node.module.rsplit(".", 1)[1] for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.synthetic.")}
+        assert used <= set(PIPELINE_ORDER[:i]), (name, used - set(PIPELINE_ORDER[:i]))
 
 
 # --- SSv2 files ----------------------------------------------------------------------------------
@@ -168,7 +192,7 @@ def test_loudness_follows_impact_speed():
     peaks, speeds = [], []
     for seed in range(4):
         spec = _spec("Throwing [something] against [something]", seed=seed, duration=5.0)
-        out = S._render(spec)
+        out = render(spec)
         x = out["audio"][0]
         for t, v in zip(out["events"], out["speeds"]):
             i = int(t * 44100)
@@ -180,7 +204,7 @@ def test_loudness_follows_impact_speed():
 
 def test_every_template_renders_with_its_events():
     for i, template in enumerate(TEMPLATES_12 + S.OTHER_TEMPLATES):
-        out = S._render(_spec(template, seed=100 + i, duration=4.0, fps=12))
+        out = render(_spec(template, seed=100 + i, duration=4.0, fps=12))
         assert len(out["placeholders"]) == template.count("[")
         if template in TEMPLATES_12:
             assert out["events"], template
@@ -190,7 +214,7 @@ def test_every_template_renders_with_its_events():
 
 def test_impacts_are_visible():
     """Frames right after an impact change more than the average frame (stop, squash, dust)."""
-    out = S._render(_spec("Dropping [something] in front of [something]", seed=5, duration=4.0, fps=12,
+    out = render(_spec("Dropping [something] in front of [something]", seed=5, duration=4.0, fps=12,
                           size=(160, 120)))
     f = out["frames"].astype(np.float32)
     diff = np.abs(np.diff(f, axis=0)).mean(axis=(1, 2, 3))             # [N-1]: change into frame i+1
@@ -301,7 +325,7 @@ def _look_stats(look, n=24, seed=3):
     specs = [sp for sp in S.make_specs(n, 0, seed, SMALL, look) if sp["template"] in TEMPLATES_12]
     pics, first, counts = [], [], []
     for sp in specs:
-        out = S._render(sp)
+        out = render(sp)
         f = out["frames"].astype(np.float32)
         pics.append((f.mean(), np.abs(np.diff(f, axis=2)).mean(), np.abs(np.diff(f, axis=0)).mean()))
         first += out["events"][:1]
@@ -318,7 +342,7 @@ def test_looks_api_and_ids():
     assert not {s["id"] for s in a} & {s["id"] for s in b}            # same seed, other look: no shared id
     assert not {s["seed"] for s in a} & {s["seed"] for s in b}        # ... and no shared clip
     assert all(s["look"] == S.HELDOUT_LOOK for s in b)
-    with pytest.raises(S.FoleyError, match="unknown look"):
+    with pytest.raises(FoleyError, match="unknown look"):
         S.make_specs(1, 1, 0, TINY, "disco")
     from pipeline.cli import make_synthetic_cmd
     choices = next(p for p in make_synthetic_cmd.params if p.name == "look").type.choices
@@ -335,7 +359,7 @@ def test_two_looks_differ_while_timing_stays_alike():
     # Events: when and how many stay alike (the physics does not draw from the look's stream).
     assert abs(fa.mean() - fb.mean()) < 0.5 and 0.7 < cb.mean() / ca.mean() < 1.4
     assert np.mean(fa < 4.0) >= 0.85 and np.mean(fb < 4.0) >= 0.85
-    names = {p for s in sb for p in S._render(dict(s, size=TINY))["placeholders"]}
+    names = {p for s in sb for p in render(dict(s, size=TINY))["placeholders"]}
     assert names & set(S.LOOK_FAMILIES[S.HELDOUT_LOOK]["balls"] + S.LOOK_FAMILIES[S.HELDOUT_LOOK]["boxes"])
 
 
@@ -345,7 +369,7 @@ def test_each_look_keeps_impacts_at_the_events(look):
     media = pytest.importorskip("pipeline.media")
     hits = total = 0
     for sp in S.make_specs(24, 0, 5, (32, 24), look):
-        out = S._render(sp)
+        out = render(sp)
         early = [t for t in out["events"] if t < 4.0]
         if not early:
             continue
@@ -359,7 +383,7 @@ def test_each_look_keeps_impacts_at_the_events(look):
 
 def _with(spec, **changes):
     """Render spec with some drawn variety settings replaced: (render of the base, render changed)."""
-    base = S._render(spec)
+    base = render(spec)
     variety = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base["variety"].items()}
     for key, value in changes.items():
         if "." in key:
@@ -367,7 +391,7 @@ def _with(spec, **changes):
             variety[outer][inner] = value
         else:
             variety[key] = value
-    return base, S._render(dict(spec, variety=variety))
+    return base, render(dict(spec, variety=variety))
 
 
 QUIET = {"blur": 0.0, "noise": 0.0, "occluder": None, "distractor": None}
@@ -376,7 +400,7 @@ QUIET = {"blur": 0.0, "noise": 0.0, "occluder": None, "distractor": None}
 def _quiet_spec(template="Dropping [something] onto [something]", look="home", **kw):
     """A spec whose look is stripped of motion extras (no blur, noise, occluder, distractor, shake)."""
     spec = _spec(template, fps=12, duration=4.0, size=SMALL, look=look, **kw)
-    v = S._render(spec)["variety"]
+    v = render(spec)["variety"]
     v.update(QUIET)
     v["camera"] = dict(v["camera"], shake=0.0)
     return dict(spec, variety=v)
@@ -384,7 +408,7 @@ def _quiet_spec(template="Dropping [something] onto [something]", look="home", *
 
 def test_variety_axes_change_what_they_claim():
     spec = _quiet_spec()
-    base = S._render(spec)
+    base = render(spec)
     f0 = base["frames"].astype(np.float32)
     rel = (np.array(base["events"]) * 12).astype(int)
     # Quiet: nothing moves before the object is released, so the first frames are identical.
@@ -405,7 +429,7 @@ def test_variety_axes_change_what_they_claim():
     dn = np.abs(noisy["frames"][1].astype(np.float32) - noisy["frames"][0])
     assert (dn > 0).mean() > 0.8
     # A distractor (silent motion) changes the picture, never the events or the sound.
-    for kind in S.DISTRACTORS:
+    for kind in L.DISTRACTORS:
         _, busy = _with(spec, distractor={"kind": kind, "t0": 0.2, "seconds": 2.0, "x": 0.3, "y": 0.4,
                                           "size": 1.0, "direction": 1})
         assert busy["events"] == base["events"] and np.array_equal(busy["audio"], base["audio"]), kind
@@ -424,20 +448,20 @@ def test_variety_axes_change_what_they_claim():
 
 
 def test_object_shapes_sizes_and_palettes():
-    scene = S._Scene(320.0, 200.0, 1800.0, 4.0)
+    scene = Scene(320.0, 200.0, 1800.0, 4.0)
     rng = np.random.default_rng(0)
     for look in S.LOOKS:
         scene.family = S.LOOK_FAMILIES[look]
-        scene.variety = S._draw_variety(rng, look)
+        scene.variety = L.draw_variety(rng, look)
         for _ in range(30):
-            name, shape, hx, hy, colour, _ = S._object(rng, scene)
+            name, shape, hx, hy, colour, _ = O.make_object(rng, scene)
             assert name in scene.family["balls" if shape == "ball" else "boxes"]
-            if S.VISUALS.get(name) == "bottle":
+            if O.VISUALS.get(name) == "bottle":
                 assert hy > hx                                         # bottles stand tall
     cols = {}
     for palette in ("pastel", "dark", "metal"):
         scene.variety = dict(scene.variety, palette=palette)
-        c = np.array([S._colour(rng, scene) for _ in range(50)])
+        c = np.array([O.colour(rng, scene) for _ in range(50)])
         cols[palette] = (c.mean(), (c.max(1) - c.min(1)).mean())
     assert cols["pastel"][0] > cols["dark"][0] + 60                   # pastel is light, dark is dark
     assert cols["metal"][1] < 20                                       # metal is grey
@@ -445,7 +469,7 @@ def test_object_shapes_sizes_and_palettes():
 
 def test_walls_and_floors_differ():
     rng = np.random.default_rng(1)
-    walls = {kind: S._wall(rng, kind, 60, 80, 0.25) for fam in S.LOOK_FAMILIES.values() for kind in fam["walls"]}
+    walls = {kind: L.wall(rng, kind, 60, 80, 0.25) for fam in S.LOOK_FAMILIES.values() for kind in fam["walls"]}
     for kind, img in walls.items():
         assert img.shape == (60, 80, 3) and np.isfinite(img).all(), kind
     kinds = sorted(walls)
@@ -454,7 +478,7 @@ def test_walls_and_floors_differ():
             assert np.abs(walls[a] - walls[b]).mean() > 5, (a, b)
     img = np.full((60, 80, 3), 128, np.float32)
     for kind in {k for fam in S.LOOK_FAMILIES.values() for k in fam["floors"]}:
-        S._floor(rng, kind, img, 40, 0.25)
+        L.floor(rng, kind, img, 40, 0.25)
         assert np.abs(img[40:] - 128).mean() > 3 and np.all(img[:40] == 128), kind
 
 
@@ -510,7 +534,7 @@ def test_load_sounds_groups_by_folder_and_strength(sounds_dir):
     assert [g["name"] for g in bank["groups"]] == ["glass", "wood"]
     for g in bank["groups"]:
         assert [p.rsplit("-", 1)[1].split(".")[0] for p in g["files"]] == ["soft", "med", "hard"]
-    wave = S._sample_wave(bank["groups"][1]["files"][0], 44100)
+    wave = A._sample_wave(bank["groups"][1]["files"][0], 44100)
     assert wave.dtype == np.float32 and np.abs(wave).max() == pytest.approx(1.0)
     assert np.argmax(np.abs(wave) >= 0.1) <= int(0.003 * 44100)      # trimmed to its onset
 
@@ -518,16 +542,16 @@ def test_load_sounds_groups_by_folder_and_strength(sounds_dir):
 def test_sounds_errors_name_the_folder_or_file(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no audio here")
-    with pytest.raises(S.FoleyError, match="empty.*no audio files"):
+    with pytest.raises(FoleyError, match="empty.*no audio files"):
         S.load_sounds(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     _write_wav(tmp_path / "bad" / "good.wav", _impact_wave(0.5, 500.0))
     (tmp_path / "bad" / "broken.wav").write_bytes(b"RIFF not really a wave file")
-    with pytest.raises(S.FoleyError, match="broken.wav"):
+    with pytest.raises(FoleyError, match="broken.wav"):
         S.load_sounds(tmp_path / "bad")
     (tmp_path / "quiet").mkdir()
     _write_wav(tmp_path / "quiet" / "zero.wav", np.zeros(2000, np.int16))
-    with pytest.raises(S.FoleyError, match="zero.wav.*silent"):
+    with pytest.raises(FoleyError, match="zero.wav.*silent"):
         S.load_sounds(tmp_path / "quiet")
 
 
@@ -535,7 +559,7 @@ def test_sample_loudness_follows_impact_speed(sounds_dir):
     bank = S.load_sounds(sounds_dir)
     peaks, speeds, used = [], [], set()
     for seed in range(4):
-        out = S._render(_spec("Throwing [something] against [something]", seed=seed, duration=5.0), bank)
+        out = render(_spec("Throwing [something] against [something]", seed=seed, duration=5.0), bank)
         assert out["sound"]["source"] == "samples" and len(out["sound"]["samples"]) == len(out["events"])
         used |= set(out["sound"]["samples"])
         x = out["audio"][0]
@@ -569,7 +593,7 @@ def test_make_synthetic_with_sounds_and_a_heldout_look(tmp_path, sounds_dir):
         assert info["look"] == S.HELDOUT_LOOK and info["variety"]["look"] == S.HELDOUT_LOOK
         assert info["sound"]["source"] == "samples" and info["sound"]["group"] in ("glass", "wood")
         if info["variety"]["wall"] == "photo":                         # the photograph used is recorded
-            assert info["variety"]["wall_photo"] in S.PHOTO_WALLS
+            assert info["variety"]["wall_photo"] in L.PHOTO_WALLS
         early = [t for t in events[cid] if t < 4.0]
         if cid in manifest["faulty"] or not early:
             continue
