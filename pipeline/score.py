@@ -28,6 +28,7 @@ from pipeline import metrics as M
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write
 from pipeline.run_features import TrainedRun, run_extract_settings, train_cache_of
+from pipeline.runs import RunCheckpoint
 
 SHUFFLE_SEED = 0            # derangement of the `shuffled` baseline
 PREDICT_BATCH = 16          # clips per head forward
@@ -48,17 +49,24 @@ def prediction_amp(run: TrainedRun, device: torch.device) -> str:
     return amp
 
 
-def _batches(run: TrainedRun, cache, device: torch.device, batch_size: int, bar):
+class _InOrder:
     """The cache in order as evaluate_model's batches: {"inputs" [B, T, d] transformed on `device`,
     "target" [B, T], "length" [B], "index" [B]}, like the training loader gives them."""
-    n = len(cache)
-    for lo in range(0, n, batch_size):
-        index = np.arange(lo, min(n, lo + batch_size))
-        batch = cache.read_many(index)
-        features = torch.from_numpy(batch["features"]).to(device)         # [B, T, D] stored dtype
-        yield {"inputs": run.transform(features), "target": torch.from_numpy(batch["envelope"]),
-               "length": torch.from_numpy(batch["length"]), "index": torch.from_numpy(index)}
-        bar.update(len(index))
+
+    def __init__(self, run: TrainedRun, cache, device: torch.device, batch_size: int):
+        self.run, self.cache, self.device, self.batch_size = run, cache, device, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.cache) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.cache)
+        for lo in range(0, n, self.batch_size):
+            index = np.arange(lo, min(n, lo + self.batch_size))
+            batch = self.cache.read_many(index)
+            features = torch.from_numpy(batch["features"]).to(self.device)     # [B, T, D] stored dtype
+            yield {"inputs": self.run.transform(features), "target": torch.from_numpy(batch["envelope"]),
+                   "length": torch.from_numpy(batch["length"]), "index": torch.from_numpy(index)}
 
 
 def predict(run: TrainedRun, cache, device: torch.device, batch_size: int = PREDICT_BATCH,
@@ -66,9 +74,8 @@ def predict(run: TrainedRun, cache, device: torch.device, batch_size: int = PRED
     """Head probabilities [N, T] float32 for every clip of `cache`, in cache order (padding kept)."""
     from pipeline.loop import evaluate_model
 
-    with tqdm(total=len(cache), desc="predict", unit="clip", disable=not progress, leave=False) as bar:
-        out = evaluate_model(run.head, _batches(run, cache, device, batch_size, bar), device,
-                             prediction_amp(run, device))
+    out = evaluate_model(run.head, _InOrder(run, cache, device, batch_size), device, prediction_amp(run, device),
+                         progress=progress)
     return out["pred"]
 
 
@@ -88,9 +95,8 @@ def train_mean_envelope(run: TrainedRun, progress: bool = False) -> tuple[np.nda
     init_head = run.options.get("init_head")
     if init_head and Path(init_head).is_file():
         try:
-            init_cfg = torch.load(init_head, map_location="cpu", weights_only=True).get("config") or {}
-            candidates.append(train_cache_of(init_cfg))
-        except Exception:       # an unreadable --init-head only removes one candidate
+            candidates.append(train_cache_of(RunCheckpoint.read(init_head).config or {}))
+        except FoleyError:      # an unreadable --init-head only removes one candidate
             pass
     for path in candidates:
         if path is not None and (Path(path) / "cache.json").is_file():
