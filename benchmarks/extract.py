@@ -4,10 +4,11 @@
 
 All three phases run in one process, on the same decodable clips, with the same settings
 (size, batch size, decode workers, device, precision, weights):
-- decode-only: the DataLoader that extract-features uses (`pipeline.extract.ClipDataset` +
+- decode-only: the DataLoader that extract-features uses (`pipeline.extract.ClipSettings.dataset` +
   `make_loader`, same workers), iterated without the model; the decoded clips are kept in memory.
-- backbone-only: the model on those pre-decoded clips, batch by batch, through the same
-  `pipeline.extract` forward code (stack, device copy, autocast, output cast), nothing else.
+- backbone-only: the model prepared by extraction's own `prepare_model` on those pre-decoded clips,
+  batch by batch, through extraction's `batch_features` (stack, device copy, normalisation,
+  autocast, output cast), nothing else.
 - extract: `pipeline.extract.extract_features` end to end (model load, decode workers, forward,
   compression, shard writes, cache.json), timed from the call to its return.
 The phases alternate, decode-only and backbone-only before and after every extract round, and
@@ -31,10 +32,12 @@ from pipeline import backbones
 from pipeline import extract as ex
 from pipeline.data import load_annotations
 from pipeline.media import normalize_frames
+from pipeline.runtime import autocast
 
 CALIBRATION_CLIPS = 4        # clips whose activations set the benchmark weights' BatchNorm statistics
 BACKBONE = "model3d_1"
 SEED = 0
+SPEC = backbones.get_spec(BACKBONE)
 
 
 def _sync(dev: torch.device):
@@ -44,15 +47,14 @@ def _sync(dev: torch.device):
 
 def loader_settings(device: str, workers: int | None, precision: str) -> tuple[torch.device, int, str]:
     """The device, decode workers and precision extract-features would use for these arguments."""
-    dev = ex.resolve_device(device)
-    return dev, ex.default_workers(dev) if workers is None else workers, ex.resolve_precision(precision, dev)
+    dev, precision, workers = ex.resolve_settings(device, precision, workers)
+    return dev, workers, precision
 
 
 def _dataset(items, videos: Path, size: int, dev: torch.device):
     """The dataset extract-features builds for its shards: workers hand over 0..255 frames and the
-    batch is normalised next to the model (as `_write_shards` does; normalising in the worker
-    instead moves ~1 ms per clip from one side to the other, nothing more)."""
-    return ex.ClipDataset(items, videos=videos, frames=48, fps=12, size=size, reduce="max", normalize=False)
+    batch is normalised next to the model (as `_write_shards` does)."""
+    return ex.ClipSettings(Path(videos), frames=48, fps=12.0, size=size, reduce="max").dataset(items, normalize=False)
 
 
 def decode_only(items, videos: Path, size: int, workers: int, dev: torch.device) -> tuple[float, list]:
@@ -65,17 +67,16 @@ def decode_only(items, videos: Path, size: int, workers: int, dev: torch.device)
 
 def _forward(model, clips: list, dev: torch.device, precision: str):
     """One batch through extract's own forward code (device copy, normalisation, autocast, cast)."""
-    return ex.batch_features(model, clips, dev, precision, normalize=True, out_dtype="float16")
+    return ex.batch_features(model, clips, dev, precision, normalize=True, out_dtype="float16",
+                             mean=SPEC.mean, std=SPEC.std)
 
 
 def load_model(weights: Path, dev: torch.device, precision: str):
-    """The model as extract-features prepares it (weights, device, channels_last_3d where it pays)."""
+    """The model as extract-features prepares it (`pipeline.extract.prepare_model`: device, eval,
+    channels-last where it pays, cuDNN autotuning on a GPU)."""
     model = backbones.create_backbone(BACKBONE, seed=SEED)
     backbones.load_checkpoint(model, weights)
-    model = model.to(dev).eval()
-    if dev.type == "cuda" or precision == "bf16":
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+    return ex.prepare_model(model, SPEC, dev, precision)
 
 
 def backbone_only(model, clips: list, batch_size: int, dev: torch.device, precision: str) -> float:
@@ -92,9 +93,9 @@ def backbone_only(model, clips: list, batch_size: int, dev: torch.device, precis
 def calibrated_weights(clips: list, out: Path, dev: torch.device, precision: str) -> Path:
     """Seeded random model3d_1 with BatchNorm calibrated on `clips` (normalised [3, T, S, S]) -> file."""
     model = backbones.create_backbone(BACKBONE, seed=SEED).to(dev)
-    if dev.type == "cuda" or precision == "bf16":
+    if ex.channels_last(SPEC, dev, precision):
         model = model.to(memory_format=torch.channels_last_3d)
-    with ex.autocast(dev, precision):       # the benchmark's weights only: fast is what matters here
+    with autocast(dev, precision):          # the benchmark's weights only: fast is what matters here
         backbones.calibrate_batchnorm(model, (c[None].to(dev) for c in clips))
     path = out / "benchmark-backbone.safetensors"
     backbones.save_safetensors(model.float().cpu(), path)
@@ -102,7 +103,7 @@ def calibrated_weights(clips: list, out: Path, dev: torch.device, precision: str
 
 
 def _normalised(clip: torch.Tensor) -> torch.Tensor:
-    return normalize_frames(clip, channel_dim=0)
+    return normalize_frames(clip, channel_dim=0, mean=SPEC.mean, std=SPEC.std)
 
 
 def run(videos: Path, annotations: Path, workdir: Path, *, size: int = 224, batch_size: int = 4,

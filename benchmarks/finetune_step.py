@@ -26,7 +26,7 @@ def one(device: str, size: int, batch: int, steps: int, checkpointing: bool, fre
 
     sys.path.insert(0, str(ROOT))
     from pipeline import backbones
-    from pipeline.extract import cpu_has_bf16
+    from pipeline.runtime import cpu_has_bf16
     from pipeline.finetune import EndToEnd
     from pipeline.head import Head, HeadConfig, InputTransform, masked_bce
 

@@ -143,13 +143,14 @@ def gpu_model(weights: Path, dev, compile: bool = False):
 def time_backbone(model, clips: list, batch: int, dev, precision: str) -> dict:
     """Model only on clips resident on the GPU (0..255 frames; normalised on the GPU as in extract)."""
     from pipeline import extract as ex
+    from pipeline import runtime
     from pipeline.media import normalize_frames
 
     reps = -(-batch // len(clips))
     x = torch.stack((clips * reps)[:batch]).to(dev)                # [B, 3, T, S, S] float32, 0..255
 
     def step():
-        with torch.no_grad(), ex.autocast(dev, precision):
+        with torch.no_grad(), runtime.autocast(dev, precision):
             return model(normalize_frames(x, channel_dim=1)).to(torch.float16)
 
     for _ in range(WARMUP):
@@ -214,12 +215,13 @@ def main(argv=None) -> int:
 
     from pipeline import backbones
     from pipeline import extract as ex
+    from pipeline import runtime
     from pipeline.media import normalize_frames
 
     dev = torch.device(args.device)
     size = args.size
     torch.backends.cudnn.benchmark = True
-    precision = ex.resolve_precision("auto", dev)
+    precision = runtime.resolve_precision("auto", dev)
     machine = {"torch": torch.__version__, "cpu_cores": os.cpu_count(), "gpu": None}
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
         from pipeline.data import load_annotations
         videos, annotations, made = make_clips(work / "synthetic", args.clips)
         items = [(0, a) for a in load_annotations(annotations)]
-        workers = ex.default_workers(dev)
+        workers = runtime.decode_workers(dev)
         loader = ex.make_loader(ex.ClipDataset(items, videos=videos, frames=FRAMES, fps=12, size=size, reduce="max",
                                                normalize=not ex.normalize_on_device(dev)), workers, dev)
         kept, n = [], 0
@@ -304,7 +306,7 @@ def main(argv=None) -> int:
         plain = backbones.create_backbone("model3d_1")                                   # contiguous layout
         backbones.load_checkpoint(plain, state["weights"])
         plain = plain.to(dev)
-        with torch.no_grad(), ex.autocast(dev, precision):
+        with torch.no_grad(), runtime.autocast(dev, precision):
             contiguous = [plain(normalize_frames(c[None].to(dev), 1))[0].float().cpu().numpy() for c in clips]
         weight = next(model.parameters())
         out = {"clips": len(clips),

@@ -84,7 +84,7 @@ def machine() -> dict:
         mem = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError):
         mem = None
-    from pipeline.extract import cpu_has_bf16
+    from pipeline.runtime import cpu_has_bf16
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": model, "cores": os.cpu_count(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -122,7 +122,7 @@ def resolve_precision(precision: str, device: str) -> str:
     --emulate-avx2, whose CPU still reports AMX in /proc/cpuinfo)."""
     if precision != "auto":
         return precision
-    from pipeline.extract import resolve_precision as product_rule
+    from pipeline.runtime import resolve_precision as product_rule
     if device == "cpu" and isa_limit():
         return "fp32"
     return product_rule("auto", torch.device(device))

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline import cache as cachemod
 from pipeline.cache import FeatureCache, cache_info, write_cache
+from pipeline.shards import ZSTD_LEVEL
 
 REPEATS = 3          # warm full passes; the median is reported
 
@@ -117,7 +118,7 @@ def run(cache_dir: Path, workdir: Path) -> dict:
     shards = sorted(p for p in (cache_dir / cachemod.SHARDS_DIR).iterdir())
     shard_files = [f for s in shards for f in _files(s)]
     variants.append(_measure(f"cache ({info['format']}, {info['dtype']}, "
-                             f"{'zstd-%d' % cachemod.ZSTD_LEVEL if info['format'] == 'zarr' else 'gzip'})",
+                             f"{'zstd-%d' % ZSTD_LEVEL if info['format'] == 'zarr' else 'gzip'})",
                              shard_files, lambda: _read_cache(cache_dir), n, f32_clip))
 
     import zarr

@@ -25,7 +25,6 @@ whose weights come from a local file via `load_checkpoint`:
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from pipeline.errors import FoleyError
+from pipeline.fsio import atomic_torch_save, atomic_write, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,7 +53,6 @@ STRIP_PREFIXES = ("module.", "conv_column.")
 IGNORED_PREFIXES = ("clf_layers.",)        # the baseline's 174-class classifier: not ours
 PUBLISHED_ARCH = "Conv4Col"
 MAX_KEYS_IN_ERROR = 6                      # longer key lists are cut to "... and N more"
-HASH_CHUNK_BYTES = 1 << 20
 KINDS = ("video3d", "frame2d")
 POOL_HELP = "none (the whole last map), global (1x1) or KxK (e.g. 2x2: a k x k grid of averages)"
 
@@ -440,14 +439,6 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> nn.Modul
 
 # --------------------------------------------------------------------------- checkpoints
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK_BYTES), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _list_keys(keys: Iterable[str]) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:MAX_KEYS_IN_ERROR])
@@ -624,29 +615,24 @@ def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written checkpoint under the real name
-
-
 def save_published(model: nn.Module, path: str | os.PathLike, epoch: int = 0, best_loss: float = float("nan")):
     """Write the publisher's layout. model3d_1: the baseline's {'epoch', 'arch': 'Conv4Col',
     'state_dict': {'module.conv_column.' + k}, 'best_loss'}; mobilenet_v2: torchvision's bare state dict.
 
     Plain tensors and numbers only, so `torch.load(weights_only=True)` and `load_checkpoint` read it.
     """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     if isinstance(model, MobileNetV2):
-        _atomic_write(Path(path), lambda p: torch.save(_cpu_state(model), p))
+        atomic_torch_save(_cpu_state(model), path)
         return
     ckpt = {"epoch": int(epoch), "arch": PUBLISHED_ARCH,
             "state_dict": {PUBLISHED_PREFIX + k: v for k, v in _cpu_state(model).items()},
             "best_loss": float(best_loss)}
-    _atomic_write(Path(path), lambda p: torch.save(ckpt, p))
+    atomic_torch_save(ckpt, path)
 
 
 def save_safetensors(model: nn.Module, path: str | os.PathLike):
     """Write the bare state dict (unprefixed keys) as safetensors."""
     from safetensors.torch import save_file
-    _atomic_write(Path(path), lambda p: save_file(_cpu_state(model), str(p), metadata={"format": "pt"}))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: save_file(_cpu_state(model), str(p), metadata={"format": "pt"}))

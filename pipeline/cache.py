@@ -1,4 +1,4 @@
-"""The feature cache: shards of backbone features + loudness envelopes, and the index over them.
+"""The feature cache: the index over its shards (cache.json), building it, and reading it.
 
 A cache is a directory (DESIGN.md, "The cache"):
 
@@ -8,13 +8,18 @@ A cache is a directory (DESIGN.md, "The cache"):
     CACHE_DIR/progress.json      only while extraction is unfinished (fingerprint, config, n_shards)
     CACHE_DIR/shards/shard-00000.zarr  (Zarr v3 directory)  or  shard-00000.h5  (HDF5)
 
-Per shard: `features` [n, T, D] float16 (or float32), `envelope` [n, T] float32, `length` [n] int32,
-`id` [n] str, `label` [n] str; the shard's own failures ride in its attributes, so a finished
-shard is self-contained. Writing follows mosaicml/streaming: a `ShardWriter` context manager
-writes one shard under a temporary name and renames it when complete; `finalize_cache` hashes
-the shards and writes the index last. Resume = skip shards that exist; parallel = one process
-per shard. Shard bytes and cache.json are deterministic (no timestamps), so an interrupted and
-resumed extraction gives the same cache as an uninterrupted one.
+Building: `begin_cache` claims (or resumes) the directory, one `pipeline.shards.ShardWriter` per
+shard writes the data, `finalize_cache` hashes the shards and writes the index last. Resume = skip
+shards that exist; parallel = one process per shard. Shard bytes and cache.json are deterministic
+(no timestamps), so an interrupted and resumed extraction gives the same cache as an uninterrupted
+one. Reading: `FeatureCache` (picklable, lazily opened files), `cache_info`.
+
+This module owns the fingerprint, the index and the directory's life cycle; what is inside one
+shard (formats, names, digests) belongs to `pipeline.shards`, decoding videos and running models
+to `pipeline.extract`. It must not import from stages after it (extract, training, export).
+It is longer than most modules (~600 lines) for one reason: cache.json's fields are written by
+`finalize_cache` and checked by `FeatureCache`, and keeping the index's writer and reader side by
+side is what keeps them in step.
 """
 from __future__ import annotations
 
@@ -22,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,48 +34,20 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from pipeline.errors import FoleyError
-
-SCHEMA_VERSION = 1
+from pipeline.fsio import atomic_write_text, fsync_dir, read_json
+from pipeline.shards import (FORMATS, SCHEMA_VERSION, SHARD_RE, TEMP_RE, ShardWriter, canonical_json, check_dtype,
+                             check_fmt, close_shard, disk_bytes, fmt_of, open_shard, read_clips, read_shard_attrs,
+                             read_shard_meta, remove_path, shard_name, shard_sha256)
 
 CACHE_JSON = "cache.json"
 FAILURES_JSONL = "failures.jsonl"
 PROGRESS_JSON = "progress.json"
 SHARDS_DIR = "shards"
-
-FORMATS = {"zarr": ".zarr", "hdf5": ".h5"}      # --format name -> shard suffix
-DTYPES = ("float16", "float32")                 # feature storage dtypes
-# Fill value of features/envelope: a chunk missing on disk reads as this, never as plausible zeros
-# (ReLU features and [0, 1] envelopes are never NaN; zarr also skips writing all-fill chunks, which
-# with a 0 fill would make an all-zero clip indistinguishable from a lost one).
-MISSING_FILL = float("nan")
-
-# Compression, measured on ReLU-sparse float16 features [48, 25088] (~50% exact zeros), one clip
-# per chunk, 2-core CPU (ratio = stored bytes / float32 bytes; read = one random clip):
-#   zarr  zstd-1            0.30x  ~4 ms      (zstd-3: 0.29x, no faster; blosc-lz4+shuffle 0.46x)
-#   hdf5  gzip-1            0.31x  ~13 ms     (lzf: 0.39x ~9 ms; uncompressed 0.50x ~1 ms)
-# HDF5 uses gzip because every HDF5 reader has it (lzf is h5py-only, zstd would need hdf5plugin).
-ZSTD_LEVEL = 1
-ZSTD_CHECKSUM = True        # a damaged chunk fails to decode instead of reading back wrong numbers
-HDF5_GZIP_LEVEL = 1
-
-SHARD_RE = re.compile(r"^shard-(\d{5})(\.zarr|\.h5)$")
-TEMP_RE = re.compile(r"\.tmp-(\d+)$")
-HASH_BLOCK = 1 << 20
 MAX_OPEN_SHARDS = 64        # open shard files kept per process by FeatureCache (LRU)
+CORRUPT_HINT = "it is corrupt: re-run extract-features with --overwrite to rebuild the cache"
 
 
-# ----------------------------------------------------------------------------- small helpers
-
-def _canonical_json(obj) -> str:
-    def default(o):
-        if isinstance(o, Path):
-            return str(o)
-        if isinstance(o, np.generic):
-            return o.item()
-        raise TypeError(f"not JSON-serialisable in a cache config: {type(o).__name__} {o!r}")
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False, default=default)
-
+# ----------------------------------------------------------------------------- fingerprint
 
 def fingerprint(params: dict) -> str:
     """sha256 hex of the canonical JSON (sorted keys, no spaces) of `params` and SCHEMA_VERSION.
@@ -80,87 +56,8 @@ def fingerprint(params: dict) -> str:
     frames, fps, size, normalisation, envelope parameters, dtype); Path and numpy scalars are
     written as str / Python numbers.
     """
-    return hashlib.sha256(_canonical_json({"params": params, "schema_version": SCHEMA_VERSION})
+    return hashlib.sha256(canonical_json({"params": params, "schema_version": SCHEMA_VERSION})
                           .encode()).hexdigest()
-
-
-def sha256_file(path) -> str:
-    """sha256 hex of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files_under(path: Path) -> list[Path]:
-    return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
-
-
-def shard_sha256(path) -> str:
-    """sha256 of a shard: the file's bytes, or for a Zarr directory every file's relative path,
-    size and bytes in sorted path order (so a renamed, added or removed chunk changes it too)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for file in _files_under(path):
-        h.update(file.relative_to(path).as_posix().encode() + b"\0")
-        h.update(file.stat().st_size.to_bytes(8, "little"))
-        with open(file, "rb") as f:
-            while block := f.read(HASH_BLOCK):
-                h.update(block)
-    return h.hexdigest()
-
-
-def _disk_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path):
-    """fsync a file, or every file and directory under a Zarr directory, before the rename."""
-    if path.is_file():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        return
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(root))
-
-
-def _remove(path: Path):
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _temp_name(path: Path) -> Path:
-    # Same directory, so os.replace is a rename on one filesystem; the pid tells begin_cache
-    # whether the writer is still alive.
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _atomic_write_text(path: Path, text: str):
-    tmp = _temp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -175,302 +72,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _check_fmt(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise FoleyError(f"unknown cache format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    return fmt
-
-
-def _check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name
-    if name not in DTYPES:
-        raise FoleyError(f"unsupported feature dtype {name!r}; choose one of: {', '.join(DTYPES)}")
-    return name
-
-
-def shard_name(index: int, fmt: str) -> str:
-    """File name of shard `index`: "shard-00003.zarr" (fmt "zarr") or "shard-00003.h5" ("hdf5")."""
-    return f"shard-{index:05d}{FORMATS[_check_fmt(fmt)]}"
-
-
-def _fmt_of(name: str) -> str:
-    suffix = Path(name).suffix
-    for fmt, s in FORMATS.items():
-        if s == suffix:
-            return fmt
-    raise FoleyError(f"{name}: not a shard name (expected shard-NNNNN.zarr or shard-NNNNN.h5)")
-
-
-def _normalise_failure(record: dict) -> dict:
-    if "id" not in record or "reason" not in record:
-        raise ValueError(f"a failure record needs at least 'id' and 'reason', got {sorted(record)}")
-    out = {"id": str(record["id"]), "path": str(record.get("path") or ""),
-           "reason": str(record["reason"]), "detail": str(record.get("detail") or "")}
-    for key in sorted(set(record) - set(out)):      # extra fields are kept, JSON-checked
-        out[key] = json.loads(_canonical_json(record[key]))
-    return out
-
-
-def _failure_key(record: dict):
-    return (record["id"], record["reason"], record["path"], record["detail"], _canonical_json(record))
-
-
-# ----------------------------------------------------------------------------- writing a shard
-
-class ShardWriter:
-    """Writes one shard; a context manager. One process writes one shard.
-
-    with ShardWriter(path, "zarr", capacity=64, frames=48, dim=25088, dtype="float16") as w:
-        w.append(id, label, features [T, D], envelope [T], length)
-        w.add_failure({"id": ..., "path": ..., "reason": ..., "detail": ...})
-
-    Data goes to `path.name + ".tmp-<pid>"` in the same directory. On a clean exit the arrays are
-    cut to the appended count, the failures are stored in the shard's attributes, everything is
-    fsynced and the temp is renamed to `path`. On an exception the temp is removed and nothing
-    appears at `path`. Identical calls give byte-identical shards.
-    """
-
-    def __init__(self, path: Path, fmt: str, capacity: int, frames: int, dim: int, dtype: str = "float16"):
-        self.path = Path(path)
-        self.fmt = _check_fmt(fmt)
-        self.dtype = _check_dtype(dtype)
-        if capacity < 0 or frames < 1 or dim < 1:
-            raise ValueError(f"need capacity >= 0, frames >= 1, dim >= 1; got {capacity}, {frames}, {dim}")
-        self.capacity, self.frames, self.dim = int(capacity), int(frames), int(dim)
-        self.tmp = _temp_name(self.path)
-        self.count = 0
-        self._ids: list[str] = []
-        self._labels: list[str] = []
-        self._lengths: list[int] = []
-        self._failures: list[dict] = []
-        self._store = None        # zarr group or h5py.File while open
-        self._features = None
-        self._envelope = None
-
-    # -- context manager
-    def __enter__(self) -> "ShardWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove(self.tmp)
-        rows = max(self.capacity, 1)     # zarr/hdf5 chunks need a non-empty shape to start from
-        if self.fmt == "zarr":
-            import zarr
-            from zarr.codecs import ZstdCodec
-            zstd = ZstdCodec(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM)
-            self._store = zarr.open_group(self.tmp, mode="w", zarr_format=3)
-            self._features = self._store.create_array(
-                "features", shape=(rows, self.frames, self.dim), chunks=(1, self.frames, self.dim),
-                dtype=self.dtype, compressors=zstd, fill_value=MISSING_FILL)
-            self._envelope = self._store.create_array(
-                "envelope", shape=(rows, self.frames), chunks=(1, self.frames),
-                dtype="float32", compressors=zstd, fill_value=MISSING_FILL)
-        else:
-            import h5py
-            self._store = h5py.File(self.tmp, "w")
-            self._features = self._store.create_dataset(
-                "features", shape=(rows, self.frames, self.dim), maxshape=(rows, self.frames, self.dim),
-                chunks=(1, self.frames, self.dim), dtype=self.dtype, compression="gzip",
-                compression_opts=HDF5_GZIP_LEVEL, track_times=False, fillvalue=MISSING_FILL)
-            self._envelope = self._store.create_dataset(
-                "envelope", shape=(rows, self.frames), maxshape=(rows, self.frames),
-                chunks=(1, self.frames), dtype="float32", compression="gzip",
-                compression_opts=HDF5_GZIP_LEVEL, track_times=False, fillvalue=MISSING_FILL)
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self._finish()
-            except BaseException:
-                self._abort()
-                raise
-        else:
-            self._abort()
-        return False
-
-    # -- data
-    def append(self, id: str, label: str, features: np.ndarray, envelope: np.ndarray, length: int):
-        """Add one clip. features [T, D] any float (cast to the shard dtype), envelope [T] (float32),
-        length = real frames (<= T; the rest is padding)."""
-        if self._store is None:
-            raise RuntimeError("ShardWriter.append outside its `with` block")
-        if self.count >= self.capacity:
-            raise ValueError(f"{self.path.name}: more than capacity={self.capacity} clips appended")
-        features = np.asarray(features)
-        envelope = np.asarray(envelope, dtype=np.float32)
-        if features.shape != (self.frames, self.dim):
-            raise ValueError(f"clip {id}: features {features.shape}, expected [T, D] = {(self.frames, self.dim)}")
-        if envelope.shape != (self.frames,):
-            raise ValueError(f"clip {id}: envelope {envelope.shape}, expected [T] = ({self.frames},)")
-        if not 0 <= int(length) <= self.frames:
-            raise ValueError(f"clip {id}: length {length} outside [0, {self.frames}]")
-        with np.errstate(over="ignore", invalid="ignore"):     # overflow is reported just below
-            stored = features.astype(self.dtype, copy=False)
-        if not np.isfinite(stored).all():
-            hint = " (float16 holds at most 65504: use --dtype float32)" if np.isfinite(features).all() else ""
-            raise FoleyError(f"clip {id}: features contain inf/nan after casting to {self.dtype}{hint}")
-        self._features[self.count] = stored
-        self._envelope[self.count] = envelope
-        self._ids.append(str(id))
-        self._labels.append(str(label))
-        self._lengths.append(int(length))
-        self.count += 1
-
-    def add_failure(self, record: dict):
-        """Record a faulty video {id, path, reason, detail}; stored inside the shard."""
-        self._failures.append(_normalise_failure(record))
-
-    # -- closing
-    def _attrs(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "count": self.count, "frames": self.frames,
-                "dim": self.dim, "dtype": self.dtype,
-                # sorted, so the shard's bytes do not depend on the order failures arrived in
-                "failures": sorted(self._failures, key=_failure_key)}
-
-    def _finish(self):
-        n = self.count
-        ids = np.array(self._ids, dtype=object).reshape(n)
-        labels = np.array(self._labels, dtype=object).reshape(n)
-        lengths = np.array(self._lengths, dtype=np.int32).reshape(n)
-        if self.fmt == "zarr":
-            from zarr.codecs import ZstdCodec
-            zstd = ZstdCodec(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM)
-            self._features.resize((n, self.frames, self.dim))
-            self._envelope.resize((n, self.frames))
-            # Per-clip scalars are tiny: one chunk each (a read of the shard's index is one file).
-            for name, data, dtype in (("length", lengths, "int32"), ("id", ids, str), ("label", labels, str)):
-                arr = self._store.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype=dtype,
-                                               compressors=zstd)
-                if n:
-                    arr[:] = data
-            self._store.attrs.update(self._attrs())
-        else:
-            import h5py
-            self._features.resize((n, self.frames, self.dim))
-            self._envelope.resize((n, self.frames))
-            # fletcher32: a flipped byte in `length` is a read error, not a wrong length (zarr's zstd
-            # frames carry their own checksum). HDF5 cannot filter variable-length strings: a damaged
-            # id/label is found by verify's sha256.
-            check = {"chunks": (n,), "fletcher32": True} if n else {}
-            self._store.create_dataset("length", data=lengths, track_times=False, **check)
-            for name, data in (("id", ids), ("label", labels)):
-                self._store.create_dataset(name, shape=(n,), data=data if n else None,
-                                           dtype=h5py.string_dtype("utf-8"), track_times=False)
-            attrs = self._attrs()
-            attrs["failures"] = json.dumps(attrs["failures"], sort_keys=True)   # HDF5 attrs are flat
-            for key, value in attrs.items():
-                self._store.attrs[key] = value
-            self._store.flush()
-            self._store.close()
-        self._store = None
-        _fsync_tree(self.tmp)
-        if self.path.exists():          # re-writing a finished shard: move the old one aside first
-            old = self.path.with_name(self.path.name + f".old-{os.getpid()}")
-            os.replace(self.path, old)
-            _remove(old)
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
-
-    def _abort(self):
-        if self.fmt == "hdf5" and self._store is not None:
-            try:
-                self._store.close()
-            except Exception:       # closing a half-written file may fail too; it is deleted anyway
-                pass
-        self._store = None
-        _remove(self.tmp)
-
-
-# ----------------------------------------------------------------------------- reading a shard
-
-def _open_shard(path: Path):
-    """Open a shard read-only: a zarr Group or an h5py File (raises FoleyError naming it)."""
-    try:
-        if _fmt_of(path.name) == "zarr":
-            import zarr
-            return zarr.open_group(path, mode="r", zarr_format=3)
-        import h5py
-        return h5py.File(path, "r")
-    except FoleyError:
-        raise
-    except Exception as e:          # any decode/IO error becomes one line that names the file
-        raise FoleyError(f"cannot open shard {path}: {type(e).__name__}: {e}") from e
-
-
-def _shard_attrs(store) -> dict:
-    attrs = dict(store.attrs)
-    if isinstance(attrs.get("failures"), (str, bytes)):
-        attrs["failures"] = json.loads(attrs["failures"])
-    for key in ("schema_version", "count", "frames", "dim"):
-        attrs[key] = int(attrs[key])
-    attrs["dtype"] = str(attrs["dtype"])
-    return attrs
-
-
-def _read_strings(store, name: str) -> list[str]:
-    arr = store[name]
-    if hasattr(arr, "asstr"):       # h5py
-        return [str(s) for s in arr.asstr()[:]]
-    return [str(s) for s in arr[:]]
-
-
-def _read_shard_meta(path: Path) -> dict:
-    """Attributes + small per-clip arrays of a shard (not the features)."""
-    store = _open_shard(path)
-    try:
-        attrs = _shard_attrs(store)
-        meta = {"attrs": attrs, "id": _read_strings(store, "id"), "label": _read_strings(store, "label"),
-                "length": np.asarray(store["length"][:], dtype=np.int32),
-                "envelope": np.asarray(store["envelope"][:], dtype=np.float32)}
-        n = attrs["count"]
-        shapes = {"features": tuple(store["features"].shape), "envelope": meta["envelope"].shape,
-                  "length": meta["length"].shape, "id": (len(meta["id"]),), "label": (len(meta["label"]),)}
-        expected = {"features": (n, attrs["frames"], attrs["dim"]), "envelope": (n, attrs["frames"]),
-                    "length": (n,), "id": (n,), "label": (n,)}
-        for key in expected:
-            if shapes[key] != expected[key]:
-                raise FoleyError(f"shard {path}: {key} has shape {shapes[key]}, expected {expected[key]}")
-        bad = (meta["length"] < 1) | (meta["length"] > attrs["frames"])
-        if bad.any():
-            raise FoleyError(f"shard {path}: length {int(meta['length'][bad][0])} is outside 1..{attrs['frames']} "
-                             "(damaged); run `foleycache cache-info --verify`")
-        if np.dtype(store["features"].dtype).name != attrs["dtype"]:
-            raise FoleyError(f"shard {path}: features are {store['features'].dtype}, attributes say {attrs['dtype']}")
-        return meta
-    except FoleyError:
-        raise
-    except Exception as e:
-        raise FoleyError(f"cannot read shard {path}: {type(e).__name__}: {e}") from e
-    finally:
-        if hasattr(store, "close"):
-            store.close()
-
-
-def _zarr_read_clips(arr, local) -> np.ndarray:
-    """arr[local] for a zarr array chunked one clip per chunk, fetching and decoding the chunks
-    concurrently: measured 2.5 ms/clip for 8 clips [48, 25088] float16, against 4.5 (a loop of
-    arr[i]) and 6 (arr.oindex[local], whose orthogonal-indexing path is slower here)."""
-    try:
-        import asyncio
-        from zarr.core.sync import sync      # zarr's own event loop (zarr 3.x)
-    except ImportError:
-        return np.stack([np.asarray(arr[int(i)]) for i in local])
-    aarr = arr.async_array
-
-    async def gather():
-        return await asyncio.gather(*(aarr.getitem(slice(int(i), int(i) + 1)) for i in local))
-    parts = sync(gather())
-    return np.concatenate([np.asarray(p) for p in parts]) if parts else \
-        np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
-
-
 # ----------------------------------------------------------------------------- building a cache
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FoleyError(f"{path} is corrupt ({type(e).__name__}: {e}); "
-                         "re-run extract-features with --overwrite to rebuild the cache") from e
+def _read_record(path: Path) -> dict:
+    """cache.json or progress.json as a dict (a one-line FoleyError that says "corrupt" otherwise)."""
+    data = read_json(path, "cache record", hint=CORRUPT_HINT)
     if not isinstance(data, dict):
         raise FoleyError(f"{path} is corrupt (not a JSON object)")
     return data
@@ -481,7 +87,7 @@ def _existing_record(cache_dir: Path) -> dict | None:
     for name in (CACHE_JSON, PROGRESS_JSON):
         path = cache_dir / name
         if path.exists():
-            data = _read_json(path)
+            data = _read_record(path)
             if "fingerprint" not in data:
                 raise FoleyError(f"{path} is corrupt (no fingerprint)")
             data["_source"] = name
@@ -512,7 +118,7 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
             else:
                 out += _diff_keys(a[key], b[key], name + ".")
         return out
-    return [] if _canonical_json(a) == _canonical_json(b) else [prefix.rstrip(".") or "(config)"]
+    return [] if canonical_json(a) == canonical_json(b) else [prefix.rstrip(".") or "(config)"]
 
 
 def _existing_shard(shards_dir: Path, index: int) -> Path | None:
@@ -539,7 +145,7 @@ def remove_stale_temps(cache_dir) -> list[Path]:
         for p in folder.iterdir():
             m = TEMP_RE.search(p.name) or re.search(r"\.old-(\d+)$", p.name)
             if m and not _pid_alive(int(m.group(1))):
-                _remove(p)
+                remove_path(p)
                 removed.append(p)
     return removed
 
@@ -558,7 +164,7 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
     if fmt is not None:
-        _check_fmt(fmt)
+        check_fmt(fmt)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise FoleyError(f"{cache_dir} exists and is not a directory")
     if cache_dir.is_dir() and not _looks_like_cache(cache_dir):
@@ -587,7 +193,7 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
                              "or choose another output directory")
     if overwrite and cache_dir.is_dir():
         for p in cache_dir.iterdir():
-            _remove(p)
+            remove_path(p)
         record = None
 
     shards_dir = cache_dir / SHARDS_DIR
@@ -595,9 +201,9 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
     remove_stale_temps(cache_dir)
     pending = pending_shards(cache_dir, n_shards)
     if fmt is not None:
-        other = [p.name for i in range(n_shards) if (p := _existing_shard(shards_dir, i)) and _fmt_of(p.name) != fmt]
+        other = [p.name for i in range(n_shards) if (p := _existing_shard(shards_dir, i)) and fmt_of(p.name) != fmt]
         if other:
-            raise FoleyError(f"the cache in {cache_dir} holds {_fmt_of(other[0])} shards ({other[0]}), "
+            raise FoleyError(f"the cache in {cache_dir} holds {fmt_of(other[0])} shards ({other[0]}), "
                              f"this run asks for {fmt}; pass --overwrite to replace it")
 
     if record is not None and record["_source"] == CACHE_JSON:
@@ -607,14 +213,14 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
     progress = {"schema_version": SCHEMA_VERSION, "fingerprint": fingerprint,
                 "config": record["config"] if record else config, "n_shards": n_shards,
                 "format": fmt or (record or {}).get("format")}
-    _atomic_write_text(cache_dir / PROGRESS_JSON, json.dumps(progress, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(cache_dir / PROGRESS_JSON, json.dumps(progress, indent=2, sort_keys=True) + "\n")
     if (cache_dir / CACHE_JSON).exists():
         (cache_dir / CACHE_JSON).unlink()
     return pending
 
 
 def _index_checksum(index: dict) -> str:
-    return hashlib.sha256(_canonical_json({k: v for k, v in index.items() if k != "checksum"})
+    return hashlib.sha256(canonical_json({k: v for k, v in index.items() if k != "checksum"})
                           .encode()).hexdigest()
 
 
@@ -641,20 +247,13 @@ def finalize_cache(cache_dir, progress: bool = False) -> dict:
         listed = ", ".join(f"shard-{i:05d}" for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise FoleyError(f"cannot finalize {cache_dir}: {len(missing)} of {n_shards} shards not written ({listed}); "
                          "re-run the same command to finish them")
-    formats = sorted({_fmt_of(p.name) for p in paths})
+    formats = sorted({fmt_of(p.name) for p in paths})
     if len(formats) > 1:
         raise FoleyError(f"cannot finalize {cache_dir}: mixed shard formats {formats}; re-extract with --overwrite")
 
     shards, failures, layout = [], [], None
     for path in tqdm(paths, desc="hashing shards", unit="shard", disable=not progress):
-        store = _open_shard(path)
-        try:
-            attrs = _shard_attrs(store)
-        except Exception as e:
-            raise FoleyError(f"cannot read shard {path}: {type(e).__name__}: {e}") from e
-        finally:
-            if hasattr(store, "close"):
-                store.close()
+        attrs = read_shard_attrs(path)
         this = (attrs["frames"], attrs["dim"], attrs["dtype"])
         if layout is not None and this != layout:
             raise FoleyError(f"shard {path.name} holds [T, D] dtype {this}, other shards {layout}; "
@@ -679,12 +278,12 @@ def finalize_cache(cache_dir, progress: bool = False) -> dict:
                    "failed_by_reason": dict(sorted(by_reason.items()))},
     }
     index["checksum"] = _index_checksum(index)
-    _atomic_write_text(cache_dir / FAILURES_JSONL,
+    atomic_write_text(cache_dir / FAILURES_JSONL,
                        "".join(json.dumps(f, sort_keys=True, ensure_ascii=False) + "\n" for f in failures))
-    _atomic_write_text(cache_dir / CACHE_JSON, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(cache_dir / CACHE_JSON, json.dumps(index, indent=2) + "\n")
     if (cache_dir / PROGRESS_JSON).exists():
         (cache_dir / PROGRESS_JSON).unlink()
-        _fsync_dir(cache_dir)
+        fsync_dir(cache_dir)
     return index
 
 
@@ -700,7 +299,7 @@ def write_cache(cache_dir, ids: Sequence[str], labels: Sequence[str], features: 
     envelopes = np.asarray(envelopes, dtype=np.float32)
     n, frames, dim = features.shape
     config = dict(config or {})
-    fp = fingerprint({"config": config, "dtype": _check_dtype(dtype), "frames": frames, "dim": dim})
+    fp = fingerprint({"config": config, "dtype": check_dtype(dtype), "frames": frames, "dim": dim})
     n_shards = max(1, -(-n // shard_size))
     todo = begin_cache(cache_dir, fp, config, n_shards, overwrite=overwrite, fmt=fmt)
     failures = list(failures)
@@ -742,7 +341,7 @@ class FeatureCache:
                 raise FoleyError(f"the cache in {self.path} is unfinished (no cache.json yet): "
                                  "re-run extract-features with the same options to finish it")
             raise FoleyError(f"{self.path} is not a foleycache cache (no cache.json)")
-        index = _read_json(index_path)
+        index = _read_record(index_path)
         version = index.get("schema_version")
         if version != SCHEMA_VERSION:
             raise FoleyError(f"{index_path}: cache schema version {version!r} is not supported "
@@ -753,8 +352,8 @@ class FeatureCache:
         try:
             self.fingerprint: str = index["fingerprint"]
             self.config: dict = index["config"]
-            self.format: str = _check_fmt(index["format"])
-            self.dtype: str = _check_dtype(index["dtype"])
+            self.format: str = check_fmt(index["format"])
+            self.dtype: str = check_dtype(index["dtype"])
             self.frames: int = int(index["frames"])
             self.dim: int = int(index["dim"])
             self.shards: list[dict] = list(index["shards"])
@@ -787,8 +386,7 @@ class FeatureCache:
     def close(self):
         """Close the shard files this process opened (they reopen on the next read)."""
         for store, _ in self._handles.values():
-            if hasattr(store, "close"):
-                store.close()
+            close_shard(store)
         self._handles.clear()
 
     def __del__(self):
@@ -830,17 +428,16 @@ class FeatureCache:
         if k in self._handles:
             self._handles.move_to_end(k)
             return self._handles[k][1]
-        store = _open_shard(self.shard_path(k))
+        store = open_shard(self.shard_path(k))
         self._handles[k] = (store, store["features"])
         if len(self._handles) > MAX_OPEN_SHARDS:
             _, (old, _) = self._handles.popitem(last=False)
-            if hasattr(old, "close"):
-                old.close()
+            close_shard(old)
         return self._handles[k][1]
 
     def _shard_meta(self, k: int) -> dict:
         if k not in self._meta:
-            meta = _read_shard_meta(self.shard_path(k))
+            meta = read_shard_meta(self.shard_path(k))
             attrs, expected = meta["attrs"], (len(self.shard_slice(k)), self.frames, self.dim, self.dtype)
             if (attrs["count"], attrs["frames"], attrs["dim"], attrs["dtype"]) != expected:
                 raise FoleyError(f"shard {self.shard_path(k)} does not match cache.json "
@@ -856,14 +453,7 @@ class FeatureCache:
         """features [len(local), T, D] for sorted unique local indices (or a slice) of shard k."""
         try:
             arr = self._features_array(k)
-            if isinstance(local, slice):
-                out = np.asarray(arr[local])
-            elif hasattr(arr, "async_array"):     # zarr
-                out = _zarr_read_clips(arr, local)
-            else:
-                out = np.empty((len(local), self.frames, self.dim), dtype=self.dtype)
-                for j, i in enumerate(local):       # one chunk per clip: read each straight into place
-                    arr.read_direct(out, source_sel=np.s_[int(i)], dest_sel=np.s_[j])
+            out = read_clips(arr, local)
             lost = np.isnan(out.reshape(out.shape[0], -1)[:, 0]) if out.size else np.zeros(0, bool)
             if lost.any():                      # one clip per chunk: a lost chunk is a NaN clip
                 raise FoleyError(f"shard {self.shard_path(k)} has lost the features of {int(lost.sum())} clip(s) "
@@ -991,8 +581,8 @@ def cache_info(path, verify: bool = False, progress: bool = False) -> dict:
     With verify=True, `problems` lists every damaged shard (empty when all is well).
     """
     cache = FeatureCache(path, require_shards=not verify)    # verify lists every missing shard itself
-    shard_bytes = sum(_disk_bytes(cache.shard_path(k)) for k in range(cache.n_shards) if cache.shard_path(k).exists())
-    size = _disk_bytes(cache.path)
+    shard_bytes = sum(disk_bytes(cache.shard_path(k)) for k in range(cache.n_shards) if cache.shard_path(k).exists())
+    size = disk_bytes(cache.path)
     n = len(cache)
     f32 = cache.frames * (cache.dim + 1) * 4
     per_clip = shard_bytes / n if n else 0.0

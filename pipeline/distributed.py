@@ -1,14 +1,17 @@
-"""Small torchrun helpers: one process group per run, rank-0-only writes, collectives that also
-work in a plain single-process run (where they are no-ops).
+"""The one torchrun setup: one process group per run, rank-0-only writes, collectives that also
+work in a plain single-process run (where they are no-ops). Extraction, training and fine-tuning
+all join their process group here.
 
     dist = Distributed.from_env(device)   # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
     dist.rank, dist.world_size, dist.is_main, dist.device
-    dist.mean(x)            # float averaged over ranks
+    dist.sum(x)             # float summed over ranks
     dist.gather(obj)        # list of every rank's picklable obj (on every rank)
     dist.broadcast(obj)     # rank 0's obj on every rank
     dist.barrier(); dist.close()
 
-Backend: nccl for CUDA devices (each rank on cuda:LOCAL_RANK), gloo on CPU.
+Backend: nccl for CUDA devices (each rank on cuda:LOCAL_RANK), gloo on CPU; a caller that only
+exchanges barriers and small objects may ask for gloo on GPUs too. This module owns the process
+group and must not know what the ranks compute; it imports nothing from the rest of the package.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
-TIMEOUT = timedelta(minutes=30)     # a rank that waits this long for the others fails (a peer died)
+TIMEOUT = timedelta(minutes=30)     # default: a rank that waits this long for the others fails (a peer died)
 
 
 def env_world_size() -> int:
@@ -31,11 +34,6 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def is_main_process() -> bool:
-    """True on rank 0 (and in a plain run): the one process that writes files and prints."""
-    return env_rank() == 0
-
-
 @dataclass
 class Distributed:
     rank: int = 0
@@ -45,10 +43,13 @@ class Distributed:
     initialised_here: bool = False
 
     @classmethod
-    def from_env(cls, device: str | torch.device) -> "Distributed":
+    def from_env(cls, device: str | torch.device, timeout: timedelta = TIMEOUT,
+                 backend: str | None = None) -> "Distributed":
         """Join torchrun's process group if WORLD_SIZE > 1 (else a single-process stand-in).
 
         device: "cpu" or "cuda"; under torchrun a CUDA rank uses cuda:LOCAL_RANK.
+        timeout: how long a collective waits for the other ranks before failing.
+        backend: None = nccl on CUDA, gloo on CPU; or "gloo" / "nccl".
         """
         device = torch.device(device)
         world = env_world_size()
@@ -60,9 +61,9 @@ class Distributed:
             torch.cuda.set_device(device)
         here = False
         if not tdist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            kwargs = {"device_id": device} if device.type == "cuda" else {}
-            tdist.init_process_group(backend=backend, timeout=TIMEOUT, **kwargs)
+            backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+            kwargs = {"device_id": device} if backend == "nccl" else {}
+            tdist.init_process_group(backend=backend, timeout=timeout, **kwargs)
             here = True
         return cls(rank=rank, world_size=world, local_rank=local_rank, device=device, initialised_here=here)
 
@@ -77,14 +78,6 @@ class Distributed:
     def barrier(self):
         if self.enabled:
             tdist.barrier()
-
-    def mean(self, value: float) -> float:
-        """value averaged over all ranks."""
-        if not self.enabled:
-            return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        tdist.all_reduce(t)
-        return float(t.item()) / self.world_size
 
     def sum(self, value: float) -> float:
         if not self.enabled:

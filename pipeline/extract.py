@@ -5,16 +5,26 @@ written by one process under a temporary name and renamed when complete, so re-r
 command resumes (finished shards are skipped) and `torchrun` ranks split the shards (rank r takes
 r, r+W, ...) with no shared writes. Clips are batched within a shard only, so a shard's numbers do
 not depend on which process wrote it or on where a previous run was killed.
+
+`extract_features` reads top to bottom: check the options, load the manifest, resolve device /
+precision / workers, build (or calibrate) the backbone and claim the cache on rank 0, load the
+same weights on the other ranks, write this rank's shards, finalize the index on rank 0.
+
+This module owns decoding clips for extraction (`ClipDataset`, `make_loader`), the backbone's
+forward pass into cache dtype (`batch_features`), calibration provenance and the cache's
+fingerprint parameters. It must not write shard files or the index itself (`pipeline.shards`,
+`pipeline.cache` do) nor carry its own device / precision / torchrun plumbing (`pipeline.runtime`,
+`pipeline.distributed`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +36,12 @@ from tqdm import tqdm
 from pipeline import backbones, cache
 from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.data import Annotation, find_video, load_annotations, manifest_sha256, manifest_source
+from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
+from pipeline.fsio import atomic_write_text, read_json
 from pipeline.media import FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
+from pipeline.runtime import autocast, decode_workers, resolve_device, resolve_precision
+from pipeline.shards import ShardWriter, shard_name
 
 log = logging.getLogger("foleycache")
 
@@ -36,38 +50,11 @@ CALIBRATION_CLIPS = 64          # clips whose activations set BatchNorm statisti
 CALIBRATED_WEIGHTS = "backbone.safetensors"   # in the cache dir; reusable as --checkpoint for other splits
 CALIBRATION_RECIPE = "backbone.json"
 WRITE_QUEUE_BATCHES = 2         # batches of features waiting for the writer thread (bounds memory)
-MAX_CUDA_WORKERS = 32           # decode workers on a GPU machine: all cores but one, up to this
-
-
-# --- devices and precision ------------------------------------------------------------------
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FoleyError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(device)
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 on this CPU (AMX or AVX512-BF16): autocast is then ~2-5x faster than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+# Ranks wait for rank 0's calibration and for each other's last shards, which on a large manifest
+# takes hours: far longer than training's 30 min between steps.
+EXTRACT_TIMEOUT = timedelta(hours=48)
+# Only barriers and one broadcast of a string go between ranks: gloo does that on GPU machines too.
+EXTRACT_BACKEND = "gloo"
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -75,6 +62,12 @@ def weights_sha256(model: torch.nn.Module) -> str:
     network gives the same fingerprint whether it came from a .pth.tar, a .safetensors or a calibration."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return hashlib.sha256(safetensors_bytes(state)).hexdigest()
+
+
+def resolve_settings(device: str, precision: str, workers: int | None) -> tuple[torch.device, str, int]:
+    """(device, precision "bf16"|"fp32", decode workers) that extract-features runs with."""
+    dev = resolve_device(device)
+    return dev, resolve_precision(precision, dev), decode_workers(dev) if workers is None else workers
 
 
 # --- decoding in DataLoader workers ---------------------------------------------------------
@@ -107,20 +100,27 @@ class ClipDataset(torch.utils.data.Dataset):
         return item
 
 
+@dataclass(frozen=True)
+class ClipSettings:
+    """How every clip is decoded: `ClipDataset`'s arguments."""
+    videos: Path
+    frames: int
+    fps: float
+    size: int
+    reduce: str
+
+    def dataset(self, items: list[tuple[int, Annotation]], normalize: bool = False) -> ClipDataset:
+        return ClipDataset(items, videos=self.videos, frames=self.frames, fps=self.fps, size=self.size,
+                           reduce=self.reduce, normalize=normalize)
+
+
 def _worker_init(_):
     torch.set_num_threads(1)    # decode workers leave the cores to the model
 
 
-def default_workers(dev: torch.device) -> int:
-    """Decode workers. CPU: 1, the model takes the other threads (at 224 decoding costs ~1/5 of the
-    model's time, so one worker keeps up). CUDA: every core but one, so decoding can feed the GPU."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return min(MAX_CUDA_WORKERS, max(1, cores - 1)) if dev.type == "cuda" else 1
-
-
 def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
-    """Run the convs channels-last? On CUDA always; on a CPU where it was measured to pay
-    (`benchmarks/extract.py`): model3d_1 under bf16 (~2x), mobilenet_v2 in float32 and bf16."""
+    """Run the convs channels-last? On CUDA always; on a CPU where `benchmarks/extract.py` measured
+    it to pay: model3d_1 under bf16, mobilenet_v2 in float32 and bf16."""
     return dev.type == "cuda" or precision == "bf16" or spec.kind == "frame2d"
 
 
@@ -138,13 +138,14 @@ def make_loader(dataset, workers: int, device: torch.device):
 
 # --- the backbone ---------------------------------------------------------------------------
 
-def build_backbone(name: str, checkpoint: str | Path, device: torch.device, seed: int, calibration: list,
-                   dataset_args: dict, batch_size: int, workers: int, out: Path, progress: bool,
+def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: list[tuple[int, Annotation]],
+                   clips: ClipSettings, batch_size: int, workers: int, out: Path, progress: bool,
                    pool: str | None = None):
     """Create the backbone and load or calibrate its weights. Returns (model, provenance dict).
 
     checkpoint: "none", a weights file, or the name of the backbone's published weights
     ("imagenet"), found on disk by `backbones.find_named_weights` (never downloaded).
+    calibration: (shard, annotation) of the clips that calibrate BatchNorm for "none", decoded as `clips`.
     """
     model = backbones.create_backbone(name, seed=seed, pool=pool)
     checkpoint, weights_name = backbones.resolve_checkpoint(name, checkpoint)
@@ -155,7 +156,7 @@ def build_backbone(name: str, checkpoint: str | Path, device: torch.device, seed
     recipe = {"backbone": name, "init_seed": seed, "calibration_ids": [a.id for _, a in calibration],
               "method": "BatchNorm running statistics, cumulative average (momentum=None), fp32"}
     saved, recipe_file = out / CALIBRATED_WEIGHTS, out / CALIBRATION_RECIPE
-    if saved.exists() and recipe_file.exists() and json.loads(recipe_file.read_text()) == recipe:
+    if saved.exists() and recipe_file.exists() and read_json(recipe_file, "calibration recipe") == recipe:
         backbones.load_checkpoint(model, saved)     # a resumed run uses exactly the same network
     else:
         log.warning(
@@ -164,13 +165,13 @@ def build_backbone(name: str, checkpoint: str | Path, device: torch.device, seed
             "not degenerate (FINDINGS.md), but they are not pretrained features: expect far weaker "
             "results than with pretrained weights.", name, seed, len(calibration))
         spec = backbones.get_spec(name)
-        loader = make_loader(ClipDataset(calibration, **dataset_args, normalize=False), workers, torch.device("cpu"))
-        clips = [item["frames"] for item in tqdm(loader, desc="decode for BN calibration", unit="clip",
-                                                  disable=not progress, leave=False) if "failure" not in item]
-        if not clips:
+        loader = make_loader(clips.dataset(calibration, normalize=False), workers, torch.device("cpu"))
+        decoded = [item["frames"] for item in tqdm(loader, desc="decode for BN calibration", unit="clip",
+                                                    disable=not progress, leave=False) if "failure" not in item]
+        if not decoded:
             raise FoleyError("--checkpoint none: none of the calibration clips could be decoded")
-        batches = (normalize_frames(torch.stack(clips[i:i + batch_size]), 1, spec.mean, spec.std)
-                   for i in range(0, len(clips), batch_size))
+        batches = (normalize_frames(torch.stack(decoded[i:i + batch_size]), 1, spec.mean, spec.std)
+                   for i in range(0, len(decoded), batch_size))
         backbones.calibrate_batchnorm(model, batches)
     return model, {"checkpoint": "none", "init_seed": seed, "calibration": recipe}
 
@@ -181,12 +182,91 @@ def save_calibrated(model, out: Path, provenance: dict):
             (out / CALIBRATED_WEIGHTS).exists() and (out / CALIBRATION_RECIPE).exists()):
         return
     backbones.save_safetensors(model, out / CALIBRATED_WEIGHTS)
-    tmp = out / (CALIBRATION_RECIPE + ".tmp")
-    tmp.write_text(json.dumps(provenance["calibration"], indent=1))
-    os.replace(tmp, out / CALIBRATION_RECIPE)
+    atomic_write_text(out / CALIBRATION_RECIPE, json.dumps(provenance["calibration"], indent=1))
+
+
+def prepare_model(model: torch.nn.Module, spec: backbones.BackboneSpec, dev: torch.device, precision: str,
+                  compile: bool = False) -> torch.nn.Module:
+    """The backbone as extraction runs it: on `dev`, in eval mode, channels-last where it pays
+    (`channels_last`), cuDNN autotuned on a GPU, wrapped in torch.compile on request."""
+    model = model.to(dev).eval()
+    if channels_last(spec, dev, precision):
+        model = model.to(memory_format=torch.channels_last_3d if spec.kind == "video3d" else torch.channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def batch_features(model, frames: list[torch.Tensor], dev: torch.device, precision: str,
+                   normalize: bool = False, out_dtype: str = "float32", mean: tuple = IMAGENET_MEAN,
+                   std: tuple = IMAGENET_STD) -> np.ndarray:
+    """Clips [3, T, S, S] -> features ndarray [B, T', D] in `out_dtype` (the cache dtype).
+
+    Each clip is copied on its own (from pinned memory, non-blocking on CUDA) and stacked on the
+    device. normalize: the frames are 0..255 and are normalised on the device with mean/std (the
+    backbone's preprocessing). The cast to the cache dtype happens on the device (half the bytes to
+    copy back; IEEE round-to-nearest-even, the same values numpy's astype would give).
+    """
+    x = torch.stack([f.to(dev, non_blocking=True) for f in frames])            # [B, 3, T, S, S]
+    if normalize:
+        x = normalize_frames(x, channel_dim=1, mean=mean, std=std)
+    with torch.no_grad(), autocast(dev, precision):
+        feats = model(x)
+    out = feats.to(getattr(torch, out_dtype))
+    if out.dtype == torch.float16 and not torch.isfinite(out).all() and torch.isfinite(feats).all():
+        raise FoleyError("backbone features exceed float16's range (|x| > 65504): use --dtype float32")
+    return out.cpu().numpy()                                                    # [B, T', D]
 
 
 # --- the command ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Everything `_write_shards` needs besides the model and the clips it writes."""
+    out: Path
+    fmt: str
+    dtype: str
+    dim: int
+    shard_size: int
+    n_candidates: int
+    clips: ClipSettings
+    batch_size: int
+    workers: int
+    device: torch.device
+    precision: str
+    mean: tuple
+    std: tuple
+    progress: bool
+
+    def capacity(self, k: int) -> int:
+        """Candidates of shard k (the last shard may hold fewer)."""
+        return min(self.shard_size, self.n_candidates - k * self.shard_size)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One extract-features call, its options checked and resolved."""
+    spec: backbones.BackboneSpec
+    checkpoint: str | Path
+    pool: str
+    seed: int
+    compile: bool
+    overwrite: bool
+    window_stride: float | None
+    manifest: list
+    manifest_record: dict       # what cache.json's config records about the annotation list
+    shards: ShardSettings
+
+    @property
+    def n_shards(self) -> int:
+        return (len(self.manifest) + self.shards.shard_size - 1) // self.shards.shard_size
+
+    def shard_items(self) -> list[tuple[int, Annotation]]:
+        """(shard index, annotation) per candidate, in manifest order."""
+        return [(i // self.shards.shard_size, a) for i, a in enumerate(self.manifest)]
+
 
 def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels: Path | None = None,
                      classes: str | None = None, window_stride: float | None = None,
@@ -211,96 +291,111 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     model3d_1 at 224, 5120 for mobilenet_v2 at 112 with 2x2 pooling), envelope [frames] float32,
     length. Faulty videos are recorded in failures.jsonl and skipped; they never stop the run.
     """
-    out, videos = Path(out), Path(videos)
     spec = backbones.get_spec(backbone)
     size = spec.default_size if size is None else size
     pool = backbones.canonical_pool(spec.default_pool if pool is None else pool)
-    frames, fps, size = int(frames), float(fps), int(size)   # 12 and 12.0 must fingerprint alike
-    if not videos.is_dir():
-        raise FoleyError(f"--videos {videos} is not a directory")
-    if spec.time_stride != 1:
-        raise FoleyError(f"backbone {backbone} pools time by {spec.time_stride}; the head needs one feature "
-                         "per frame, so extract with a backbone that keeps T (e.g. model3d_1)")
-    dim = backbones.feature_dim(backbone, size, pool)
-    if frames < 1 or fps <= 0 or shard_size < 1 or batch_size < 1:
-        raise FoleyError("--frames, --fps, --shard-size and --batch-size must be positive")
-    manifest = load_annotations(annotations, classes=classes, labels_path=labels, videos=videos,
-                                window_stride=window_stride, frames=frames, fps=fps)
-    if limit is not None:
-        manifest = manifest[:limit]
-    n_shards = (len(manifest) + shard_size - 1) // shard_size
-    shard_of = [(i // shard_size, a) for i, a in enumerate(manifest)]
-    dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)
-    if workers is None:
-        workers = default_workers(dev)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    dist = _Dist(world)
-    dataset_args = dict(videos=videos, frames=frames, fps=fps, size=size, reduce=envelope_reduce)
-    manifest_sha = manifest_sha256(manifest)
-    _check_same_manifest(out, manifest_sha, overwrite)
+    # int / float here, so that 12 and 12.0 fingerprint alike
+    clips = ClipSettings(Path(videos), int(frames), float(fps), int(size), envelope_reduce)
+    dim = _check_options(spec, clips, pool, shard_size, batch_size)
+    manifest = load_annotations(annotations, classes=classes, labels_path=labels, videos=clips.videos,
+                                window_stride=window_stride, frames=clips.frames, fps=clips.fps)[:limit]
+    dev, precision, workers = resolve_settings(device, precision, workers)
+    dist = Distributed.from_env(dev, timeout=EXTRACT_TIMEOUT, backend=EXTRACT_BACKEND)
+    job = _Job(spec=spec, checkpoint=checkpoint, pool=pool, seed=seed, compile=compile, overwrite=overwrite,
+               window_stride=window_stride, manifest=manifest,
+               manifest_record=_manifest_record(manifest, annotations, clips.videos, classes, window_stride,
+                                                labels, limit),
+               shards=ShardSettings(out=Path(out), fmt=fmt, dtype=dtype, dim=dim, shard_size=shard_size,
+                                    n_candidates=len(manifest), clips=clips, batch_size=batch_size,
+                                    workers=workers, device=dist.device, precision=precision, mean=spec.mean,
+                                    std=spec.std, progress=progress and dist.is_main))
+    _check_same_manifest(job.shards.out, job.manifest_record["sha256"], overwrite)
 
-    # Rank 0 builds/calibrates the network and claims the cache; the others then load the same weights.
     t0 = time.time()
-    model = provenance = None
-    error = None
-    if rank == 0:
-        try:
-            model, provenance = build_backbone(backbone, checkpoint, dev, seed, shard_of[:calibration_clips],
-                                               dataset_args, batch_size, workers, out, progress, pool)
-            fp_params, config = _fingerprint_params(model, provenance, spec, frames, fps, size, dtype,
-                                                    precision, envelope_reduce, pool)
-            if window_stride is not None:   # only then: caches made without windows keep their fingerprint
-                fp_params["windows"] = config["windows"] = {"stride_s": float(window_stride),
-                                                            "seconds": frames / fps}
-            config.update(manifest={"annotations": manifest_source(annotations), "videos": str(videos.resolve()),
-                                    "classes": None if classes is None else str(classes),
-                                    "window_stride": window_stride,
-                                    "labels": str(labels) if labels else None, "limit": limit,
-                                    "candidates": len(manifest), "sha256": manifest_sha},
-                          shard_size=shard_size, format=fmt)
-            fp = cache.fingerprint(fp_params)
-            cache.begin_cache(out, fp, config, n_shards, overwrite=overwrite, fmt=fmt)
-            save_calibrated(model, out, provenance)
-        except FoleyError as e:
-            error = str(e)
-        except OSError as e:                # a full disk or a read-only --out: one line, like in the shards
-            error = f"writing the cache in {out} failed: {e}; re-run the same command to resume"
-    error = dist.broadcast(error)
-    if error:
-        raise FoleyError(error)
-    if rank != 0:
-        model = backbones.create_backbone(backbone, seed=seed, pool=pool)
-        weights = out / CALIBRATED_WEIGHTS if str(checkpoint) == "none" else \
-            backbones.resolve_checkpoint(backbone, checkpoint)[0]
-        backbones.load_checkpoint(model, weights)
-    model = model.to(dev).eval()
-    if channels_last(spec, dev, precision):
-        model = model.to(memory_format=torch.channels_last_3d if spec.kind == "video3d" else torch.channels_last)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if compile:
-        model = torch.compile(model)
-
-    todo = [k for k in cache.pending_shards(out, n_shards) if k % world == rank]
-    items = [(k, a) for k, a in shard_of if k in set(todo)]
-    counts = _write_shards(model, items, shard_size, len(manifest), out, dataset_args, fmt, dtype, dim,
-                           batch_size, workers, dev, precision, progress and rank == 0, spec)
+    model = _backbone_on_every_rank(job, calibration_clips, progress, dist)
+    todo = {k for k in cache.pending_shards(job.shards.out, job.n_shards) if k % dist.world_size == dist.rank}
+    counts = _write_shards(model, [(k, a) for k, a in job.shard_items() if k in todo], job.shards)
     dist.barrier()
-    summary = {"cache": str(out), "candidates": len(manifest), "shards": n_shards, "processed_here": counts["seen"],
-               "device": str(dev), "precision": precision, "workers": workers, "world_size": world}
-    if rank == 0:
-        try:
-            index = cache.finalize_cache(out)
-        except OSError as e:
-            raise FoleyError(f"writing the index of the cache in {out} failed: {e}; every shard is kept, "
-                             "re-run the same command to finish it") from None
-        summary.update(cached=index["counts"]["cached"], failed=index["counts"]["failed"],
-                       failed_by_reason=index["counts"]["failed_by_reason"], fingerprint=index["fingerprint"])
+    summary = {"cache": str(job.shards.out), "candidates": len(manifest), "shards": job.n_shards,
+               "processed_here": counts["seen"], "device": str(dist.device), "precision": precision,
+               "workers": workers, "world_size": dist.world_size}
+    if dist.is_main:
+        summary.update(_finalize(job.shards.out))
     wall = time.time() - t0
     summary.update(wall_seconds=round(wall, 2), clips_per_s=round(counts["seen"] / wall, 3) if wall else None)
     dist.close()
     return summary
+
+
+def _check_options(spec: backbones.BackboneSpec, clips: ClipSettings, pool: str, shard_size: int,
+                   batch_size: int) -> int:
+    """One-line errors for options that cannot work; returns the feature dim D."""
+    if not clips.videos.is_dir():
+        raise FoleyError(f"--videos {clips.videos} is not a directory")
+    if spec.time_stride != 1:
+        raise FoleyError(f"backbone {spec.name} pools time by {spec.time_stride}; the head needs one feature "
+                         "per frame, so extract with a backbone that keeps T (e.g. model3d_1)")
+    dim = backbones.feature_dim(spec.name, clips.size, pool)
+    if clips.frames < 1 or clips.fps <= 0 or shard_size < 1 or batch_size < 1:
+        raise FoleyError("--frames, --fps, --shard-size and --batch-size must be positive")
+    return dim
+
+
+def _manifest_record(manifest: list, annotations, videos: Path, classes, window_stride, labels, limit) -> dict:
+    return {"annotations": manifest_source(annotations), "videos": str(videos.resolve()),
+            "classes": None if classes is None else str(classes), "window_stride": window_stride,
+            "labels": str(labels) if labels else None, "limit": limit,
+            "candidates": len(manifest), "sha256": manifest_sha256(manifest)}
+
+
+def _backbone_on_every_rank(job: _Job, calibration_clips: int, progress: bool, dist: Distributed):
+    """Rank 0 builds/calibrates the network and claims the cache; the others then load the same
+    weights. An error on rank 0 is raised on every rank. Returns the model ready to run."""
+    model, error = _build_and_claim(job, calibration_clips, progress) if dist.is_main else (None, None)
+    error = dist.broadcast(error)
+    if error:
+        raise FoleyError(error)
+    if not dist.is_main:
+        model = backbones.create_backbone(job.spec.name, seed=job.seed, pool=job.pool)
+        weights = job.shards.out / CALIBRATED_WEIGHTS if str(job.checkpoint) == "none" else \
+            backbones.resolve_checkpoint(job.spec.name, job.checkpoint)[0]
+        backbones.load_checkpoint(model, weights)
+    s = job.shards
+    return prepare_model(model, job.spec, s.device, s.precision, job.compile)
+
+
+def _build_and_claim(job: _Job, calibration_clips: int, progress: bool):
+    """(model, None) once the backbone is built and the cache claimed; (None, one-line error) if not."""
+    s = job.shards
+    try:
+        model, provenance = build_backbone(job.spec.name, job.checkpoint, job.seed,
+                                           job.shard_items()[:calibration_clips], s.clips, s.batch_size,
+                                           s.workers, s.out, progress, job.pool)
+        fp_params, config = _fingerprint_params(model, provenance, job.spec, s.clips.frames, s.clips.fps,
+                                                s.clips.size, s.dtype, s.precision, s.clips.reduce, job.pool)
+        if job.window_stride is not None:   # only then: caches made without windows keep their fingerprint
+            fp_params["windows"] = config["windows"] = {"stride_s": float(job.window_stride),
+                                                        "seconds": s.clips.frames / s.clips.fps}
+        config.update(manifest=job.manifest_record, shard_size=s.shard_size, format=s.fmt)
+        cache.begin_cache(s.out, cache.fingerprint(fp_params), config, job.n_shards, overwrite=job.overwrite,
+                          fmt=s.fmt)
+        save_calibrated(model, s.out, provenance)
+        return model, None
+    except FoleyError as e:
+        return None, str(e)
+    except OSError as e:                # a full disk or a read-only --out: one line, like in the shards
+        return None, f"writing the cache in {s.out} failed: {e}; re-run the same command to resume"
+
+
+def _finalize(out: Path) -> dict:
+    """Write the cache's index (rank 0, after every rank's shards); the summary's cache counts."""
+    try:
+        index = cache.finalize_cache(out)
+    except OSError as e:
+        raise FoleyError(f"writing the index of the cache in {out} failed: {e}; every shard is kept, "
+                         "re-run the same command to finish it") from None
+    return {"cached": index["counts"]["cached"], "failed": index["counts"]["failed"],
+            "failed_by_reason": index["counts"]["failed_by_reason"], "fingerprint": index["fingerprint"]}
 
 
 def _fingerprint_params(model, provenance, spec, frames, fps, size, dtype, precision, reduce, pool="none"):
@@ -318,32 +413,38 @@ def _fingerprint_params(model, provenance, spec, frames, fps, size, dtype, preci
 
 
 def _check_same_manifest(out: Path, manifest_sha: str, overwrite: bool):
-    """A cache belongs to one annotation list: resuming it with another list would mix clips."""
-    for name in ("progress.json", "cache.json"):
+    """A cache belongs to one annotation list: resuming it with another list would mix clips.
+    An unreadable record is left to `cache.begin_cache`, which says what is wrong with it."""
+    for name in (cache.PROGRESS_JSON, cache.CACHE_JSON):
         path = out / name
         if path.is_file() and not overwrite:
             try:
-                old = json.loads(path.read_text()).get("config", {}).get("manifest", {}).get("sha256")
-            except (OSError, ValueError):
+                record = read_json(path, "cache record")
+            except FoleyError:
                 return
+            config = record.get("config", {}) if isinstance(record, dict) else {}
+            old = config.get("manifest", {}).get("sha256")
             if old and old != manifest_sha:
                 raise FoleyError(f"the cache in {out} was built from another annotation list / --classes / "
                                  "--limit; pass --overwrite to replace it, or choose another --out")
             return
 
 
-def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt, dtype, dim,
-                  batch_size, workers, dev, precision, progress, spec) -> Counter:
+# --- writing this rank's shards -------------------------------------------------------------
+
+def _write_shards(model, items: list[tuple[int, Annotation]], s: ShardSettings) -> Counter:
+    """Decode `items` (shard, annotation), run the model shard by shard, write each shard whole.
+    Returns counts {"seen", "failed"}."""
     counts = Counter()
     if not items:
         return counts
     remaining = Counter(k for k, _ in items)
-    writers: dict[int, cache.ShardWriter] = {}
-    closing: list = []                  # (writer, future of its rename) not known to be done yet
+    writers: dict[int, ShardWriter] = {}
+    closing: list = []                  # (writer, future of its commit) not known to be done yet
     buffers: dict[int, list] = {}
     # Workers hand over 0..255 frames; the backbone's own mean/std are applied per batch (on the GPU there)
-    loader = make_loader(ClipDataset(items, **dataset_args, normalize=False), workers, dev)
-    bar = tqdm(total=len(items), desc="extract", unit="clip", disable=not progress, smoothing=0.1)
+    loader = make_loader(s.clips.dataset(items, normalize=False), s.workers, s.device)
+    bar = tqdm(total=len(items), desc="extract", unit="clip", disable=not s.progress, smoothing=0.1)
     # Every shard operation after opening goes through one writer thread, in order, so the float16
     # cast, compression and file writes of a batch overlap the next batch's forward pass.
     background = _WriterThread(WRITE_QUEUE_BATCHES)
@@ -351,9 +452,8 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
         for item in loader:
             k = item["shard"]
             if k not in writers:
-                count = min(shard_size, n_candidates - k * shard_size)
-                path = out / cache.SHARDS_DIR / cache.shard_name(k, fmt)
-                writers[k] = cache.ShardWriter(path, fmt, count, dataset_args["frames"], dim, dtype).__enter__()
+                writers[k] = ShardWriter(s.out / cache.SHARDS_DIR / shard_name(k, s.fmt), s.fmt, s.capacity(k),
+                                         s.clips.frames, s.dim, s.dtype).open()
                 buffers[k] = []
             if "failure" in item:
                 background.submit(writers[k].add_failure, item["failure"])
@@ -361,27 +461,27 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
             else:
                 buffers[k].append(item)
             remaining[k] -= 1
-            if len(buffers[k]) == batch_size or (remaining[k] == 0 and buffers[k]):
-                feats = batch_features(model, [c["frames"] for c in buffers[k]], dev, precision,
-                                       normalize=True, out_dtype=dtype, mean=spec.mean, std=spec.std)
+            if len(buffers[k]) == s.batch_size or (remaining[k] == 0 and buffers[k]):
+                feats = batch_features(model, [c["frames"] for c in buffers[k]], s.device, s.precision,
+                                       normalize=True, out_dtype=s.dtype, mean=s.mean, std=s.std)
                 background.submit(_append_batch, writers[k], buffers[k], feats)
                 buffers[k] = []
             if remaining[k] == 0:
                 closing = [(w, f) for w, f in closing if not f.done()]
                 w = writers.pop(k)
-                closing.append((w, background.submit(w.__exit__, None, None, None)))   # rename: the shard is complete
+                closing.append((w, background.submit(w.commit)))    # rename: the shard is complete
             counts["seen"] += 1
             bar.update(1)
             bar.set_postfix(failed=counts["failed"], refresh=False)
         background.drain()                                      # the last shards are renamed
     except BaseException as e:
         background.drain(quiet=True)                            # no thread still writes into what we abort
-        # No half-written shard stays visible; a rename skipped after a write error leaves a temp to
-        # remove too (aborting a writer that did finish is a no-op).
+        # No half-written shard stays visible; a commit skipped after a write error leaves a temp to
+        # remove too (aborting a writer that did commit is a no-op).
         for w in [*writers.values(), *(w for w, _ in closing)]:
-            w.__exit__(type(e), e, e.__traceback__)
+            w.abort()
         if isinstance(e, OSError):
-            raise FoleyError(f"writing the cache in {out} failed: {e}; finished shards are kept, "
+            raise FoleyError(f"writing the cache in {s.out} failed: {e}; finished shards are kept, "
                              "re-run the same command to resume") from None
         raise
     finally:
@@ -390,29 +490,7 @@ def _write_shards(model, items, shard_size, n_candidates, out, dataset_args, fmt
     return counts
 
 
-def batch_features(model, frames: list[torch.Tensor], dev: torch.device, precision: str,
-                   normalize: bool = False, out_dtype: str = "float32", mean: tuple = IMAGENET_MEAN,
-                   std: tuple = IMAGENET_STD) -> np.ndarray:
-    """Clips [3, T, S, S] -> features ndarray [B, T', D] in `out_dtype` (the cache dtype).
-
-    Each clip is copied on its own (from pinned memory, non-blocking on CUDA) and stacked on the
-    device. normalize: the frames are 0..255 and are normalised on the device with mean/std (the
-    backbone's preprocessing). The cast to the
-    cache dtype happens on the device (half the bytes to copy back; IEEE round-to-nearest-even, the
-    same values numpy's astype would give).
-    """
-    x = torch.stack([f.to(dev, non_blocking=True) for f in frames])            # [B, 3, T, S, S]
-    if normalize:
-        x = normalize_frames(x, channel_dim=1, mean=mean, std=std)
-    with torch.no_grad(), autocast(dev, precision):
-        feats = model(x)
-    out = feats.to(getattr(torch, out_dtype))
-    if out.dtype == torch.float16 and not torch.isfinite(out).all() and torch.isfinite(feats).all():
-        raise FoleyError("backbone features exceed float16's range (|x| > 65504): use --dtype float32")
-    return out.cpu().numpy()                                                    # [B, T', D]
-
-
-def _append_batch(writer, clips: list[dict], feats: np.ndarray):
+def _append_batch(writer: ShardWriter, clips: list[dict], feats: np.ndarray):
     for c, f in zip(clips, feats):
         writer.append(c["id"], c["label"], f, np.asarray(c["envelope"], np.float32), int(c["length"]))
 
@@ -420,7 +498,7 @@ def _append_batch(writer, clips: list[dict], feats: np.ndarray):
 class _WriterThread:
     """One thread that runs submitted calls in order; at most `depth` wait. An exception raised by a
     call comes back to the caller on its next submit() or drain(), and no later call runs: a shard
-    that lost a clip to a write error must never be renamed complete by its queued __exit__."""
+    that lost a clip to a write error must never be renamed complete by its queued commit."""
 
     def __init__(self, depth: int):
         self.depth = depth
@@ -455,28 +533,3 @@ class _WriterThread:
     def close(self):
         self.drain(quiet=True)
         self.pool.shutdown(wait=True)
-
-
-class _Dist:
-    """Just enough of torch.distributed for extraction under torchrun: barriers and one broadcast."""
-
-    def __init__(self, world: int):
-        self.on = world > 1
-        if self.on and not torch.distributed.is_initialized():
-            # gloo even on GPUs: only barriers and one broadcast; ranks may wait long for each other
-            torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
-
-    def broadcast(self, obj):
-        if not self.on:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self):
-        if self.on:
-            torch.distributed.barrier()
-
-    def close(self):
-        if self.on and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from pipeline.cache import (
     CACHE_JSON, FAILURES_JSONL, PROGRESS_JSON, SCHEMA_VERSION, SHARDS_DIR, FeatureCache, ShardWriter,
-    begin_cache, cache_info, finalize_cache, fingerprint, pending_shards, sha256_file, shard_name,
-    shard_sha256, write_cache,
+    begin_cache, cache_info, finalize_cache, fingerprint, pending_shards, shard_name, shard_sha256, write_cache,
 )
+from pipeline.fsio import sha256_file
 from pipeline.cli import cli
 from pipeline.errors import FoleyError
 

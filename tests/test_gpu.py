@@ -76,10 +76,11 @@ def _model(weights, device, channels_last):
 
 def test_gpu_bf16_features_match_cpu_fp32(clips, weights):
     from pipeline import extract as ex
+    from pipeline import runtime
     from pipeline.media import normalize_frames
 
     dev = torch.device("cuda")
-    assert ex.normalize_on_device(dev) and ex.resolve_precision("auto", dev) == "bf16"
+    assert ex.normalize_on_device(dev) and runtime.resolve_precision("auto", dev) == "bf16"
     cpu = _model(weights, "cpu", channels_last=False)
     with torch.no_grad():
         ref = cpu(normalize_frames(torch.stack(clips[4:6]), 1)).numpy()                  # [2, T, D]
@@ -97,7 +98,7 @@ def test_gpu_bf16_features_match_cpu_fp32(clips, weights):
 
 
 def test_channels_last_3d_gives_the_same_features(clips, weights):
-    from pipeline import extract as ex
+    from pipeline import runtime
     from pipeline.media import normalize_frames
 
     dev = torch.device("cuda")
@@ -106,7 +107,7 @@ def test_channels_last_3d_gives_the_same_features(clips, weights):
     conv = last.block1[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last_3d)
     x = normalize_frames(torch.stack(clips[:2]).to(dev), 1)
-    with torch.no_grad(), ex.autocast(dev, "bf16"):
+    with torch.no_grad(), runtime.autocast(dev, "bf16"):
         a, b = last(x).float().cpu().numpy(), plain(x).float().cpu().numpy()
     assert rel_l2(a, b) < BF16_REL_L2
 

@@ -31,6 +31,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import cache as cachemod
+from pipeline import shards as shardsmod
 from pipeline.cache import FeatureCache
 from pipeline.cli import cli
 from pipeline.errors import FoleyError
@@ -111,7 +112,7 @@ def assert_same_tree(a: Path, b: Path):
 def visible_shards(out: Path) -> list[Path]:
     """Finished shards: exactly shard-NNNNN.zarr / .h5, no temporaries."""
     shards = out / cachemod.SHARDS_DIR
-    return sorted(p for p in shards.iterdir() if cachemod.SHARD_RE.match(p.name)) if shards.is_dir() else []
+    return sorted(p for p in shards.iterdir() if shardsmod.SHARD_RE.match(p.name)) if shards.is_dir() else []
 
 
 def temporaries(out: Path) -> list[str]:
@@ -121,8 +122,8 @@ def temporaries(out: Path) -> list[str]:
 def assert_visible_shards_complete(out: Path, shard_size: int, n_candidates: int):
     """Every shard a reader can see holds all its candidates (cached + failed): none is half-written."""
     for path in visible_shards(out):
-        k = int(cachemod.SHARD_RE.match(path.name).group(1))
-        meta = cachemod._read_shard_meta(path)
+        k = int(shardsmod.SHARD_RE.match(path.name).group(1))
+        meta = shardsmod.read_shard_meta(path)
         expected = min(shard_size, n_candidates - k * shard_size)
         assert meta["attrs"]["count"] + len(meta["attrs"]["failures"]) == expected, (path.name, meta["attrs"])
 
@@ -524,8 +525,8 @@ def test_disk_full_mid_shard_then_resume(small, tmp_path, monkeypatch, one_threa
     videos, ann, ref, _ = small
     out = tmp_path / "cache"
     calls = {"append": 0}
-    real_append, real_fsync_tree = cachemod.ShardWriter.append, cachemod._fsync_tree
-    real_write_text = cachemod._atomic_write_text
+    real_append, real_fsync_tree = shardsmod.ShardWriter.append, shardsmod._fsync_tree
+    real_write_text = cachemod.atomic_write_text
 
     def append(self, *args, **kw):
         calls["append"] += 1
@@ -548,11 +549,11 @@ def test_disk_full_mid_shard_then_resume(small, tmp_path, monkeypatch, one_threa
         return real_write_text(path, text)
 
     if where in ("append", "last_append"):
-        monkeypatch.setattr(cachemod.ShardWriter, "append", append)
+        monkeypatch.setattr(shardsmod.ShardWriter, "append", append)
     elif where == "finish":
-        monkeypatch.setattr(cachemod, "_fsync_tree", fsync_tree)
+        monkeypatch.setattr(shardsmod, "_fsync_tree", fsync_tree)
     else:
-        monkeypatch.setattr(cachemod, "_atomic_write_text", write_text)
+        monkeypatch.setattr(cachemod, "atomic_write_text", write_text)
     args = ["extract-features", "--videos", str(videos), "--annotations", str(ann), "--out", str(out),
             "--shard-size", str(SHARD), *EXTRACT]
     result = CliRunner().invoke(cli, args)
