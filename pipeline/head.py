@@ -24,7 +24,7 @@ must not read or write files other than a FeatureCache it fits on, nor know abou
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -309,37 +309,39 @@ class InputTransform(nn.Module):
     def fit(self, source, progress: bool = False) -> "InputTransform":
         """Fit the statistics on the real frames of `source`: a FeatureCache (the TRAIN cache), or
         preloaded (features [N, T, D], length [N]) tensors. Runs on this module's device."""
-        moments = _RunningMoments()
-        for x, length in self._chunks(source, progress, "fitting input statistics"):
-            moments.update(_valid_rows(self._centered(x), length))
-        mean, std = moments.result()
+        mean, std = self._moments(source, self._centered, progress, "fitting input statistics")
         self.mean.copy_(mean)
         self.std.copy_(std)
         if self.kind == "motion-energy":        # a second pass: statistics of the 17 values themselves
-            moments = _RunningMoments()
-            for x, length in self._chunks(source, progress, "fitting motion-energy statistics"):
-                moments.update(_valid_rows(self._motion(x), length))
-            out_mean, out_std = moments.result()
+            out_mean, out_std = self._moments(source, self._motion, progress, "fitting motion-energy statistics")
             self.out_mean.copy_(out_mean)
             self.out_std.copy_(out_std)
         self.fitted = True
         return self
 
+    def _moments(self, source, values, progress: bool, desc: str) -> tuple[Tensor, Tensor]:
+        """Per-column (mean, std) of values(features chunk) [B, T, k] over the real frames of `source`."""
+        moments = _RunningMoments()
+        for x, length in self._chunks(source, progress, desc):
+            moments.update(_valid_rows(values(x), length))
+        return moments.result()
+
     def _chunks(self, source, progress: bool, desc: str) -> Iterable[tuple[Tensor, Tensor]]:
         from tqdm import tqdm
 
-        device = self.mean.device
         if isinstance(source, (tuple, list)):
-            features, length = source
-            for lo in range(0, features.shape[0], FIT_CHUNK):
-                yield features[lo:lo + FIT_CHUNK].to(device), length[lo:lo + FIT_CHUNK].to(device)
+            yield from self._split(*source)
             return
         for k in tqdm(range(source.n_shards), desc=desc, unit="shard", disable=not progress, leave=False):
             shard = source.read_shard(k)
-            features = torch.from_numpy(shard["features"])
-            length = torch.from_numpy(shard["length"].astype("int64"))
-            for lo in range(0, features.shape[0], FIT_CHUNK):
-                yield features[lo:lo + FIT_CHUNK].to(device), length[lo:lo + FIT_CHUNK].to(device)
+            yield from self._split(torch.from_numpy(shard["features"]),
+                                   torch.from_numpy(shard["length"].astype("int64")))
+
+    def _split(self, features: Tensor, length: Tensor) -> Iterable[tuple[Tensor, Tensor]]:
+        """features [N, T, D], length [N] → FIT_CHUNK clips at a time, on this module's device."""
+        device = self.mean.device
+        for lo in range(0, features.shape[0], FIT_CHUNK):
+            yield features[lo:lo + FIT_CHUNK].to(device), length[lo:lo + FIT_CHUNK].to(device)
 
 
 # ----------------------------------------------------------------------------- from a checkpoint

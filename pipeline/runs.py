@@ -63,6 +63,7 @@ CKPT_BEST = "checkpoint-best.pt"
 RUN_FILES = (CONFIG_JSON, METRICS_JSONL, CKPT_LAST, CKPT_BEST)
 CHECKPOINT_FORMAT = "foleycache-run-checkpoint"
 CHECKPOINT_VERSION = 1
+ERROR_DETAIL = 160              # characters of an unreadable checkpoint's exception kept in the one-line error
 
 
 # ----------------------------------------------------------------------------- plain values
@@ -191,7 +192,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         d = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         tail = f"; {hint}" if hint else ""
-        raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}{tail}") from e
+        first = (str(e).strip().splitlines() or [""])[0][:ERROR_DETAIL]     # torch's messages run to pages
+        raise FoleyError(f"cannot read checkpoint {path}: {type(e).__name__}: {first}{tail}") from e
     if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
         raise FoleyError(f"{path} is not a foleycache run checkpoint")
     return d

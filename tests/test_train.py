@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -47,34 +46,6 @@ def caches(tmp_path_factory):
 
 def metrics_lines(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-# ----------------------------------------------------------------------------- pure helpers
-
-def test_get_lr_warms_up_then_decays_by_cosine_to_min_lr():
-    lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 100
-    lrs = [loop.get_lr(s, warmup, total, lr, min_lr) for s in range(120)]
-    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup + 1]))      # rising through warmup
-    assert lrs[warmup] == pytest.approx(lr)                                   # peak right after it
-    assert all(a >= b for a, b in zip(lrs[warmup:total], lrs[warmup + 1:total + 1]))
-    assert loop.get_lr(55, warmup, total, lr, min_lr) == pytest.approx((lr + min_lr) / 2)   # cosine midpoint
-    assert lrs[total] == min_lr and lrs[-1] == min_lr
-    assert loop.get_lr(0, 0, 10, lr, min_lr) == pytest.approx(lr)
-
-
-def test_epoch_batches_cover_every_clip_once_and_depend_only_on_seed_and_epoch():
-    sizes = [8, 8, 8, 5]
-    a = loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)
-    assert sorted(np.concatenate(a).tolist()) == list(range(29))
-    assert all(len(b) <= 4 for b in a)
-    assert [b.tolist() for b in a] == [b.tolist() for b in loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=3)]
-    assert [b.tolist() for b in a] != [b.tolist() for b in loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=4)]
-    plain = loader.epoch_batches(sizes, 4, shuffle=False)
-    assert np.concatenate(plain).tolist() == list(range(29))
-    # DDP: equal batch counts per rank (padded), together covering everything.
-    ranks = [loader.epoch_batches(sizes, 4, shuffle=True, seed=0, epoch=1, rank=r, world_size=3) for r in range(3)]
-    assert len({len(r) for r in ranks}) == 1
-    assert set(np.concatenate([np.concatenate(r) for r in ranks]).tolist()) == set(range(29))
 
 
 # ----------------------------------------------------------------------------- a run
@@ -188,44 +159,6 @@ def test_early_stop_and_fit_reuse_with_another_model(caches, tmp_path):
     head, t, ckpt = load_head(tmp_path / "ft" / "checkpoint-best.pt")
     x = torch.from_numpy(val.read_many([0])["features"])
     assert torch.allclose(head(t(x)), model(x))
-
-
-def test_loader_workers_reuse_their_buffers_without_overwriting_a_batch_in_use(tmp_path):
-    """Workers recycle shared-memory batch buffers once the next batch is asked for; a batch still
-    held (leased) is never written over: a worker with no free buffer allocates a new one."""
-    from pipeline.cache import FeatureCache
-
-    cache = FeatureCache(make_signal_cache(tmp_path / "c", 64, seed=3, dim=48).path)
-    dist = Distributed()
-    batches = loader.CacheBatches.from_cache(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
-                              preload="none", device=torch.device("cpu"), workers=2, dist=dist)
-    batches.start_workers()
-    slots = []
-    for epoch in range(3):                  # recycled: every batch still equals the cache's clips
-        batches.set_epoch(epoch)
-        for k, b in enumerate(batches.raw_batches()):
-            want = cache.read_many(b["index"].numpy())
-            assert torch.equal(b["features"], torch.from_numpy(want["features"]))
-            assert torch.equal(b["length"], torch.from_numpy(want["length"]).long())
-            if k % 5 == 0:
-                time.sleep(0.05)            # let the workers run ahead into the ring
-        assert int(batches.leases.sum()) == 0
-    # Hold every batch of an epoch (no hand-back): the ring runs out and workers fall back to new
-    # buffers; all held batches stay intact to the end.
-    batches.set_epoch(3)
-    held = [b for b in batches.loader]
-    slots = [int(b["lease"][1]) for b in held]
-    assert len(held) == 16 and max(slots) == loader.LOADER_RING - 1 and slots.count(-1) > 0
-    for b in held:
-        assert torch.equal(b["features"], torch.from_numpy(cache.read_many(b["index"].numpy())["features"]))
-    batches.leases.zero_()
-    # Training through the recycled buffers gives the numbers of a loader without workers.
-    plain = loader.CacheBatches.from_cache(cache, InputTransform("features", cache.dim), 4, shuffle=True, seed=0,
-                            preload="none", device=torch.device("cpu"), workers=0, dist=dist)
-    for b in (batches, plain):
-        b.set_epoch(5)
-    for a, b in zip(batches, plain):
-        assert torch.equal(a["inputs"], b["inputs"]) and torch.equal(a["index"], b["index"])
 
 
 # ----------------------------------------------------------------------------- the CLI
