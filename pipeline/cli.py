@@ -327,9 +327,9 @@ def pretrain_options(f):
         click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (orders the classes)."),
         click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
                      "[default: sound12 for an SSv2 JSON, all for other manifests]."),
-        click.option("--backbone", default=None, help="Registered backbone to train [model3d_1_w025; model3d_1 on a GPU]."),
-        click.option("--size", default=None, type=click.IntRange(32), help="Frame side in pixels [48]."),
-        click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [12]."),
+        click.option("--backbone", default=None, help="Registered backbone to train [model3d_1_w025; the full model3d_1 is for GPUs]."),
+        click.option("--size", default=None, type=click.IntRange(32), help="Frame side in pixels [32]."),
+        click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [pretrain 20, pretrain-compare 8]."),
         click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step and process [8]."),
         click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate [2e-3]."),
         click.option("--amp", default=None, type=click.Choice(["auto", "bf16", "off"]),

@@ -33,7 +33,10 @@ from pipeline.fsio import atomic_write_json, atomic_write_text
 ARMS = ("no_aux", "aux")
 METRICS = ("seed_score", "onset_f1", "pearson", "peak_within_1")     # from export-predictions' metrics.json
 BLOCKS = ("model", "mean_envelope", "shuffled")
-DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0, "head_epochs": 10, "head_hidden": 512, "head_input": "features"}
+# Default cost (300 train clips, 32 px, float32, quiet 2-core CPU): 6 pretrain runs x 8 epochs x ~25 s,
+# + 6 x 2 extractions and 6 heads: ~30 min.
+DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0, "epochs": 8, "head_epochs": 10, "head_hidden": 512,
+            "head_input": "features"}
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
 
@@ -90,6 +93,7 @@ def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | st
         raise FoleyError(f"--aux-envelope must be > 0 for the comparison's aux arm, got {aux_weight}")
     recipe = {k: v for k, v in dict(backbone=backbone, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
                                     amp=amp).items() if v is not None}
+    recipe.setdefault("epochs", DEFAULTS["epochs"])      # shorter than a lone pretrain: six runs
     recipe = {k: recipe.get(k, PRETRAIN_DEFAULTS[k]) for k in ("backbone", "size", "epochs", "batch_size", "lr", "amp")}
     settings = {"seeds": list(seeds), "aux_weight": aux_weight, "recipe": recipe, "head_epochs": head_epochs,
                 "head_hidden": head_hidden, "head_input": head_input, "limit": limit,

@@ -56,10 +56,12 @@ log = logging.getLogger("foleycache")
 # ----------------------------------------------------------------------------- constants
 
 # Options and their defaults; None = "the default here, or the run's own value on --resume".
-# CPU defaults from float32 measurements (README "Pretraining", benchmarks/pretrain.py): width-0.25
-# model3d_1 at 48 px, 48 frames: ~0.2 s per clip per train step on one core of a loaded 2-core Xeon.
+# CPU defaults from float32 measurements (README "Pretraining", benchmarks/pretrain.py): a train step
+# of the width-0.25 model3d_1 (48 frames, batch 8, one torch thread, 2-core Xeon) costs 0.07 s per clip
+# at 32 px, 0.19 at 48, 0.36 at 64: from scratch, steps matter more than pixels, so 32 px and 20 epochs
+# (300 clips: ~25 s an epoch on a quiet 2-core CPU).
 DEFAULTS = {
-    "backbone": "model3d_1_w025", "size": 48, "frames": 48, "fps": 12.0, "epochs": 12, "batch_size": 8,
+    "backbone": "model3d_1_w025", "size": 32, "frames": 48, "fps": 12.0, "epochs": 20, "batch_size": 8,
     "lr": 2e-3, "weight_decay": 0.05, "warmup": None, "aux_envelope": None, "seed": 0, "amp": "auto",
     "flip": True, "label_smoothing": 0.1, "dropout": 0.2, "checkpoint": "none",
 }
