@@ -76,7 +76,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_record(path: Path) -> dict:
     """cache.json or progress.json as a dict (a one-line FoleyError that says "corrupt" otherwise)."""
-    data = read_json(path, "cache record", hint=CORRUPT_HINT)
+    data = read_json(path, "cache index" if path.name == CACHE_JSON else "cache progress record", hint=CORRUPT_HINT)
     if not isinstance(data, dict):
         raise FoleyError(f"{path} is corrupt (not a JSON object)")
     return data
