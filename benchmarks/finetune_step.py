@@ -26,9 +26,9 @@ def one(device: str, size: int, batch: int, steps: int, checkpointing: bool, fre
 
     sys.path.insert(0, str(ROOT))
     from pipeline import backbones
-    from pipeline.runtime import cpu_has_bf16
     from pipeline.finetune import EndToEnd
     from pipeline.head import Head, HeadConfig, InputTransform, masked_bce
+    from pipeline.runtime import autocast, cpu_has_bf16
 
     dev = torch.device(device)
     net = backbones.create_backbone("model3d_1").to(dev)
@@ -37,13 +37,13 @@ def one(device: str, size: int, batch: int, steps: int, checkpointing: bool, fre
     dim = backbones.feature_dim("model3d_1", size)
     model = EndToEnd(net, InputTransform("features", dim).to(dev), Head(HeadConfig(input_dim=dim)).to(dev)).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    bf16 = dev.type == "cuda" or cpu_has_bf16()
+    precision = "bf16" if dev.type == "cuda" or cpu_has_bf16() else "fp32"    # finetune's --amp auto
     x = torch.randn(batch, 3, 48, size, size, device=dev)
     target = torch.rand(batch, 48, device=dev)
     length = torch.full((batch,), 48, device=dev)
 
     def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(dev, precision):
             logits = model(x)
         loss = masked_bce(logits.float(), target, length)
         loss.backward()
@@ -63,7 +63,7 @@ def one(device: str, size: int, batch: int, steps: int, checkpointing: bool, fre
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"checkpointing": checkpointing, "device": device, "size": size, "batch_size": batch, "steps": steps,
-            "freeze_blocks": freeze, "precision": "bf16" if bf16 else "fp32",
+            "freeze_blocks": freeze, "precision": precision,
             "seconds_per_step": round(seconds / steps, 3), "clips_per_s": round(batch * steps / seconds, 3),
             "peak_memory_bytes": int(peak), "peak_memory_gib": round(peak / 2**30, 2),
             "memory_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "process peak RSS"}
