@@ -17,7 +17,7 @@ one. Reading: `FeatureCache` (picklable, lazily opened files), `cache_info`.
 This module owns the fingerprint, the index and the directory's life cycle; what is inside one
 shard (formats, names, digests) belongs to `pipeline.shards`, decoding videos and running models
 to `pipeline.extract`. It must not import from stages after it (extract, training, export).
-It is longer than most modules (~600 lines) for one reason: cache.json's fields are written by
+It is longer than most modules (~640 lines) for one reason: cache.json's fields are written by
 `finalize_cache` and checked by `FeatureCache`, and keeping the index's writer and reader side by
 side is what keeps them in step.
 """

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cache import (
-    CACHE_JSON, FAILURES_JSONL, PROGRESS_JSON, SCHEMA_VERSION, SHARDS_DIR, FeatureCache, ShardWriter,
-    begin_cache, cache_info, finalize_cache, fingerprint, pending_shards, shard_name, shard_sha256, write_cache,
+    CACHE_JSON, FAILURES_JSONL, PROGRESS_JSON, SHARDS_DIR, FeatureCache, begin_cache, cache_info, finalize_cache,
+    fingerprint, pending_shards, write_cache,
 )
 from pipeline.fsio import sha256_file
+from pipeline.shards import SCHEMA_VERSION, ShardWriter, shard_name, shard_sha256
 from pipeline.cli import cli
 from pipeline.errors import FoleyError
 
