@@ -1,4 +1,5 @@
-"""The CLI in child processes, killed with SIGKILL and resumed: the loop the crash tests share.
+"""The CLI in child processes, killed with SIGKILL and resumed, and the checks on what a killed run
+left: the helpers the crash and load tests share.
 
 A library, not a test module: tests import from here, never from each other.
 """
@@ -6,15 +7,59 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
+
+from pipeline import cache as cachemod
+from pipeline import shards as shardsmod
 
 # Children get one math thread each: the machine is shared, and both runs of a comparison must use
 # the same thread count for bit-identical numbers.
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-FINISH_TIMEOUT_S = 300
+EXTRACT = ["--size", "32", "--calibration-clips", "4", "--quiet"]     # tiny, fast extraction settings
+CLI_TIMEOUT = 300
+
+
+def extract_cmd(videos, annotations, out, *extra, quiet=True) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "extract-features", "--videos", str(videos),
+            "--annotations", str(annotations), "--out", str(out), *(EXTRACT if quiet else EXTRACT[:-1]),
+            *map(str, extra)]
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path`: relative path -> bytes (for bit-for-bit comparison)."""
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def assert_same_tree(a: Path, b: Path):
+    ta, tb = tree(a), tree(b)
+    assert sorted(ta) == sorted(tb), (sorted(set(ta) ^ set(tb)))
+    different = [name for name in ta if ta[name] != tb[name]]
+    assert not different, different
+
+
+def visible_shards(out: Path) -> list[Path]:
+    """Finished shards: exactly shard-NNNNN.zarr / .h5, no temporaries."""
+    shards = out / cachemod.SHARDS_DIR
+    return sorted(p for p in shards.iterdir() if shardsmod.SHARD_RE.match(p.name)) if shards.is_dir() else []
+
+
+def temporaries(out: Path) -> list[str]:
+    return sorted(p.name for p in out.rglob("*") if re.search(r"\.(tmp|old)-\d+$|\.tmp$", p.name))
+
+
+def assert_visible_shards_complete(out: Path, shard_size: int, n_candidates: int):
+    """Every shard a reader can see holds all its candidates (cached + failed): none is half-written."""
+    for path in visible_shards(out):
+        k = int(shardsmod.SHARD_RE.match(path.name).group(1))
+        meta = shardsmod.read_shard_meta(path)
+        expected = min(shard_size, n_candidates - k * shard_size)
+        assert meta["attrs"]["count"] + len(meta["attrs"]["failures"]) == expected, (path.name, meta["attrs"])
 
 
 def kill_and_resume(command: Callable[[], list[str]], progress: Callable[[], int], *, kills: int, seed: int,
@@ -56,7 +101,7 @@ def kill_and_resume(command: Callable[[], list[str]], progress: Callable[[], int
         state = {"kill": how, "resume": "--resume" in cmd, "finished": finished, f"{unit}s": progress()}
         states.append(state)
         check(state)
-    proc = subprocess.run(command(), capture_output=True, text=True, env=env, timeout=FINISH_TIMEOUT_S)
+    proc = subprocess.run(command(), capture_output=True, text=True, env=env, timeout=CLI_TIMEOUT)
     assert proc.returncode == 0, (states, proc.stderr[-2000:])
     return states
 

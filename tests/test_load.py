@@ -23,8 +23,7 @@ from pipeline import cache as cachemod
 from pipeline.cache import FeatureCache
 from tests.badfiles import BadFile, write_annotations
 from tests.mediakit import make_video
-from tests.test_reliability import (ENV, assert_same_tree, assert_visible_shards_complete, extract_cmd,
-                                    visible_shards)
+from tests.runkit import ENV, assert_same_tree, assert_visible_shards_complete, extract_cmd, visible_shards
 
 RSS_POLL_S = 0.05
 

@@ -38,13 +38,8 @@ from pipeline.errors import FoleyError
 from pipeline.media import FaultyVideo, audio_frame_to_float, load_clip
 from tests.badfiles import (ONSET_FRAMES, TEMPLATE, BadFile, make_corpus, vfr_times, write_annotations)
 from tests.mediakit import make_video, read_index
-from tests.runkit import kill_and_resume
-
-# Subprocesses get one math thread each: the machine is shared, and both runs of a comparison
-# must use the same thread count for bit-identical numbers.
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-EXTRACT = ["--size", "32", "--calibration-clips", "4", "--quiet"]
-CLI_TIMEOUT = 300
+from tests.runkit import (CLI_TIMEOUT, ENV, EXTRACT, assert_same_tree, assert_visible_shards_complete, extract_cmd,
+                          kill_and_resume, temporaries, visible_shards)
 
 # Each kind named in issue 7 -> the corpus ids that cover it.
 ISSUE_KINDS = {
@@ -80,12 +75,6 @@ def foleycache(*args, timeout=CLI_TIMEOUT, **kw) -> subprocess.CompletedProcess:
                           env=kw.pop("env", ENV), timeout=timeout, **kw)
 
 
-def extract_cmd(videos, annotations, out, *extra, quiet=True) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "extract-features", "--videos", str(videos),
-            "--annotations", str(annotations), "--out", str(out), *(EXTRACT if quiet else EXTRACT[:-1]),
-            *map(str, extra)]
-
-
 def assert_one_line_error(output: str, *needles: str):
     """A user error: one line, 'error: ...', naming what is wrong; no traceback. (The only other line
     allowed before it is the loud warning of a random-init backbone, printed when the run started.)"""
@@ -95,37 +84,6 @@ def assert_one_line_error(output: str, *needles: str):
     assert all(line.startswith("WARNING: --checkpoint none") for line in lines[:-1]), output
     for needle in needles:
         assert needle in lines[-1], (needle, lines[-1])
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    """Every file under `path`: relative path -> bytes (for bit-for-bit comparison)."""
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def assert_same_tree(a: Path, b: Path):
-    ta, tb = tree(a), tree(b)
-    assert sorted(ta) == sorted(tb), (sorted(set(ta) ^ set(tb)))
-    different = [name for name in ta if ta[name] != tb[name]]
-    assert not different, different
-
-
-def visible_shards(out: Path) -> list[Path]:
-    """Finished shards: exactly shard-NNNNN.zarr / .h5, no temporaries."""
-    shards = out / cachemod.SHARDS_DIR
-    return sorted(p for p in shards.iterdir() if shardsmod.SHARD_RE.match(p.name)) if shards.is_dir() else []
-
-
-def temporaries(out: Path) -> list[str]:
-    return sorted(p.name for p in out.rglob("*") if re.search(r"\.(tmp|old)-\d+$|\.tmp$", p.name))
-
-
-def assert_visible_shards_complete(out: Path, shard_size: int, n_candidates: int):
-    """Every shard a reader can see holds all its candidates (cached + failed): none is half-written."""
-    for path in visible_shards(out):
-        k = int(shardsmod.SHARD_RE.match(path.name).group(1))
-        meta = shardsmod.read_shard_meta(path)
-        expected = min(shard_size, n_candidates - k * shard_size)
-        assert meta["attrs"]["count"] + len(meta["attrs"]["failures"]) == expected, (path.name, meta["attrs"])
 
 
 def read_failures(out: Path) -> list[dict]:
