@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from pipeline.errors import FoleyError
 from pipeline.head import Head, HeadConfig, InputTransform
 from pipeline.runs import RunDescription, load_head
 from tests.cachekit import make_signal_cache
+from tests.runkit import run_until_killed
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, str(ROOT / "cli.py"), "train-head"]
@@ -202,16 +201,11 @@ def test_kill_9_after_two_epochs_then_resume_ends_like_an_uninterrupted_run(cach
     whole = run_cli(*flags, "--out", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*CLI, *map(str, flags), "--out", str(killed)], env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (killed / "metrics.jsonl").exists() and len((killed / "metrics.jsonl").read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)         # the run and its reader worker, like a crash
-    proc.wait()
+    log = killed / "metrics.jsonl"
+    two_epochs = lambda: log.exists() and len(log.read_text().splitlines()) >= 2  # noqa: E731
+    # SIGKILL to the run and its reader worker, like a crash
+    running = run_until_killed([*CLI, *map(str, flags), "--out", str(killed)], two_epochs, env=ENV, cwd=ROOT)
+    assert running, "the run ended before it could be killed"
     assert len(metrics_lines(killed)) < 5
     resumed = run_cli("--train-cache", caches["train"], "--val-cache", caches["val"], "--out", killed, "--resume",
                       "--quiet")
