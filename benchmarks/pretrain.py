@@ -7,8 +7,9 @@ Makes a synthetic dataset (`pipeline.synthetic.make_synthetic`, SSv2-shaped 320x
 temporary directory (or uses --data, a make-synthetic folder), runs `pipeline.pretrain.pretrain`
 for a few epochs in this process and reads its metrics.jsonl. Reported, all from the same run:
   decode_seconds             building the uint8 frame cache (each clip decoded once, before epoch 1)
-  epochs[]                   per epoch: clips/s of the training pass, data_share (reading the frame
-                             cache + augmentation, as a share of the training pass), seconds
+  epochs[]                   per epoch: clips/s of the training pass, data_share (time the step
+                             waited for its batch: frame-cache reads + augmentation, done in a reader
+                             thread, not hidden behind the previous step; share of the pass), seconds
   data_share_after_first     mean data_share of epochs 2.. (issue 14's goal: < 0.10)
   decode_every_epoch_share   what the data share would be if every epoch decoded its clips again:
                              decode time per train clip / (that + train time per clip) — the cost the

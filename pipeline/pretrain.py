@@ -15,7 +15,8 @@ the seed's question as an auxiliary task: does predicting the sound make the vid
 (`_train`, nanoGPT's train.py shape), export, and `pretrain`, what `foleycache pretrain` calls.
 
 Run directory (train-head's): config.json, metrics.jsonl (one line per epoch: train CE / BCE, val
-top-1, top-5, per-class accuracy, aux BCE, clips/s, the share of the epoch spent on data),
+top-1, top-5, per-class accuracy, aux BCE, clips/s, data_share: the share of the training pass spent
+waiting for data, i.e. frame-cache reads + augmentation not hidden behind the step by the reader thread),
 checkpoint-last.pt / checkpoint-best.pt (best val top-1; weights, optimizer, step, RNG states of
 every rank, history, config: `torch.load(weights_only=True)` reads them), failures.jsonl, the frame
 caches (frames-train.*, frames-val.*), and backbone.pth.tar (the published layout:
@@ -29,6 +30,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -297,11 +299,18 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
         bce_sum = torch.zeros((), dtype=torch.float64)
         seen = 0
         batches = train.batches(epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+        bar = tqdm(range(len(batches)), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (progress and dist.is_main))
-        for positions in bar:
+        # the next batch is read and augmented in a thread while this one trains (load is a pure
+        # function of (positions, epoch): the order of work changes nothing); data_s = time waited
+        loader = ThreadPoolExecutor(max_workers=1)
+        ahead = loader.submit(train.load, batches[0], epoch)
+        for i in bar:
+            positions = batches[i]
             td = time.perf_counter()
-            b = train.load(positions, epoch)
+            b = ahead.result()
+            if i + 1 < len(batches):
+                ahead = loader.submit(train.load, batches[i + 1], epoch)
             x, y = b["inputs"].to(device, non_blocking=True), b["label"].to(device)
             data_s += time.perf_counter() - td
             lr = get_lr(step, warmup_steps, total_steps, opts["lr"], opts["lr"] * MIN_LR_RATIO)
@@ -323,6 +332,7 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
             seen += len(positions)
             step += 1
             bar.set_postfix(ce=f"{ce.item():.3f}")
+        loader.shutdown()
         train_s = time.perf_counter() - t0
         seen_all = dist.sum(seen)
 

@@ -164,13 +164,20 @@ def test_aux_weight_zero_equals_no_aux(data, tmp_path, one_thread):
 @pytest.mark.parametrize("extra,message", [
     (("--aux-envelope", "-1"), "--aux-envelope"),
     (("--size", "16"), "--size"),
-    (("--backbone", "resnet9000"), "unknown backbone 'resnet9000'"),
     (("--lr", "0"), "--lr"),
 ])
 def test_bad_flags_are_one_line_errors(data, tmp_path, extra, message):
     proc = cli(*args(data, tmp_path / "run", *extra), check=False)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2 and "Traceback" not in proc.stderr
+
+
+def test_bad_options_fail_before_the_run_dir_is_touched(data, tmp_path):
+    with pytest.raises(FoleyError, match="unknown backbone 'resnet9000'"):
+        small(data, tmp_path / "run", backbone="resnet9000")
+    with pytest.raises(FoleyError, match="--label-smoothing must be in"):
+        small(data, tmp_path / "run", label_smoothing=1.0)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_other_options_is_refused(data, tmp_path):
