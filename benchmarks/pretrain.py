@@ -15,7 +15,7 @@ for a few epochs in this process and reads its metrics.jsonl. Reported, all from
                              decode time per train clip / (that + train time per clip) — the cost the
                              frame cache removes
 Precision float32 (--amp off) unless --precision bf16: speed decisions rest on float32 (runtime.py).
---quick: 40 clips (32 train / 8 val), 3 epochs at 48 px, fits a loaded 2-core CPU in ~3 minutes.
+--quick: 40 clips (32 train / 8 val), 3 epochs at 32 px, fits a loaded 2-core CPU in ~3 minutes.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ import torch  # noqa: E402
 
 from benchmarks.run import machine  # noqa: E402
 
-QUICK = {"clips": 40, "epochs": 3, "size": 48}
-FULL = {"clips": 380, "epochs": 4, "size": 48}
+QUICK = {"clips": 40, "epochs": 3, "size": 32}         # pretrain's default size
+FULL = {"clips": 380, "epochs": 4, "size": 32}
 VAL_SHARE = 0.2                 # of --clips, the validation split
 GOAL_DATA_SHARE = 0.10
 

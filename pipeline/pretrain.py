@@ -43,14 +43,14 @@ from pipeline import backbones
 from pipeline.data import Annotation, load_annotations, manifest_source, template_key
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.framecache import FrameCache, build_frame_cache, cache_files
+from pipeline.framecache import FrameCache, build_frame_cache, cache_files, frame_cache_fingerprint
 from pipeline.fsio import atomic_torch_save, atomic_write_text
 from pipeline.head import masked_bce
 from pipeline.runtime import (autocast, cpu_has_bf16, decode_workers, resolve_device, rng_state, seed_everything,
                               set_rng_state, usable_cores)
 from pipeline.loader import epoch_batches
 from pipeline.loop import get_lr
-from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL,
+from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON,
                            on_main, prepare_run_dir, read_checkpoint, versions, write_config, write_metrics)
 
 log = logging.getLogger("foleycache")
@@ -371,8 +371,7 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
                     "best_top1": best_top1, "best_epoch": best_epoch, "history": history, "rng": rngs,
                     "config": config, "world_size": dist.world_size}
             atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
-            with open(run_dir / METRICS_JSONL, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            write_metrics(run_dir, history)
         dist.barrier()
     return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_top1": best_top1,
             "last_metrics": history[-1] if history else None, "history": history}
@@ -532,7 +531,6 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
     for split, entries in zip(SPLITS, (train_entries, val_entries)):
         prefix = out / f"frames-{split}"
         if frame_cache is not None:
-            from pipeline.framecache import frame_cache_fingerprint
             fp = frame_cache_fingerprint(entries, opts["frames"], opts["fps"], stored[split], "max")
             prefix = Path(frame_cache) / f"{split}-{fp[:16]}"
         t0 = time.perf_counter()

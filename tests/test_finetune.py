@@ -16,6 +16,9 @@ from tests.modelkit import published_state, write_published
 
 ROOT = Path(__file__).resolve().parents[1]
 P = "module.conv_column."
+# Frame size of every run here: model3d_1's cost grows with the pixels, and backward through it is
+# most of this file's time (32 px: a 1x1 final map, 1/4 of the work at 64 px; nothing here needs more).
+SIZE = 32
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def run(*args, check=True):
 
 def ft_args(data, out, *extra):
     return ["finetune", "--videos", data / "videos", "--annotations", data / "train.json", "--val-annotations",
-            data / "val.json", "--out", out, "--size", 64, "--batch-size", 4, "--quiet", *extra]
+            data / "val.json", "--out", out, "--size", SIZE, "--batch-size", 4, "--quiet", *extra]
 
 
 def metrics(run_dir):
@@ -65,10 +68,10 @@ def test_two_epochs_frozen_blocks_and_saved_backbone(data, tmp_path):
     assert not torch.equal(before[P + "block5.3.weight"], after[P + "block5.3.weight"])
     assert (out / "backbone.safetensors").exists()
     ckpt = torch.load(out / "checkpoint-best.pt", weights_only=True)
-    assert ckpt["kind"] == "finetune" and ckpt["size"] == 64 and ckpt["fingerprint"]
+    assert ckpt["kind"] == "finetune" and ckpt["size"] == SIZE and ckpt["fingerprint"]
     # the finetuned backbone re-caches: extract-features accepts it as --checkpoint
     run("extract-features", "--videos", data / "videos", "--annotations", data / "val.json", "--out",
-        tmp_path / "recache", "--size", 64, "--checkpoint", out / "backbone.pth.tar", "--quiet")
+        tmp_path / "recache", "--size", SIZE, "--checkpoint", out / "backbone.pth.tar", "--quiet")
 
 
 @pytest.mark.slow
@@ -103,7 +106,7 @@ def test_init_head_starts_from_the_heads_validation_loss(data, tmp_path):
     ckpt = data / "model_best.pth.tar"
     for split in ("train", "val"):
         run("extract-features", "--videos", data / "videos", "--annotations", data / f"{split}.json", "--out",
-            tmp_path / split, "--size", 64, "--checkpoint", ckpt, "--quiet")
+            tmp_path / split, "--size", SIZE, "--checkpoint", ckpt, "--quiet")
     head_run = tmp_path / "head"
     run("train-head", "--train-cache", tmp_path / "train", "--val-cache", tmp_path / "val", "--out", head_run,
         "--epochs", 15, "--batch-size", 4, "--hidden", 64, "--quiet")
