@@ -35,6 +35,7 @@ so train-head and finetune checkpoints hold the keys they always held.
     ckpt.write(run / CKPT_LAST, also=run / CKPT_BEST)   # atomic; `also` shares the bytes
     read_checkpoint(path) -> dict                       # the raw dict, format checked (pretrain's own fields)
     head, transform, ckpt = load_head(run / CKPT_BEST)  # the trained head, ready to predict
+    prepare_run_dir(out, resume, overwrite) -> Path | None   # --resume / --overwrite rules; the checkpoint to resume
 
 This module owns the run directory's files and their names; it must not train, read caches or
 decide options (pipeline.loop, pipeline.train, pipeline.finetune do).
