@@ -165,6 +165,16 @@ def summarise(rows: list[dict], settings: dict) -> dict:
             "chance": rows[0]["chance"] if rows else None}
 
 
+def verdict(d: dict) -> str:
+    """A paired difference's stat in words: its mean, standard error and whether it is clear."""
+    if d["mean"] is None:
+        return "n/a"
+    se = d["std"] / math.sqrt(d["n"]) if d["n"] > 1 else float("inf")
+    word = "clearly higher with aux" if d["mean"] > 2 * se else "clearly lower with aux" if d["mean"] < -2 * se \
+        else "no clear difference"
+    return f"{d['mean']:+.3f} (standard error {se:.3f}, {d['n']} seeds): {word}"
+
+
 def markdown(report: dict) -> str:
     """The comparison's table: mean ± sample std (min..max) over seeds, held-out clips only."""
     s, arms, diff = report["settings"], report["arms"], report["aux_minus_no_aux"]
@@ -188,6 +198,15 @@ def markdown(report: dict) -> str:
     names += [(f"{b}_{k}", f"baseline {b} {k}") for b in ("mean_envelope", "shuffled") for k in ("seed_score", "onset_f1")]
     for key, label in names:
         lines.append(f"| {label} | {_fmt(arms['no_aux'][key])} | {_fmt(arms['aux'][key])} | {_fmt(diff[key])} |")
+    lines += ["", "Answer (paired difference aux - no aux; 'clear' when |mean| > 2 standard errors):", ""]
+    for key, label in (("val_top1", "pretrain val top-1"), ("model_seed_score", "head seed_score"),
+                       ("model_onset_f1", "head onset_f1")):
+        lines.append(f"- {label}: {verdict(diff[key])}")
+    beats = {arm: all(arms[arm][f"model_{k}"]["mean"] is not None and all(
+        arms[arm][f"model_{k}"]["mean"] > arms[arm][f"{b}_{k}"]["mean"] for b in ("mean_envelope", "shuffled"))
+        for k in ("seed_score", "onset_f1")) for arm in ARMS}
+    lines.append(f"- heads beat both baselines on seed_score and onset_f1 (means): no aux {'yes' if beats['no_aux'] else 'no'}, "
+                 f"aux {'yes' if beats['aux'] else 'no'}")
     lines += ["", "Per run:", "", "| seed | arm | val top-1 | head seed_score | head onset_f1 | head pearson |",
               "|---|---|---|---|---|---|"]
     for row in report["rows"]:

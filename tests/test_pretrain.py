@@ -216,3 +216,22 @@ def test_torchrun_two_processes_log_each_epoch_once(data, tmp_path):
     assert [m["epoch"] for m in metrics(run)] == [1, 2]
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert proc.stdout.count("pretrain run") == 1
+
+
+def test_compare_report_pairs_seeds_and_says_whether_the_difference_is_clear():
+    from pipeline.compare import BLOCKS, METRICS, markdown, summarise
+    rows = []
+    for seed in (0, 1, 2):
+        for arm, gain in (("no_aux", 0.0), ("aux", 0.2)):
+            row = {"seed": seed, "arm": arm, "val_top1": 0.1 + 0.01 * seed, "val_top5": 0.5, "chance": 1 / 12}
+            row.update({f"{b}_{k}": (0.3 + gain + 0.01 * seed if b == "model" else -0.5) for b in BLOCKS for k in METRICS})
+            rows.append(row)
+    settings = {"seeds": [0, 1, 2], "aux_weight": 1.0, "head_epochs": 10, "head_hidden": 512, "head_input": "features",
+                "recipe": {"backbone": "model3d_1_w025", "size": 32, "epochs": 8, "batch_size": 8, "lr": 2e-3}}
+    report = summarise(rows, settings)
+    assert report["arms"]["aux"]["model_seed_score"]["n"] == 3
+    assert report["aux_minus_no_aux"]["model_seed_score"]["mean"] == pytest.approx(0.2)
+    assert report["aux_minus_no_aux"]["val_top1"]["mean"] == pytest.approx(0.0)
+    text = markdown(report)
+    assert "head seed_score: +0.200" in text and "clearly higher with aux" in text
+    assert "pretrain val top-1: +0.000" in text and "no clear difference" in text
