@@ -56,8 +56,9 @@ def metrics(run_dir):
 
 def test_two_epochs_frozen_blocks_and_saved_backbone(data, tmp_path):
     out = tmp_path / "run"
+    # 4 train clips (one step an epoch) show what frozen blocks and the export do as well as 8
     run(*ft_args(data, out, "--checkpoint", data / "model_best.pth.tar", "--freeze-blocks", 2, "--epochs", 2,
-                 "--backbone-lr", 1e-3))
+                 "--backbone-lr", 1e-3, "--limit", 4))
     assert [m["epoch"] for m in metrics(out)] == [1, 2]
     before = torch.load(data / "model_best.pth.tar", weights_only=True)["state_dict"]
     after = torch.load(out / "backbone.pth.tar", weights_only=True)["state_dict"]   # the published layout
@@ -112,7 +113,7 @@ def test_init_head_starts_from_the_heads_validation_loss(data, tmp_path):
         "--epochs", 15, "--batch-size", 4, "--hidden", 64, "--quiet")
     best = min(m["val_loss"] for m in metrics(head_run))
     out = tmp_path / "ft"
-    run(*ft_args(data, out, "--init-head", head_run / "checkpoint-best.pt", "--epochs", 1))
+    run(*ft_args(data, out, "--init-head", head_run / "checkpoint-best.pt", "--epochs", 1, "--limit", 4))
     first = metrics(out)[0]["val_loss"]
     assert abs(first - best) / best < 0.10, (first, best)
     config = json.loads((out / "config.json").read_text())
