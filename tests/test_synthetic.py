@@ -28,7 +28,8 @@ TINY = (64, 48)
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "d"
-    summary = make_synthetic(out, n_train=36, n_val=12, seed=3, jobs=2, progress=False, size=(160, 120))
+    # TINY frames: nothing below looks at pixels, and drawing 48 clips at 160x120 was the slowest fixture
+    summary = make_synthetic(out, n_train=36, n_val=12, seed=3, jobs=2, progress=False, size=TINY)
     return out, summary
 
 
