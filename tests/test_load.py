@@ -2,7 +2,7 @@
 
 The slow test extracts 1,000 synthetic clips at --size 32 and reports the peak resident memory of
 the whole process tree (CLI + decode worker) after 100 and after 1,000 clips; the fast one does the
-same with 16 clips (after 8 and 16). While the run goes, the progress record (progress.json + the
+same with 8 clips in shards of 2 (after 4 and 8). While the run goes, the progress record (progress.json + the
 finished shards) always says exactly what is done; a run killed half-way resumes from it, redoing
 no finished shard, to the same cache as the uninterrupted run.
 """
@@ -157,7 +157,7 @@ def check_load(tmp_path: Path, n: int, shard: int, early: int, report: Path | No
 
 
 def test_flat_memory_and_progress_record_small(tmp_path):
-    check_load(tmp_path, n=16, shard=4, early=8)
+    check_load(tmp_path, n=8, shard=2, early=4)
 
 
 @pytest.mark.slow
