@@ -49,7 +49,7 @@ from pipeline.head import masked_bce
 from pipeline.runtime import (autocast, cpu_has_bf16, decode_workers, resolve_device, rng_state, seed_everything,
                               set_rng_state, usable_cores)
 from pipeline.loader import epoch_batches
-from pipeline.loop import get_lr
+from pipeline.loop import RESUME_SEED_STRIDE, get_lr
 from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON,
                            on_main, prepare_run_dir, read_checkpoint, versions, write_config, write_metrics)
 
@@ -287,8 +287,8 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
         write_metrics(run_dir, history)
     if resume is not None and len(resume["rng"]) == dist.world_size:
         set_rng_state(resume["rng"][dist.rank], device)
-    else:                                   # each rank its own dropout stream
-        seed_everything(opts["seed"] + dist.rank)
+    else:                                   # each rank its own dropout stream (a resume on another world size: a fresh one)
+        seed_everything(opts["seed"] + dist.rank + (0 if resume is None else RESUME_SEED_STRIDE * start_epoch))
 
     for epoch in range(start_epoch, epochs):
         # ---- train one epoch
