@@ -127,3 +127,9 @@ def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int):
             container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)
+
+
+def ssv2_entry(video_id, template: str) -> dict:
+    """One SSv2 annotation for a test video: its id and template (the label and placeholders are
+    not read by the pipeline: "x" and none)."""
+    return {"id": str(video_id), "template": template, "label": "x", "placeholders": []}

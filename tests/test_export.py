@@ -20,7 +20,7 @@ from pipeline.export import export_predictions
 from pipeline.extract import CALIBRATED_WEIGHTS, extract_features
 from pipeline.metrics import evaluate, mean_envelope
 from pipeline.train import train_head
-from tests.mediakit import make_video
+from tests.mediakit import make_video, ssv2_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32               # model3d_1 at 32x32: features [48, 512]
@@ -40,8 +40,7 @@ def setup(tmp_path_factory):
         vid = str(300 + i)
         make_video(videos / f"{vid}.webm", seconds=2.5 if i == SHORT else 4.5, width=64, height=48,
                    impulses=(0.4 + 0.3 * (i % 9), 2.2 + 0.1 * (i % 5)))
-        splits["train" if i < N_TRAIN else "val"].append(
-            {"id": vid, "template": SOUND12[i % 12], "label": "x", "placeholders": []})
+        splits["train" if i < N_TRAIN else "val"].append(ssv2_entry(vid, SOUND12[i % 12]))
     for name, entries in splits.items():
         (root / f"{name}.json").write_text(json.dumps(entries))
     common = dict(videos=videos, size=SIZE, fmt="hdf5", shard_size=4, progress=False)

@@ -16,7 +16,7 @@ from pipeline.cache import FeatureCache
 from pipeline.data import SOUND12
 from pipeline.extract import extract_features
 from pipeline.media import load_clip
-from tests.mediakit import make_video
+from tests.mediakit import make_video, ssv2_entry
 from tests.modelkit import Evil, published_state, reference_feature_map, rel_l2, write_published
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +34,9 @@ def dataset(tmp_path_factory):
     for i in range(N_GOOD):
         make_video(videos / f"{100 + i}.webm", seconds=2.5 if i == 3 else 4.5, width=96, height=72,
                    impulses=(0.3 + 0.4 * i,))
-        ann.append({"id": str(100 + i), "template": SOUND12[i % 12], "label": "x", "placeholders": []})
+        ann.append(ssv2_entry(100 + i, SOUND12[i % 12]))
     make_video(videos / "200.webm", with_audio=False, width=96, height=72)
-    ann += [{"id": "200", "template": SOUND12[0], "label": "x", "placeholders": []},
-            {"id": "201", "template": SOUND12[1], "label": "x", "placeholders": []}]
+    ann += [ssv2_entry("200", SOUND12[0]), ssv2_entry("201", SOUND12[1])]
     (root / "train.json").write_text(json.dumps(ann))
     return root
 

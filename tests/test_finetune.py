@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.data import SOUND12
-from tests.mediakit import make_video
+from tests.mediakit import make_video, ssv2_entry
 from tests.modelkit import published_state, write_published
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,7 @@ def data(tmp_path_factory):
     train, val = [], []
     for i in range(12):
         make_video(videos / f"{300 + i}.webm", seconds=4.2, width=80, height=64, impulses=(0.4 + 0.25 * i,))
-        (train if i < 8 else val).append({"id": str(300 + i), "template": SOUND12[i % 12], "label": "x",
-                                          "placeholders": []})
+        (train if i < 8 else val).append(ssv2_entry(300 + i, SOUND12[i % 12]))
     (root / "train.json").write_text(json.dumps(train))
     (root / "val.json").write_text(json.dumps(val))
     write_published(root / "model_best.pth.tar", published_state(seed=5))

@@ -22,7 +22,7 @@ from pipeline.data import SOUND12
 from pipeline.errors import FoleyError
 from pipeline.extract import extract_features
 from pipeline.media import normalize_frames, resize_short_side
-from tests.mediakit import make_video
+from tests.mediakit import make_video, ssv2_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -160,7 +160,7 @@ def dataset(tmp_path_factory):
     ann = []
     for i in range(4):
         make_video(videos / f"{300 + i}.webm", seconds=2.0, width=80, height=64, impulses=(0.4 + 0.3 * i,))
-        ann.append({"id": str(300 + i), "template": SOUND12[i], "label": "x", "placeholders": []})
+        ann.append(ssv2_entry(300 + i, SOUND12[i]))
     (root / "train.json").write_text(json.dumps(ann))
     return root
 
