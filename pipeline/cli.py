@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import FoleyError
+from pipeline.options import PRECISIONS
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -133,7 +134,7 @@ def checkpoint_arg(value: str):
 @click.option("--batch-size", default=4, type=click.IntRange(1), help="Clips per backbone forward.")
 @click.option("--workers", default=None, type=click.IntRange(0), help="Decode worker processes [default: 1 on CPU, cores-1 on CUDA].")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--precision", default="auto", type=click.Choice(["auto", "bf16", "fp32"]),
+@click.option("--precision", default="auto", type=click.Choice(list(PRECISIONS)),
               help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32.")
 @click.option("--envelope-reduce", default="max", type=click.Choice(["max", "mean", "sample"]),
               help="Per-frame reduction of the smoothed |audio| (sample = the seed's decimation).")
@@ -466,7 +467,7 @@ def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes
 @click.option("--unseen", "n_unseen", default=60, type=click.IntRange(2),
               help="Held-out clips of a look the heads never saw.")
 @click.option("--size", default=96, type=click.IntRange(64), help="Frame size for the backbone.")
-@click.option("--precision", default="auto", type=click.Choice(["auto", "fp32", "bf16"]),
+@click.option("--precision", default="auto", type=click.Choice(list(PRECISIONS)),
               help="auto: bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, CUDA), else fp32; "
                    "fp32: no bf16 anywhere.")
 @click.option("--with-motion-energy", is_flag=True, help="Also train and compare the motion-energy head (~1 min more).")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pipeline import report as R
 from pipeline.errors import FoleyError
+from pipeline.options import PRECISIONS
 
 # --- what the demo runs (README "Demo": measured times and the CPUs they came from) -------------
 DEMO_TRAIN = 300            # sound clips in the train split (plus 1 in 25 non-sound clips the filter drops)
@@ -47,7 +48,6 @@ PLOTS = 24                  # plots per export (a seeded random sample of the cl
 RENDERS = 4                 # GIFs per export
 CHECKPOINT = "last"         # the last epoch, not the best-on-validation one: no choice is made on the
                             # clips the report scores, so they stay strictly held out
-PRECISIONS = ("auto", "fp32", "bf16")
 # train-head options per head (README "Demo": chosen on the demo's training and same-look held-out
 # clips; the unseen look and the independent check set played no part). center_clips: each clip's
 # mean feature is subtracted, so the head reads what changes, not the look (README: with vs without).

@@ -18,6 +18,7 @@ from pipeline.errors import FoleyError
 
 INPUTS = ("features", "motion-energy")          # the head's input transforms (pipeline.head)
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")     # training's --amp (pipeline.runtime.resolve_amp)
+PRECISIONS = ("auto", "bf16", "fp32")             # extraction's --precision (pipeline.runtime.resolve_precision)
 PRELOADS = ("none", "ram", "gpu")               # train-head's --preload (pipeline.loader)
 WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
 

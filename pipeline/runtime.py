@@ -9,7 +9,8 @@ Speed decisions are made from float32 measurements (`benchmarks/`); bf16 is take
 where the CPU has it natively (AMX or AVX512-BF16): emulated bf16 on an AVX2-only CPU is slower
 than float32.
 
-This module must not import from the rest of the package except `pipeline.errors`.
+This module must not import from the rest of the package except `pipeline.errors` and the
+torch-free vocabulary of choices in `pipeline.options`.
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ import torch
 from torch import nn
 
 from pipeline.errors import FoleyError
+from pipeline.options import AMP_CHOICES, PRECISIONS
 
-PRECISIONS = ("auto", "bf16", "fp32")             # extraction's --precision
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")     # training's --amp
 MAX_CUDA_DECODERS = 32      # decode workers on a GPU machine: all cores but one, up to this
 MAX_READERS = 4             # cache reader processes per training process
 
