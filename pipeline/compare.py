@@ -37,6 +37,7 @@ BLOCKS = ("model", "mean_envelope", "shuffled")
 # + 6 x 2 extractions and 6 heads: ~30 min.
 DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0, "epochs": 8, "head_epochs": 10, "head_hidden": 512,
             "head_input": "features"}
+AT_CHANCE = 1.5                 # a val top-1 below this x chance is read as "did not learn the classes"
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
 
@@ -207,6 +208,12 @@ def markdown(report: dict) -> str:
         for k in ("seed_score", "onset_f1")) for arm in ARMS}
     lines.append(f"- heads beat both baselines on seed_score and onset_f1 (means): no aux {'yes' if beats['no_aux'] else 'no'}, "
                  f"aux {'yes' if beats['aux'] else 'no'}")
+    chance = report["chance"]
+    if all(arms[a]["val_top1"]["mean"] is not None and arms[a]["val_top1"]["mean"] < AT_CHANCE * chance for a in ARMS):
+        lines.append(f"- both arms are at chance (val top-1 < {AT_CHANCE:g} x {chance:.3f}): neither backbone learned the "
+                     "classes, so a difference between them says nothing about the sound")
+    if not any(beats.values()):
+        lines.append("- no head beats both baselines: their envelope metrics cannot tell the arms apart")
     lines += ["", "Per run:", "", "| seed | arm | val top-1 | head seed_score | head onset_f1 | head pearson |",
               "|---|---|---|---|---|---|"]
     for row in report["rows"]:
