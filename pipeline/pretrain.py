@@ -46,7 +46,7 @@ from pipeline.errors import FoleyError
 from pipeline.framecache import FrameCache, build_frame_cache, cache_files, frame_cache_fingerprint
 from pipeline.fsio import atomic_torch_save, atomic_write_text
 from pipeline.head import masked_bce
-from pipeline.runtime import (autocast, cpu_has_bf16, decode_workers, resolve_device, rng_state, seed_everything,
+from pipeline.runtime import (autocast, decode_workers, resolve_device, resolve_precision, rng_state, seed_everything,
                               set_rng_state, usable_cores)
 from pipeline.loader import epoch_batches
 from pipeline.loop import RESUME_SEED_STRIDE, get_lr
@@ -270,7 +270,7 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
     """Train for opts["epochs"] epochs, validating and checkpointing every epoch; returns the summary."""
     device = dist.device
     raw = model
-    epochs, aux_w = opts["epochs"], opts["aux_envelope"]
+    epochs = opts["epochs"]
     steps_per_epoch = len(train.batches(0))
     total_steps = epochs * steps_per_epoch
 
@@ -291,69 +291,10 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
         seed_everything(opts["seed"] + dist.rank + (0 if resume is None else RESUME_SEED_STRIDE * start_epoch))
 
     for epoch in range(start_epoch, epochs):
-        # ---- train one epoch
         t0 = time.perf_counter()
-        data_s = 0.0
-        model.train()
-        ce_sum = torch.zeros((), dtype=torch.float64)
-        bce_sum = torch.zeros((), dtype=torch.float64)
-        seen = 0
-        batches = train.batches(epoch)
-        bar = tqdm(range(len(batches)), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=not (progress and dist.is_main))
-        # the next batch is read and augmented in a thread while this one trains (load is a pure
-        # function of (positions, epoch): the order of work changes nothing); data_s = time waited
-        loader = ThreadPoolExecutor(max_workers=1)
-        ahead = loader.submit(train.load, batches[0], epoch)
-        for i in bar:
-            positions = batches[i]
-            td = time.perf_counter()
-            b = ahead.result()
-            if i + 1 < len(batches):
-                ahead = loader.submit(train.load, batches[i + 1], epoch)
-            x, y = b["inputs"].to(device, non_blocking=True), b["label"].to(device)
-            data_s += time.perf_counter() - td
-            lr = get_lr(step, warmup_steps, total_steps, opts["lr"], opts["lr"] * MIN_LR_RATIO)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device, amp):
-                logits, aux = model(x)
-            ce = F.cross_entropy(logits.float(), y, label_smoothing=opts["label_smoothing"])
-            loss = ce
-            if aux is not None:
-                bce = masked_bce(aux, b["envelope"].to(device), b["length"].to(device))
-                loss = ce + aux_w * bce
-                bce_sum += bce.detach().double().cpu() * len(positions)
-            loss.backward()
-            clip_gradients(raw, GRAD_CLIP)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            ce_sum += ce.detach().double().cpu() * len(positions)
-            seen += len(positions)
-            step += 1
-            bar.set_postfix(ce=f"{ce.item():.3f}")
-        loader.shutdown()
-        train_s = time.perf_counter() - t0
-        seen_all = dist.sum(seen)
-
-        # ---- validate: every rank its share, scored together on rank 0
-        local = evaluate_pretrainer(raw, val, device, amp)
-        parts = dist.gather(local)
-        record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                  "train_ce": dist.sum(float(ce_sum)) / max(1, seen_all),
-                  "train_aux_bce": dist.sum(float(bce_sum)) / max(1, seen_all) if raw.aux is not None else None,
-                  "train_clips": int(seen_all), "train_seconds": round(train_s, 3),
-                  "clips_per_s": round(seen_all / train_s, 3) if train_s else None,
-                  "data_share": round(dist.sum(data_s / train_s) / dist.world_size, 4) if train_s else None}
-        if dist.is_main:
-            order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
-            logits = np.concatenate([p["logits"] for p in parts if len(p["index"])])[order]
-            labels = np.concatenate([p["label"] for p in parts if len(p["index"])])[order].astype(np.int64)
-            m = classification_metrics(logits, labels, classes)
-            frames = sum(p["frames"] for p in parts)
-            record.update(val_top1=m["top1"], val_top5=m["top5"], val_ce=m["ce"], val_per_class=m["per_class"],
-                          val_aux_bce=sum(p["bce_sum"] for p in parts) / frames if frames else None,
-                          val_clips=len(labels), chance=1.0 / len(classes))
+        record, step = _train_epoch(model, raw, optimizer, train, epoch, step, total_steps, warmup_steps,
+                                    opts, dist, amp, progress)
+        record.update(_validate_epoch(raw, val, classes, dist, amp))
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record = dist.broadcast(record)
         improved = record["val_top1"] > best_top1
@@ -361,20 +302,97 @@ def _train(model: Pretrainer, optimizer, train: ClipBatches, val: ClipBatches, *
             best_top1, best_epoch = record["val_top1"], epoch + 1
         record["best"] = improved
         history.append(record)
-
-        # ---- checkpoint (atomic; best linked to the same bytes)
-        rngs = dist.gather(rng_state(device))
-        if dist.is_main:
-            ckpt = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **describe,
-                    "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step, "metrics": record,
-                    "best_top1": best_top1, "best_epoch": best_epoch, "history": history, "rng": rngs,
-                    "config": config, "world_size": dist.world_size}
-            atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
-            write_metrics(run_dir, history)
-        dist.barrier()
+        _save_epoch(raw, optimizer, run_dir, describe, config, record, history, best_top1, best_epoch,
+                    improved, dist)
     return {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_top1": best_top1,
             "last_metrics": history[-1] if history else None, "history": history}
+
+
+def _train_epoch(model, raw, optimizer, train: ClipBatches, epoch: int, step: int, total_steps: int,
+                 warmup_steps: int, opts: dict, dist: Distributed, amp: str, progress: bool) -> tuple[dict, int]:
+    """One epoch of optimizer steps; returns this epoch's train record (summed over ranks) and the step."""
+    device, epochs, aux_w = dist.device, opts["epochs"], opts["aux_envelope"]
+    t0 = time.perf_counter()
+    data_s, seen, lr = 0.0, 0, opts["lr"]
+    model.train()
+    ce_sum = torch.zeros((), dtype=torch.float64)
+    bce_sum = torch.zeros((), dtype=torch.float64)
+    batches = train.batches(epoch)
+    bar = tqdm(range(len(batches)), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+               disable=not (progress and dist.is_main))
+    # the next batch is read and augmented in a thread while this one trains (load is a pure
+    # function of (positions, epoch): the order of work changes nothing); data_s = time waited
+    loader = ThreadPoolExecutor(max_workers=1)
+    ahead = loader.submit(train.load, batches[0], epoch)
+    for i in bar:
+        positions = batches[i]
+        td = time.perf_counter()
+        b = ahead.result()
+        if i + 1 < len(batches):
+            ahead = loader.submit(train.load, batches[i + 1], epoch)
+        x, y = b["inputs"].to(device, non_blocking=True), b["label"].to(device)
+        data_s += time.perf_counter() - td
+        lr = get_lr(step, warmup_steps, total_steps, opts["lr"], opts["lr"] * MIN_LR_RATIO)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, amp):
+            logits, aux = model(x)
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=opts["label_smoothing"])
+        loss = ce
+        if aux is not None:
+            bce = masked_bce(aux, b["envelope"].to(device), b["length"].to(device))
+            loss = ce + aux_w * bce
+            bce_sum += bce.detach().double().cpu() * len(positions)
+        loss.backward()
+        clip_gradients(raw, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ce_sum += ce.detach().double().cpu() * len(positions)
+        seen += len(positions)
+        step += 1
+        bar.set_postfix(ce=f"{ce.item():.3f}")
+    loader.shutdown()
+    train_s = time.perf_counter() - t0
+    seen_all = dist.sum(seen)
+    record = {"epoch": epoch + 1, "step": step, "lr": lr,
+              "train_ce": dist.sum(float(ce_sum)) / max(1, seen_all),
+              "train_aux_bce": dist.sum(float(bce_sum)) / max(1, seen_all) if raw.aux is not None else None,
+              "train_clips": int(seen_all), "train_seconds": round(train_s, 3),
+              "clips_per_s": round(seen_all / train_s, 3) if train_s else None,
+              "data_share": round(dist.sum(data_s / train_s) / dist.world_size, 4) if train_s else None}
+    return record, step
+
+
+def _validate_epoch(raw, val: ClipBatches, classes: list[str], dist: Distributed, amp: str) -> dict:
+    """Every rank scores its share of the validation clips; rank 0 computes the metrics of all."""
+    local = evaluate_pretrainer(raw, val, dist.device, amp)
+    parts = dist.gather(local)
+    record = {}
+    if dist.is_main:
+        order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
+        logits = np.concatenate([p["logits"] for p in parts if len(p["index"])])[order]
+        labels = np.concatenate([p["label"] for p in parts if len(p["index"])])[order].astype(np.int64)
+        m = classification_metrics(logits, labels, classes)
+        frames = sum(p["frames"] for p in parts)
+        record.update(val_top1=m["top1"], val_top5=m["top5"], val_ce=m["ce"], val_per_class=m["per_class"],
+                      val_aux_bce=sum(p["bce_sum"] for p in parts) / frames if frames else None,
+                      val_clips=len(labels), chance=1.0 / len(classes))
+    return record
+
+
+def _save_epoch(raw, optimizer, run_dir: Path, describe: dict, config: dict, record: dict, history: list,
+                best_top1: float, best_epoch: int, improved: bool, dist: Distributed):
+    """The epoch's checkpoint (atomic; best linked to the same bytes) and metrics.jsonl."""
+    rngs = dist.gather(rng_state(dist.device))
+    if dist.is_main:
+        ckpt = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **describe,
+                "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "epoch": record["epoch"], "step": record["step"],
+                "metrics": record, "best_top1": best_top1, "best_epoch": best_epoch, "history": history,
+                "rng": rngs, "config": config, "world_size": dist.world_size}
+        atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
+        write_metrics(run_dir, history)
+    dist.barrier()
 
 
 # ----------------------------------------------------------------------------- export
@@ -498,13 +516,71 @@ def pretrain(*, videos: Path, annotations: Path | str, val_annotations: Path | s
     return summary
 
 
+
+def _decode_clips(out: Path, splits_entries: tuple, videos: Path, opts: dict, frame_cache, workers: int,
+                  dist: Distributed, progress: bool) -> tuple[dict, dict, dict, list]:
+    """Decode every clip once into a frame cache per split: train frames CROP_MARGIN larger (room for
+    crops), val at the input size. Returns (caches, build records, stored sizes, failure records)."""
+    stored = {"train": int(math.ceil(opts["size"] * CROP_MARGIN)), "val": opts["size"]}
+    caches, builds = {}, {}
+    for split, entries in zip(SPLITS, splits_entries):
+        prefix = out / f"frames-{split}"
+        if frame_cache is not None:
+            fp = frame_cache_fingerprint(entries, opts["frames"], opts["fps"], stored[split], "max")
+            prefix = Path(frame_cache) / f"{split}-{fp[:16]}"
+        t0 = time.perf_counter()
+        builds[split] = build_frame_cache(prefix, entries, videos, frames=opts["frames"], fps=opts["fps"],
+                                          size=stored[split], workers=workers, rank=dist.rank,
+                                          world_size=dist.world_size, barrier=dist.barrier, gather=dist.gather,
+                                          progress=progress and dist.is_main, desc=f"decoding {split} clips")
+        builds[split]["seconds"] = round(time.perf_counter() - t0, 3)
+        caches[split] = FrameCache(prefix)
+    failures = [dict(f, split=split) for split in SPLITS for f in caches[split].failures]
+    if dist.is_main:
+        atomic_write_text(out / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+    return caches, builds, stored, failures
+
+
+def _usable_rows(cache: FrameCache, entries: list, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the decoded clips of a trained class, and their class indices."""
+    index = {t: k for k, t in enumerate(classes)}
+    rows = [int(r) for r in cache.decoded if entries[r].template in index]
+    return np.asarray(rows, np.int64), np.asarray([index[entries[r].template] for r in rows], np.int64)
+
+
+
+def _run_config(opts, amp, dist, workers, steps_per_epoch, total_steps, warmup_steps, videos, annotations,
+                val_annotations, labels, classes_arg, window_stride, classes, caches, builds, stored,
+                n_train, n_val, n_failed, channels, spec) -> dict:
+    """The run's resolved config (config.json and every checkpoint): what was asked and what it became."""
+    device = dist.device
+    return {
+        "command": "pretrain", "options": opts, "amp": amp, "device": str(device), "workers": workers,
+        "threads": torch.get_num_threads(), "world_size": dist.world_size,
+        "global_batch_size": opts["batch_size"] * dist.world_size, "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps, "warmup_steps": warmup_steps, "min_lr_ratio": MIN_LR_RATIO,
+        "grad_clip": GRAD_CLIP, "adam_betas": list(ADAM_BETAS),
+        "augment": {"crop_margin": CROP_MARGIN, "flip_p": FLIP_P if opts["flip"] else 0.0,
+                    "colour_jitter": list(COLOUR_JITTER), "time": "never moved"},
+        "videos": str(videos.resolve()), "annotations": manifest_source(annotations),
+        "val_annotations": manifest_source(val_annotations), "labels": str(labels) if labels else None,
+        "classes_filter": None if classes_arg is None else str(classes_arg), "window_stride": window_stride,
+        "classes": classes, "train_clips": n_train, "val_clips": n_val,
+        "val_unknown_class": int(len(caches["val"].decoded) - n_val), "failed": n_failed,
+        "frame_caches": {s: {"prefix": b["prefix"], "fingerprint": b["fingerprint"], "stored_size": stored[s],
+                             "reused": b["reused"]} for s, b in builds.items()},
+        "backbone": opts["backbone"], "channels": channels, "preprocess": dict(spec.preprocess(), size=opts["size"]),
+        "export": {"checkpoint": CKPT_LAST, "files": [BACKBONE_PT, BACKBONE_ST]},
+        "versions": versions(),
+    }
+
+
 def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, window_stride, opts, frame_cache,
               dist, workers, limit, resume, overwrite, progress) -> dict:
     device = dist.device
     amp = opts["amp"]
     if amp == "auto":   # bf16 only where the hardware has it: emulated bf16 on an AVX2 CPU is ~50x slower
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "off") if device.type == "cuda" else \
-            ("bf16" if cpu_has_bf16() else "off")
+        amp = "bf16" if resolve_precision("auto", device) == "bf16" else "off"
     if workers is None:     # decoding happens before training: on a CPU it may take every core
         workers = decode_workers(device) if device.type == "cuda" else max(1, usable_cores() // dist.world_size)
     spec = backbones.get_spec(opts["backbone"])
@@ -525,31 +601,10 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
             write_config(out, {"command": "pretrain", "options": opts})
     dist.barrier()
 
-    # Decode every clip once: train frames CROP_MARGIN larger (room for crops), val at the input size.
-    stored = {"train": int(math.ceil(opts["size"] * CROP_MARGIN)), "val": opts["size"]}
-    caches, builds = {}, {}
-    for split, entries in zip(SPLITS, (train_entries, val_entries)):
-        prefix = out / f"frames-{split}"
-        if frame_cache is not None:
-            fp = frame_cache_fingerprint(entries, opts["frames"], opts["fps"], stored[split], "max")
-            prefix = Path(frame_cache) / f"{split}-{fp[:16]}"
-        t0 = time.perf_counter()
-        builds[split] = build_frame_cache(prefix, entries, videos, frames=opts["frames"], fps=opts["fps"],
-                                          size=stored[split], workers=workers, rank=dist.rank,
-                                          world_size=dist.world_size, barrier=dist.barrier, gather=dist.gather,
-                                          progress=progress and dist.is_main, desc=f"decoding {split} clips")
-        builds[split]["seconds"] = round(time.perf_counter() - t0, 3)
-        caches[split] = FrameCache(prefix)
-    failures = [dict(f, split=split) for split in SPLITS for f in caches[split].failures]
-    if dist.is_main:
-        atomic_write_text(out / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
-
-    index = {t: k for k, t in enumerate(classes)}
-    def usable(split, entries):
-        rows = [int(r) for r in caches[split].decoded if entries[r].template in index]
-        return np.asarray(rows, np.int64), np.asarray([index[entries[r].template] for r in rows], np.int64)
-    train_rows, train_labels = usable("train", train_entries)
-    val_rows, val_labels = usable("val", val_entries)
+    caches, builds, stored, failures = _decode_clips(out, (train_entries, val_entries), videos, opts, frame_cache,
+                                                     workers, dist, progress)
+    (train_rows, train_labels), (val_rows, val_labels) = (
+        _usable_rows(caches[split], entries, classes) for split, entries in zip(SPLITS, (train_entries, val_entries)))
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise FoleyError("no decodable clip of a trained class left in the train or validation list "
                          f"(see {out / FAILURES})")
@@ -576,25 +631,9 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
     steps_per_epoch = len(train.batches(0))
     total_steps = opts["epochs"] * steps_per_epoch
     warmup_steps = opts["warmup"] if opts["warmup"] is not None else max(1, round(WARMUP_FRACTION * total_steps))
-    config = {
-        "command": "pretrain", "options": opts, "amp": amp, "device": str(device), "workers": workers,
-        "threads": torch.get_num_threads(), "world_size": dist.world_size,
-        "global_batch_size": opts["batch_size"] * dist.world_size, "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps, "warmup_steps": warmup_steps, "min_lr_ratio": MIN_LR_RATIO,
-        "grad_clip": GRAD_CLIP, "adam_betas": list(ADAM_BETAS),
-        "augment": {"crop_margin": CROP_MARGIN, "flip_p": FLIP_P if opts["flip"] else 0.0,
-                    "colour_jitter": list(COLOUR_JITTER), "time": "never moved"},
-        "videos": str(videos.resolve()), "annotations": manifest_source(annotations),
-        "val_annotations": manifest_source(val_annotations), "labels": str(labels) if labels else None,
-        "classes_filter": None if classes_arg is None else str(classes_arg), "window_stride": window_stride,
-        "classes": classes, "train_clips": len(train_rows), "val_clips": len(val_rows),
-        "val_unknown_class": int(len(caches["val"].decoded) - len(val_rows)), "failed": len(failures),
-        "frame_caches": {s: {"prefix": b["prefix"], "fingerprint": b["fingerprint"], "stored_size": stored[s],
-                             "reused": b["reused"]} for s, b in builds.items()},
-        "backbone": opts["backbone"], "channels": int(channels), "preprocess": dict(spec.preprocess(), size=opts["size"]),
-        "export": {"checkpoint": CKPT_LAST, "files": [BACKBONE_PT, BACKBONE_ST]},
-        "versions": versions(),
-    }
+    config = _run_config(opts, amp, dist, workers, steps_per_epoch, total_steps, warmup_steps, videos, annotations,
+                         val_annotations, labels, classes_arg, window_stride, classes, caches, builds, stored,
+                         len(train_rows), len(val_rows), len(failures), int(channels), spec)
     config["extract_command"] = extract_command(out, config)
     describe = {"kind": "pretrain", "backbone": opts["backbone"], "classes": classes, "size": opts["size"],
                 "frames": opts["frames"], "fps": opts["fps"], "aux_envelope": opts["aux_envelope"],
