@@ -105,7 +105,10 @@ def test_other_split_with_the_calibrated_backbone_shares_the_fingerprint(dataset
     np.testing.assert_array_equal(FeatureCache(val)[0]["features"], FeatureCache(out)[0]["features"])
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_is_bit_identical(dataset, reference_cache, tmp_path):
+    """Slow (~60 s on 2 cores): the default run checks the same through
+    test_reliability.py::test_kill_9_then_resume_gives_the_identical_cache (four kills, identical tree)."""
     ref, _ = reference_cache
     out = tmp_path / "killed"
     for delay_shards in (1, 3):     # kill at two different points, then resume
