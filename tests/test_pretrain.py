@@ -17,7 +17,7 @@ from pipeline.data import SOUND12, load_annotations
 from pipeline.errors import FoleyError
 from pipeline.framecache import PENDING, FrameCache, build_frame_cache
 from pipeline.pretrain import augment_clip, augment_params, pretrain, topk_accuracy
-from tests.mediakit import make_video
+from tests.mediakit import make_video, ssv2_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -33,9 +33,8 @@ def data(tmp_path_factory):
     train, val = [], []
     for i in range(10):
         make_video(videos / f"{500 + i}.webm", seconds=4.2, width=64, height=48, impulses=(0.4 + 0.3 * i,))
-        (train if i < 7 else val).append({"id": str(500 + i), "template": SOUND12[i % 3], "label": "x",
-                                          "placeholders": []})
-    val.append({"id": "404", "template": SOUND12[0], "label": "x", "placeholders": []})
+        (train if i < 7 else val).append(ssv2_entry(500 + i, SOUND12[i % 3]))
+    val.append(ssv2_entry(404, SOUND12[0]))
     (root / "train.json").write_text(json.dumps(train))
     (root / "val.json").write_text(json.dumps(val))
     return root
