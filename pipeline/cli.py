@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import FoleyError
-from pipeline.options import PRECISIONS
+from pipeline.options import PRECISIONS, TEMPORALS
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -196,7 +196,7 @@ def train_default(name: str) -> str:
 @click.option("--lr", type=float, help=f"Peak learning rate (AdamW; warmup, then cosine to lr/10).  {train_default('lr')}")
 @click.option("--weight-decay", type=float, help=f"AdamW weight decay (weights only, not biases).  {train_default('weight_decay')}")
 @click.option("--warmup", type=int, help=f"Warmup in optimizer steps.  {train_default('warmup')}")
-@click.option("--hidden", type=int, help=f"LSTM hidden size.  {train_default('hidden')}")
+@click.option("--hidden", type=int, help=f"LSTM hidden size (per direction when bidirectional).  {train_default('hidden')}")
 @click.option("--layers", type=int, help=f"LSTM layers.  {train_default('layers')}")
 @click.option("--dropout", type=float, help=f"Dropout between LSTM layers and in the FC layers.  {train_default('dropout')}")
 @click.option("--input", "input_", type=str, help="features (standardised, the seed's head) | motion-energy "
@@ -214,12 +214,21 @@ def train_default(name: str) -> str:
               help="--input features: subtract each clip's mean feature over time before standardising (drops "
                    "what stays the same in a clip, keeps what changes; what makes the head carry over to clips "
                    "that look different).  " + train_default("center_clips"))
+@click.option("--temporal", type=click.Choice(TEMPORALS), help="The head's temporal layer: lstm (the seed's causal "
+              "LSTM: frame t sees frames <= t) | bilstm (bidirectional) | conv-bilstm (Conv1d k5, k3 over time, then "
+              "bidirectional).  " + train_default("temporal"))
+@click.option("--conv-channels", type=int, help=f"conv-bilstm: channels of the Conv1d front.  {train_default('conv_channels')}")
+@click.option("--onset-weight", type=float, help="Weight of the onset term beside the envelope BCE (BCE of 'an onset "
+              "within ±1 frame', positives weighted by negatives/positives; 0 = the seed's loss).  "
+              + train_default("onset_weight"))
+@click.option("--time-shift", type=int, help="Augmentation: each training clip starts up to N frames later, features "
+              "and target together (0 = off).  " + train_default("time_shift"))
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint-last.pt (its options are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_decay, warmup, hidden, layers,
-                   dropout, input_, seed, device, preload, workers, amp, early_stop, center_clips, resume, overwrite,
-                   quiet):
+                   dropout, input_, seed, device, preload, workers, amp, early_stop, center_clips, temporal,
+                   conv_channels, onset_weight, time_shift, resume, overwrite, quiet):
     """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared CPU the
     # spinning threads steal the cores the LSTM's many small steps wait for, slowing an epoch
@@ -229,8 +238,9 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
 
     s = train_head(train_cache=train_cache, val_cache=val_cache, out=out, epochs=epochs, batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, warmup=warmup, hidden=hidden, layers=layers, dropout=dropout,
-                   input=input_, seed=seed, amp=amp, early_stop=early_stop, center_clips=center_clips, device=device,
-                   preload=preload,
+                   input=input_, seed=seed, amp=amp, early_stop=early_stop, center_clips=center_clips,
+                   temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight, time_shift=time_shift,
+                   device=device, preload=preload,
                    workers=workers, resume=resume, overwrite=overwrite, progress=not quiet)
     best, last = s["best_metrics"], s["last_metrics"]
     if best is None:
@@ -257,6 +267,42 @@ def finetune_choices(name: str) -> click.Choice:
     from pipeline.options import AMP_CHOICES, INPUTS
 
     return click.Choice(list({"input": INPUTS, "amp": AMP_CHOICES}[name]))
+
+
+def _named_cache(ctx, param, values) -> dict:
+    """--eval NAME=CACHE_DIR (repeatable) → {name: Path}."""
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{v!r}: expected NAME=CACHE_DIR")
+        if name in out:
+            raise click.BadParameter(f"evaluation set {name!r} given twice")
+        out[name] = Path(path)
+    return out
+
+
+@cli.command("compare-heads")
+@click.option("--train-cache", required=True, type=click.Path(path_type=Path), help="Feature cache every recipe trains on.")
+@click.option("--val-cache", required=True, type=click.Path(path_type=Path),
+              help="Cache train-head validates on each epoch (logged only: the LAST checkpoint is scored).")
+@click.option("--eval", "evals", multiple=True, required=True, callback=_named_cache,
+              help="NAME=CACHE_DIR, an evaluation set (repeatable): e.g. same-look=cache/val unseen=cache/unseen.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (a re-run continues it).")
+@click.option("--recipes", default=None, help="Comma-separated recipe names (default: all). "
+              "The seed's head (seed-lstm) is always included: it is the reference.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per recipe.")
+@click.option("--device", default="cpu", help="cpu | cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def compare_heads_cmd(train_cache, val_cache, evals, out, recipes, seeds, device, quiet):
+    """Train head recipes over seeds; table of mean ± standard error per evaluation set (compare-heads.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from pipeline.recipes import compare_heads
+
+    names = [r.strip() for r in recipes.split(",") if r.strip()] if recipes else None
+    compare_heads(train_cache=train_cache, val_cache=val_cache, evals=evals, out=out, recipes=names, seeds=seeds,
+                  device=device, progress=not quiet)
+    echo(f"table: {out / 'compare-heads.md'} (rows: {out / 'rows.jsonl'})", quiet)
 
 
 @cli.command("finetune")

@@ -76,8 +76,8 @@ class EndToEnd(nn.Module):
                 m.eval()
         return self
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.transform(self.backbone(frames)))
+    def forward(self, frames: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.transform(self.backbone(frames)), length)
 
 
 class VideoClips(Dataset):

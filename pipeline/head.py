@@ -2,10 +2,18 @@
 
     features [B, T, D] (cache) ─► InputTransform ─► x [B, T, d] ─► Head ─► logits [B, T] ─► sigmoid
 
-`Head` is the seed's network (DESIGN.md, "Training"): LSTM(d → hidden, layers, batch_first) →
-FC hidden → 256 → 64 → 1 with ReLU. It returns logits; train with `masked_bce` (BCE-with-logits over
-the real frames only) and apply a sigmoid at inference. The LSTM runs forward in time only, so the
-padding after a clip's `length` never changes the outputs on its real frames.
+`Head` is an LSTM + FC network: temporal layer → FC → 256 → 64 → 1 with ReLU. Its temporal layer
+(`HeadConfig.temporal`) is one of
+- "lstm": the seed's network, LSTM(d → hidden, layers, batch_first), forward in time only: the
+  output at frame t sees frames <= t. What every checkpoint without a "temporal" entry rebuilds to.
+- "bilstm": a bidirectional LSTM (hidden per direction): frame t also sees what follows it, which
+  is where an impact shows (the object stops, bounces, breaks after the sound starts).
+- "conv-bilstm": two Conv1d layers over time (kernels `conv_kernels`, `conv_channels` wide, ReLU)
+  before the bidirectional LSTM: short motion patterns first, their context second.
+It returns logits; train with `masked_bce` (BCE-with-logits over the real frames only), optionally
+plus `onset_bce`, and apply a sigmoid at inference. Padding after a clip's `length` never changes
+the outputs on its real frames: the causal LSTM never reads ahead; the bidirectional one runs on
+packed sequences (it never reads the padding); the convolutions see zeros in place of the padding.
 
 `InputTransform` turns cached features into what the head reads, with statistics fitted on the
 TRAIN cache only and stored in the checkpoint (export on another cache reuses the same numbers):
@@ -31,9 +39,10 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pipeline.errors import FoleyError
-from pipeline.options import INPUTS
+from pipeline.options import INPUTS, TEMPORALS
 
 DEFAULT_CHANNELS = 512          # model3d_1's last conv block; D = channels * h * w, channel-major
 MOTION_CELLS = 4                # motion-energy pools the h x w grid into 4 x 4 cells (fewer if h < 4)
@@ -57,22 +66,35 @@ class HeadConfig:
     fc: tuple[int, ...] = (256, 64)
     dropout: float = 0.0            # between LSTM layers and after each hidden FC layer
     input: str = "features"         # the InputTransform kind the head was trained on
+    temporal: str = "lstm"          # TEMPORALS; the default is the seed's (checkpoints without the key)
+    conv_channels: int = 256        # conv-bilstm: width of the Conv1d front
+    conv_kernels: tuple[int, ...] = (5, 3)      # conv-bilstm: kernel sizes in frames, odd (centred)
 
     def __post_init__(self):
         self.fc = tuple(int(n) for n in self.fc)
+        self.conv_kernels = tuple(int(k) for k in self.conv_kernels)
         if self.input not in INPUTS:
             raise FoleyError(f"unknown --input {self.input!r}; choose one of: {', '.join(INPUTS)}")
+        if self.temporal not in TEMPORALS:
+            raise FoleyError(f"unknown --temporal {self.temporal!r}; choose one of: {', '.join(TEMPORALS)}")
         if self.input_dim < 1 or self.hidden < 1 or self.layers < 1 or any(n < 1 for n in self.fc):
             raise FoleyError(f"head sizes must be >= 1 (input_dim {self.input_dim}, hidden {self.hidden}, "
                              f"layers {self.layers}, fc {self.fc})")
+        if self.conv_channels < 1 or any(k < 1 or k % 2 == 0 for k in self.conv_kernels):
+            raise FoleyError(f"--conv-channels must be >= 1 and every conv kernel odd, got {self.conv_channels}, "
+                             f"{self.conv_kernels}")
         if not 0.0 <= self.dropout < 1.0:
             raise FoleyError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         """Plain JSON / weights_only-safe dict (fc as a list)."""
         d = asdict(self)
-        d["fc"] = list(self.fc)
+        d["fc"], d["conv_kernels"] = list(self.fc), list(self.conv_kernels)
         return d
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.temporal != "lstm"
 
 
 class Head(nn.Module):
@@ -81,10 +103,17 @@ class Head(nn.Module):
     def __init__(self, config: HeadConfig):
         super().__init__()
         self.config = config
-        self.lstm = nn.LSTM(config.input_dim, config.hidden, config.layers, batch_first=True,
-                            dropout=config.dropout if config.layers > 1 else 0.0)
+        width = config.input_dim
+        if config.temporal == "conv-bilstm":
+            self.conv = nn.ModuleList()
+            for k in config.conv_kernels:
+                self.conv.append(nn.Conv1d(width, config.conv_channels, k, padding=k // 2))
+                width = config.conv_channels
+        self.lstm = nn.LSTM(width, config.hidden, config.layers, batch_first=True,
+                            dropout=config.dropout if config.layers > 1 else 0.0,
+                            bidirectional=config.bidirectional)
         layers: list[nn.Module] = []
-        width = config.hidden
+        width = config.hidden * (2 if config.bidirectional else 1)
         for n in config.fc:
             layers += [nn.Linear(width, n), nn.ReLU()]
             if config.dropout:
@@ -93,12 +122,31 @@ class Head(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.fc = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and splits_input(self.config.input_dim, self.config.hidden):
+    def forward(self, x: Tensor, length: Tensor | None = None) -> Tensor:
+        """x [B, T, d], length [B] real frames (None: all T are real) → logits [B, T]."""
+        if self.config.bidirectional:
+            h = self._bidirectional(x, length)
+        elif x.device.type == "cpu" and splits_input(self.config.input_dim, self.config.hidden):
             h = self._lstm_split(x)
         else:
             h, _ = self.lstm(x)             # [B, T, hidden] (cuDNN on CUDA)
         return self.fc(h).squeeze(-1)       # [B, T]
+
+    def _bidirectional(self, x: Tensor, length: Tensor | None) -> Tensor:
+        """(Conv1d front →) bidirectional LSTM over the real frames only → [B, T, 2 * hidden]
+        (zeros on the padding). The backward direction starts at each clip's last real frame."""
+        b, t, _ = x.shape
+        if length is None:
+            length = torch.full((b,), t, dtype=torch.long, device=x.device)
+        if self.config.temporal == "conv-bilstm":
+            keep = frame_mask(length, t).unsqueeze(1).to(x.dtype)      # [B, 1, T]
+            y = x.transpose(1, 2)                                      # [B, d, T]
+            for conv in self.conv:
+                y = F.relu(conv(y * keep))      # zeros, not the padding, beyond the last real frame
+            x = y.transpose(1, 2)
+        packed = pack_padded_sequence(x, length.clamp(1, t).cpu(), batch_first=True, enforce_sorted=False)
+        h, _ = self.lstm(packed)
+        return pad_packed_sequence(h, batch_first=True, total_length=t)[0]
 
     def _lstm_split(self, x: Tensor) -> Tensor:
         """self.lstm's exact function, computed as (one big input GEMM for layer 0) + its recurrence
@@ -159,6 +207,47 @@ def masked_bce(logits: Tensor, target: Tensor, length: Tensor, reduction: str = 
     if reduction == "sum":
         return total
     return total / mask.sum().clamp(min=1)
+
+
+def onset_frames(target: Tensor, length: Tensor, tolerance: int = 1) -> Tensor:
+    """[B, T] bool: within ±tolerance frames of an onset of the target envelope, picked by the
+    metrics' own peak picker (pipeline.metrics.onsets) on each clip's real frames."""
+    from pipeline.metrics import onsets
+
+    marks = torch.zeros(target.shape, dtype=torch.bool)
+    curves, lengths = target.detach().float().cpu().numpy(), length.cpu().tolist()
+    for i, n in enumerate(lengths):
+        for f in onsets(curves[i, :n])[0]:
+            marks[i, max(0, f - tolerance):min(n, f + tolerance + 1)] = True
+    return marks.to(target.device)
+
+
+def onset_bce(logits: Tensor, target: Tensor, length: Tensor, tolerance: int = 1) -> Tensor:
+    """The onset-aware term: BCE of "a target onset lies within ±tolerance frames", read from the
+    logits max-pooled over ±tolerance frames (a peak one frame early or late is not penalised),
+    positives weighted by negatives / positives over the batch's real frames (onsets are rare:
+    ~5% of frames). Mean over the real frames; float32."""
+    mask = frame_mask(length, logits.shape[1])
+    onset = onset_frames(target, length, tolerance) & mask
+    pooled = F.max_pool1d(logits.float().masked_fill(~mask, -1e4).unsqueeze(1), 2 * tolerance + 1, 1,
+                          tolerance).squeeze(1)
+    pos = onset.sum()
+    weight = (mask.sum() - pos).clamp(min=1) / pos.clamp(min=1)
+    loss = F.binary_cross_entropy_with_logits(pooled, onset.float(), pos_weight=weight, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+class HeadLoss:
+    """The training loss: masked_bce on the envelope + onset_weight x onset_bce (0: the seed's loss)."""
+
+    def __init__(self, onset_weight: float = 0.0):
+        self.onset_weight = float(onset_weight)
+
+    def __call__(self, logits: Tensor, target: Tensor, length: Tensor) -> Tensor:
+        loss = masked_bce(logits, target, length)
+        if self.onset_weight:
+            loss = loss + self.onset_weight * onset_bce(logits, target, length)
+        return loss
 
 
 # ----------------------------------------------------------------------------- input transforms

@@ -13,7 +13,8 @@ early stopping, a tqdm bar, `config.json`, `metrics.jsonl`, atomic `checkpoint-l
 `checkpoint-best.pt` (`pipeline.runs.RunCheckpoint`), and resume (model, optimizer, scaler, step,
 RNG states per rank, history). The caller provides:
 
-- `model`: an nn.Module already on `dist.device`; `model(batch["inputs"]) -> logits [B, T]`.
+- `model`: an nn.Module already on `dist.device`; `model(batch["inputs"], batch["length"]) -> logits
+  [B, T]` (the lengths let a bidirectional head stop at each clip's last real frame).
   fit wraps it in DDP under torchrun and saves `model.state_dict()` as the checkpoint's model. A
   model that contains the head as its `.head` submodule (finetune: backbone → transform → head)
   keeps `pipeline.runs.load_head` working on its checkpoints.
@@ -32,7 +33,9 @@ RNG states per rank, history). The caller provides:
 - `resume`: the checkpoint to continue (`pipeline.runs.prepare_run_dir(run_dir, resume=True, ...)`
   returns it), else None. Build the model and optimizer as for a fresh run; fit restores their
   states. prepare_run_dir also enforces --resume / --overwrite.
-The loss is `masked_bce` (pipeline.head) on the real frames.
+The loss is `loss(logits, target, length)`, by default `masked_bce` (pipeline.head) on the real frames;
+validation always scores `masked_bce`, so runs trained with other losses compare on one number.
+`augment(batch) -> batch` (optional) changes each training batch on the device (e.g. time shifts).
 
 This module trains; it must not choose options, read caches or decode videos (its callers do),
 and it writes the run directory only through `pipeline.runs`.
@@ -43,6 +46,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -107,7 +111,7 @@ def evaluate_model(model: nn.Module, batches, device: torch.device, amp: str = "
     for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress, leave=False):
         batch = to_device(batch, device)
         with autocast(device, amp):
-            logits = model(batch["inputs"])
+            logits = model(batch["inputs"], batch["length"])
         loss_sum += float(masked_bce(logits, batch["target"], batch["length"], reduction="sum"))
         frames += int(batch["length"].sum())
         index.append(batch["index"].cpu())
@@ -159,12 +163,16 @@ class _Trainer:
     total_steps: int
     grad_clip: float
     min_lr_ratio: float
+    loss: Callable[[Tensor, Tensor, Tensor], Tensor]
+    augment: Callable[[dict], dict] | None
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_batches, *,
         run_dir: Path, epochs: int, warmup_steps: int, dist: Distributed, description: RunDescription,
         config: dict, amp: str = "off", grad_clip: float = GRAD_CLIP, min_lr_ratio: float = MIN_LR_RATIO,
-        early_stop: int = 0, seed: int = 0, resume: RunCheckpoint | None = None, progress: bool = True) -> dict:
+        early_stop: int = 0, seed: int = 0, resume: RunCheckpoint | None = None, progress: bool = True,
+        loss: Callable[[Tensor, Tensor, Tensor], Tensor] = masked_bce,
+        augment: Callable[[dict], dict] | None = None) -> dict:
     """Train `model` for `epochs`, validating and checkpointing every epoch (see the module docstring).
 
     Returns {"run_dir", "epochs_run", "best_epoch", "best_val_loss", "best_metrics",
@@ -177,7 +185,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
     t = _Trainer(model=model, raw_model=model, optimizer=optimizer,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), dist=dist, amp=amp,
                  warmup_steps=warmup_steps, total_steps=epochs * len(train_batches), grad_clip=grad_clip,
-                 min_lr_ratio=min_lr_ratio)
+                 min_lr_ratio=min_lr_ratio, loss=loss, augment=augment)
     state = _restore(t, resume)
     if dist.enabled:
         t.model = nn.parallel.DistributedDataParallel(
@@ -256,12 +264,14 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
                disable=not (progress and t.dist.is_main))
     for i, batch in enumerate(bar):
         batch = to_device(batch, device)
+        if t.augment is not None:
+            batch = t.augment(batch)
         lr_factor = get_lr(state.step, t.warmup_steps, t.total_steps, 1.0, t.min_lr_ratio)
         for group in t.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor
         with autocast(device, t.amp):
-            logits = t.model(batch["inputs"])
-        loss = masked_bce(logits, batch["target"], batch["length"])
+            logits = t.model(batch["inputs"], batch["length"])
+        loss = t.loss(logits, batch["target"], batch["length"])
         t.scaler.scale(loss).backward()
         if t.grad_clip > 0:
             t.scaler.unscale_(t.optimizer)

@@ -17,19 +17,28 @@ from typing import Any, Callable
 from pipeline.errors import FoleyError
 
 INPUTS = ("features", "motion-energy")          # the head's input transforms (pipeline.head)
+# The head's temporal layer (pipeline.head.Head): "lstm" is the seed's causal LSTM (what checkpoints
+# without a "temporal" entry rebuild to); "bilstm" reads both sides of a frame; "conv-bilstm" puts a
+# small Conv1d front over time before the bidirectional LSTM.
+TEMPORALS = ("lstm", "bilstm", "conv-bilstm")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")     # training's --amp (pipeline.runtime.resolve_amp)
 PRECISIONS = ("auto", "bf16", "fp32")             # extraction's --precision (pipeline.runtime.resolve_precision)
 PRELOADS = ("none", "ram", "gpu")               # train-head's --preload (pipeline.loader)
 WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
 
 
+_NO_LEGACY = object()
+
+
 def option(default: Any, *, check: Callable[[Any], bool] | None = None, rule: str = "",
-           choices: tuple[str, ...] | None = None, must_match: bool = True, shown: str | None = None):
+           choices: tuple[str, ...] | None = None, must_match: bool = True, shown: str | None = None,
+           legacy: Any = _NO_LEGACY):
     """A dataclass field with its rule: check(value) must hold (`rule` says so in the error),
     or the value is one of `choices`; must_match: a --resume may not change it; shown: --help's
-    default text when str(default) is not it."""
+    default text when str(default) is not it; legacy: the value a resumed run that predates the
+    option had (its config.json lacks it), when that is not today's default."""
     return field(default=default, metadata={"check": check, "rule": rule, "choices": choices,
-                                            "must_match": must_match, "shown": shown})
+                                            "must_match": must_match, "shown": shown, "legacy": legacy})
 
 
 def _flag(name: str) -> str:
@@ -76,11 +85,13 @@ class _Options:
             if resume_config.get("command") != cls.COMMAND or not isinstance(saved, dict):
                 raise FoleyError(f"--resume: the run in --out is not a {cls.COMMAND} run (its config.json says "
                                  f"command {resume_config.get('command')!r})")
+            base.update({f.name: f.metadata["legacy"] for f in fields(cls)
+                         if f.name not in saved and f.metadata["legacy"] is not _NO_LEGACY})
             base.update({k: v for k, v in saved.items() if k in base})
             changed = [f.name for f in fields(cls) if f.metadata["must_match"] and given.get(f.name) is not None
-                       and _plain(given[f.name]) != _plain(saved.get(f.name))]
+                       and _plain(given[f.name]) != _plain(base[f.name])]
             if changed:
-                listed = ", ".join(f"{_flag(k)} {saved.get(k)!r} -> {given[k]!r}" for k in changed)
+                listed = ", ".join(f"{_flag(k)} {base[k]!r} -> {given[k]!r}" for k in changed)
                 raise FoleyError(f"--resume with other training options than the run's ({listed}); "
                                  "resume with the same options, or start over with --overwrite")
         base.update({k: v for k, v in given.items() if v is not None and k in base})
@@ -112,7 +123,11 @@ class TrainOptions(_Options):
     seed: int = option(0)
     amp: str = option("auto", choices=AMP_CHOICES)
     early_stop: int = option(0, check=lambda v: v >= 0, rule=">= 0", must_match=False)
-    center_clips: bool = option(False, shown="off")
+    center_clips: bool = option(False, shown="off", legacy=False)
+    temporal: str = option("lstm", choices=TEMPORALS, legacy="lstm")
+    conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
+    onset_weight: float = option(0.0, check=lambda v: v >= 0, rule=">= 0", shown="0", legacy=0.0)
+    time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
 
     def warmup_steps(self, total_steps: int) -> int:
         """--warmup, else WARMUP_FRACTION of all optimizer steps (at least 1)."""

@@ -21,8 +21,9 @@ import torch
 from pipeline.cache import FeatureCache
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.head import Head, HeadConfig, InputTransform, splits_input
+from pipeline.head import Head, HeadConfig, HeadLoss, InputTransform, splits_input
 from pipeline.loader import PRELOADS, CacheBatches
+from pipeline.media import MIN_FRAMES
 from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, fit
 from pipeline.options import TrainOptions
 from pipeline.runs import (RUN_FILES, RunCheckpoint, RunDescription, on_main, prepare_run_dir, read_resume_checkpoint,
@@ -45,7 +46,9 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
                lr: float | None = None, weight_decay: float | None = None, warmup: int | None = None,
                hidden: int | None = None, layers: int | None = None, dropout: float | None = None,
                input: str | None = None, seed: int | None = None, amp: str | None = None,
-               early_stop: int | None = None, center_clips: bool | None = None, device: str = "auto",
+               early_stop: int | None = None, center_clips: bool | None = None, temporal: str | None = None,
+               conv_channels: int | None = None, onset_weight: float | None = None, time_shift: int | None = None,
+               device: str = "auto",
                preload: str = "none", workers: int | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = True) -> dict:
     """Train the head on `train_cache`, validate on `val_cache`, write the run to `out`.
@@ -58,7 +61,8 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
     out = Path(out)
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                  hidden=hidden, layers=layers, dropout=dropout, input=input, seed=seed, amp=amp, early_stop=early_stop,
-                 center_clips=center_clips)
+                 center_clips=center_clips, temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight,
+                 time_shift=time_shift)
     TrainOptions.check_given(given)         # before anything touches --out
     if preload not in PRELOADS:
         raise FoleyError(f"unknown --preload {preload!r}; choose one of: {', '.join(PRELOADS)}")
@@ -109,7 +113,8 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     data = _prepare_data(train_cache, val_cache, transform, ckpt, opts, preload, workers, dist, progress)
 
     head_config = HeadConfig(input_dim=data.transform.out_dim, hidden=opts.hidden, layers=opts.layers,
-                             fc=tuple(opts.fc), dropout=opts.dropout, input=opts.input)
+                             fc=tuple(opts.fc), dropout=opts.dropout, input=opts.input, temporal=opts.temporal,
+                             conv_channels=opts.conv_channels)
     torch.manual_seed(opts.seed)            # same initial weights on every rank and every run
     head = Head(head_config).to(device)
     optimizer = _adamw(head, opts)
@@ -119,7 +124,8 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
                                  cache_config=train_cache.config, val_fingerprint=val_cache.fingerprint)
     summary = fit(head, optimizer, data.train_batches, data.val_batches, run_dir=out, epochs=opts.epochs,
                   warmup_steps=config["warmup_steps"], dist=dist, description=description, config=config,
-                  amp=amp, early_stop=opts.early_stop, seed=opts.seed, resume=ckpt, progress=progress)
+                  amp=amp, early_stop=opts.early_stop, seed=opts.seed, resume=ckpt, progress=progress,
+                  loss=HeadLoss(opts.onset_weight), augment=TimeShift(opts.time_shift) if opts.time_shift else None)
     summary.update(config=config, files={name: str(out / name) for name in RUN_FILES})
     return summary
 
@@ -147,6 +153,25 @@ def _prepare_data(train_cache, val_cache, transform: InputTransform, ckpt: RunCh
     train_batches.prepare()
     val_batches.prepare()
     return _Data(train_cache, val_cache, transform, train_batches, val_batches)
+
+
+class TimeShift:
+    """Training augmentation: each clip starts up to `frames` frames later (its first s frames
+    dropped, features and target moved together, `length` reduced; s drawn per clip from the
+    torch RNG, which the loop seeds per rank and restores on resume). An impact is then seen at
+    other frame indices than the clip's own, so the head cannot learn when impacts usually happen."""
+
+    def __init__(self, frames: int):
+        self.frames = int(frames)
+
+    def __call__(self, batch: dict) -> dict:
+        x, target, length = batch["inputs"], batch["target"], batch["length"]
+        b, t = target.shape
+        room = (length - MIN_FRAMES).clamp(min=0).clamp(max=self.frames).cpu()
+        shift = (torch.rand(b) * (room + 1).float()).long().to(length.device)     # 0 .. room[i]
+        index = (torch.arange(t, device=length.device)[None, :] + shift[:, None]).clamp(max=t - 1)  # [B, T]
+        x = torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+        return dict(batch, inputs=x, target=torch.gather(target, 1, index), length=length - shift)
 
 
 def _adamw(head: Head, opts: TrainOptions) -> torch.optim.Optimizer:

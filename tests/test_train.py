@@ -138,8 +138,8 @@ def test_early_stop_and_fit_reuse_with_another_model(caches, tmp_path):
             super().__init__()
             self.transform, self.head = transform, head
 
-        def forward(self, features):
-            return self.head(self.transform(features))
+        def forward(self, features, length=None):
+            return self.head(self.transform(features), length)
 
     from pipeline.cache import FeatureCache
     dist = Distributed()
