@@ -68,9 +68,11 @@ def cli():
 @click.option("--val", "n_val", default=60, type=click.IntRange(0), help="Validation clips.")
 @click.option("--seed", default=0, type=int, help="Random seed (output is deterministic for a seed).")
 @click.option("--format", "fmt", default="webm", type=click.Choice(["webm", "mp4"]), help="webm = VP9+Opus, mp4 = H.264+AAC.")
-@click.option("--look", default="home", type=click.Choice(["home", "workshop", "night", "classic"]), show_default=True,
-              help="Family of appearance settings (walls, objects, colours, light, camera). Train on one look and "
-                   "validate on another to measure cross-look generalisation (workshop is the held-out one).")
+@click.option("--look", default="home", show_default=True,
+              help="Family of appearance settings (walls, objects, colours, light, camera): home | workshop | night | "
+                   "classic, or several comma-separated (home,night: the clips shared out between them). Train on "
+                   "some looks and validate on another to measure cross-look generalisation (workshop is the "
+                   "held-out one).")
 @click.option("--sounds", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of recorded impact samples (WAV/FLAC/OGG/AIFF; one sub-folder per material or velocity "
                    "layer) for the impact sounds, played at a loudness that follows impact speed. Default: procedural.")

@@ -79,12 +79,31 @@ def _split_specs(rng, split, n_sound, ids, size, split_index, seed, look):
     return specs
 
 
+def split_looks(look: str) -> list[str]:
+    """"home" → ["home"]; "home,night" → ["home", "night"] (a mixed dataset); each name checked."""
+    looks = [name.strip() for name in str(look).split(",") if name.strip()]
+    if not looks or len(set(looks)) != len(looks):
+        raise FoleyError(f"--look {look!r}: give one look or several different ones, comma-separated")
+    for name in looks:
+        family(name)
+    return looks
+
+
 def make_specs(n_train=240, n_val=60, seed=0, size=(320, 240), look=DEFAULT_LOOK):
     """All clip specs of a dataset, in JSON order: list of dicts (see render_clip).
 
     Ids and clip seeds depend on (seed, look): two looks made with the same seed share no clip
     (ids of look k lie in k * LOOK_ID_BASE + [100000, 999999], so both sets can be used together).
+    Several looks ("home,night"): each split is shared out between them as evenly as it divides
+    (the first looks take the remainder), each look's clips drawn as its own dataset would draw them.
     """
+    looks = split_looks(look)
+    if len(looks) > 1:
+        shares = [(n_train // len(looks) + (k < n_train % len(looks)), n_val // len(looks) + (k < n_val % len(looks)))
+                  for k in range(len(looks))]
+        parts = [make_specs(n_tr, n_va, seed, size, name) for name, (n_tr, n_va) in zip(looks, shares)]
+        return ([s for part in parts for s in part if s["split"] == "train"]
+                + [s for part in parts for s in part if s["split"] == "validation"])
     code = look_code(look)
     rng = np.random.default_rng([seed, code] if code else seed)   # the default look keeps seed-only streams
     n_other = [_n_other(n) for n in (n_train, n_val)]
@@ -152,7 +171,7 @@ def _check_options(n_train, n_val, fmt, jobs, size, look):
     width, height = (int(v) for v in size)
     if width < MIN_SIZE or height < MIN_SIZE or width % 2 or height % 2:
         raise FoleyError(f"frame size must be even and at least {MIN_SIZE}x{MIN_SIZE}, got {width}x{height}")
-    family(look)
+    split_looks(look)
     return width, height
 
 
@@ -202,7 +221,8 @@ def make_synthetic(out: Path, n_train: int = 240, n_val: int = 60, seed: int = 0
     n_train / n_val: clips of the 12 sound templates per split (either may be 0, not both); each
     non-empty split also gets ceil(n / 25) clips of non-sound templates (the class filter removes
     them). size: (width, height). look: one of LOOKS, the family of appearance settings the clips
-    are drawn from (same seed, other look: other clips, other ids). sounds: a folder of recorded
+    are drawn from (same seed, other look: other clips, other ids), or several comma-separated
+    ("home,night": the clips shared out between them). sounds: a folder of recorded
     impact samples (load_sounds) for the impact sounds; None = procedural sounds.
     jobs: joblib processes (-1 = all cores); the output does not depend on it.
     Returns a summary dict (JSON-serialisable); dataset.json holds the full record.
