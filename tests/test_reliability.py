@@ -104,7 +104,7 @@ def corpus_run(tmp_path_factory):
     return corpus, proc, out, root / "videos"
 
 
-def test_corpus_covers_every_kind_of_issue_7(corpus_run):
+def test_corpus_covers_every_kind_of_bad_file(corpus_run):
     corpus = {b.id: b for b in corpus_run[0]}
     for kind, ids in ISSUE_KINDS.items():
         assert ids and all(i in corpus for i in ids), kind
