@@ -31,7 +31,7 @@ recorded and the others still run):
              non-blocking copies, writer thread, zarr shards) -> clips/s, time for 12,991 clips
   train_head pipeline.train.train_head --preload gpu on a cache of --train-clips clips (real
              features tiled); epoch time extrapolated to 12,991 clips unless --train-clips 12991
-Targets (issue 8): extraction >= 150 clips/s at 224x224x48 (12,991 clips < 90 s); train-head
+Targets: extraction >= 150 clips/s at 224x224x48 (12,991 clips < 90 s); train-head
 epoch over 12,991 cached clips <= 5 s with --preload gpu; backbone within 2x of the compute floor.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ before the channel-major flatten, so D = C * h * w (none) or C * k * k.
 from `model3d_1-checkpoint-layout.md`; its published checkpoints (`model_best.pth.tar`) load key
 for key. Loading never unpickles code: `torch.load(..., weights_only=True)` or safetensors only.
 
-A random init has degenerate BatchNorm statistics (FINDINGS.md: 44% dead feature dims, 98.6% of
+A random init has degenerate BatchNorm statistics (docs/learning.md: 44% dead feature dims, 98.6% of
 the variance explained by the frame index); `calibrate_batchnorm` re-estimates them on data.
 
 Adding a backbone is a builder plus one `register_backbone` call, e.g. a torchvision video model
@@ -411,7 +411,7 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> nn.Modul
 
     batches: clips [B, 3, T, H, W], normalised like the backbone's input. The statistics are the
     plain average of the per-batch statistics (momentum=None), so the same batches always give
-    the same result. Dropout stays off; frozen blocks are calibrated too (FINDINGS.md recipe).
+    the same result. Dropout stays off; frozen blocks are calibrated too (the recipe of docs/learning.md).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:

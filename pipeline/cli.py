@@ -200,7 +200,7 @@ def train_default(name: str) -> str:
 @click.option("--layers", type=int, help=f"LSTM layers.  {train_default('layers')}")
 @click.option("--dropout", type=float, help=f"Dropout between LSTM layers and in the FC layers.  {train_default('dropout')}")
 @click.option("--input", "input_", type=str, help="features (standardised, the seed's head) | motion-energy "
-              "(17-d change signal, FINDINGS.md; generalises from small data).  " + train_default("input"))
+              "(17-d change signal, docs/learning.md; generalises from small data).  " + train_default("input"))
 @click.option("--seed", type=int, help=f"Random seed (init, data order, dropout).  {train_default('seed')}")
 @click.option("--device", default="auto", help="auto | cpu | cuda.")
 @click.option("--preload", default="none", help="none (read shards every epoch) | ram | gpu (whole cache in memory; "

@@ -1,4 +1,4 @@
-"""pretrain-compare: does predicting the sound make better video features? (issue 14, the seed's question)
+"""pretrain-compare: does predicting the sound make better video features? (the seed experiment's question)
 
 For each seed of `seeds` and each arm (no auxiliary loss; `--aux-envelope W`), one command runs:
 

@@ -12,12 +12,12 @@ runs/{head}/, export/{head}/ and export/{head}-unseen/ (report.md, report.html,
 plots, renders, metrics.json), demo.md (the comparison) and demo.json (settings, timings per stage,
 headline metrics).
 
-Why this backbone (FINDINGS.md, "Pretrained features"): the seed's head needs pretrained features,
+Why this backbone (docs/learning.md, "Pretrained features"): the seed's head needs pretrained features,
 and the only pretrained video-capable network that can be had on these machines is torchvision's
 ImageNet MobileNetV2, run on every frame. A randomly initialised model3d_1 gives the seed's head
 nothing it can generalise from with a few hundred clips, and on a CPU without AMX it costs
 ~3.7 s per clip at 112 px (about 25 minutes for this dataset), so it is not part of the demo; the
-README gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2 kernels in float32
+docs/learning.md gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2 kernels in float32
 (decoding included: the demo's train extraction, 312 clips in 121 s).
 """
 from __future__ import annotations
@@ -31,30 +31,30 @@ from pipeline import report as R
 from pipeline.errors import FoleyError
 from pipeline.options import PRECISIONS
 
-# --- what the demo runs (README "Demo": measured times and the CPUs they came from) -------------
+# --- what the demo runs (docs/performance.md: measured times and their CPUs) ------
 DEMO_TRAIN = 300            # sound clips in the train split (plus 1 in 25 non-sound clips the filter drops)
 DEMO_VAL = 80               # held-out validation clips of the training look
 DEMO_UNSEEN = 60            # held-out clips of a look the heads never saw (other rooms, objects, camera)
 DEMO_SIZE = 96              # frame side: MobileNetV2's last map is 3x3, averaged to one vector per frame;
-                            # 1.6-1.8x faster than 112 in float32 (README "Demo": what fits 10 minutes on AVX2)
+                            # 1.6-1.8x faster than 112 in float32 (docs/learning.md: what fits 10 minutes on AVX2)
 VIDEO_SIZE = (160, 120)     # the synthetic videos' frame (w, h): 2.6x faster to render and encode than
                             # 320x240 (0.22 vs 0.58 s a clip on 2 cores) and still above DEMO_SIZE
 DEMO_SEED = 0
 BACKBONE = "mobilenet_v2"
 WEIGHTS = "imagenet"        # torchvision's file, found on disk (README's first command installs it)
 POOL = "global"             # features [48, 1280]: a 2x2 grid (5120) learned no better held out and
-                            # costs the head ~2.3x the time (README "Demo")
+                            # costs the head ~2.3x the time (docs/learning.md)
 PLOTS = 24                  # plots per export (a seeded random sample of the clips)
 RENDERS = 4                 # GIFs per export
 CHECKPOINT = "last"         # the last epoch, not the best-on-validation one: no choice is made on the
                             # clips the report scores, so they stay strictly held out
-# train-head options per head (README "Demo": chosen on the demo's training and same-look held-out
+# train-head options per head (docs/learning.md: chosen on the demo's training and same-look held-out
 # clips; the unseen look and the independent check set played no part). center_clips: each clip's
-# mean feature is subtracted, so the head reads what changes, not the look (README: with vs without).
+# mean feature is subtracted, so the head reads what changes, not the look (docs/learning.md: with vs without).
 HEADS = {
     "features": {"input": "features", "epochs": 8, "batch_size": 8, "center_clips": True},
 }
-# The same LSTM on the motion-energy change signal of the same features (FINDINGS.md): a comparison
+# The same LSTM on the motion-energy change signal of the same features (docs/learning.md): a comparison
 # row that costs ~1 more minute on a 2-core AVX2 CPU, so it is left out of the default demo's budget.
 MOTION_ENERGY_HEAD = {"motion-energy": {"input": "motion-energy", "epochs": 16}}
 SPLITS = {"val": "", "unseen": "-unseen"}    # held-out set -> suffix of its export folder
@@ -134,7 +134,7 @@ def demo_report(results: dict[str, dict[str, dict]], settings: dict, out: Path) 
         "them). Rows: `features head` = the seed's head on the pretrained features, each clip's mean feature "
         "subtracted (`--center-clips`: the look goes, the change stays; the tool's headline); "
         + (f"`motion-energy head` = the same LSTM on {me_dim} numbers per frame, the frame-to-frame change of "
-           "the same features (FINDINGS.md, what small data and random backbones need); " if me_dim else "")
+           "the same features (docs/learning.md, what small data and random backbones need); " if me_dim else "")
         + "`mean_envelope` = the "
         "training set's mean envelope for every clip; `shuffled` = each head's predictions given to other "
         "clips. seed_score is the seed's good (+1) / not so good (0) / bad (-1) made automatic; onset_f1 "
@@ -153,8 +153,8 @@ def demo_report(results: dict[str, dict[str, dict]], settings: dict, out: Path) 
         "",
         "A randomly initialised model3d_1 (the tool's 3D CNN without its SSv2 weights) is not in this "
         "demo: its features give the seed's head nothing to generalise from (seed_score -0.63, onset_f1 "
-        "0.00 in the previous demo) and at 112 px it costs 3.7 s a clip on an AVX2-only CPU in float32, "
-        "~8x MobileNetV2 at 96 px. README \"Demo\" has those numbers.",
+        "0.00 on the same data) and at 112 px it costs 3.7 s a clip on an AVX2-only CPU in float32, "
+        "~8x MobileNetV2 at 96 px. docs/learning.md has those numbers.",
         "",
         "Where everything is:",
         f"- datasets: `{out / 'data'}`, `{out / 'data-unseen'}` (videos/, SSv2 JSONs, events.json, dataset.json)",

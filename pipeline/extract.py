@@ -162,7 +162,7 @@ def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: li
         log.warning(
             "WARNING: --checkpoint none: %s is RANDOMLY INITIALISED (seed %d). Its BatchNorm "
             "statistics are calibrated on the first %d decodable clips of this run so its features are "
-            "not degenerate (FINDINGS.md), but they are not pretrained features: expect far weaker "
+            "not degenerate (docs/learning.md), but they are not pretrained features: expect far weaker "
             "results than with pretrained weights.", name, seed, len(calibration))
         spec = backbones.get_spec(name)
         loader = make_loader(clips.dataset(calibration, normalize=False), workers, torch.device("cpu"))

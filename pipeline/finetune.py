@@ -1,4 +1,4 @@
-"""finetune: backbone + head trained end to end from videos (DESIGN.md, "Training").
+"""finetune: backbone + head trained end to end from videos (docs/design.md, "Training").
 
     frames [B, 3, T, S, S] ─► backbone ─► features [B, T, D] ─► InputTransform ─► Head ─► logits [B, T]
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import oaconvolve
 
-# --- constants of the data contract (DESIGN.md) ---------------------------------------------
+# --- constants of the data contract (docs/design.md) --------------------------------------
 FPS = 12                      # clip frame rate (frames per second)
 FRAMES = 48                   # T: frames per clip -> CLIP_SECONDS = FRAMES / FPS = 4.0 s
 SIZE = 224                    # shorter side resized to SIZE, then centre crop SIZE x SIZE
@@ -37,7 +37,7 @@ SEEK_PREROLL_S = 0.5          # seek this far before `start`: audio decoders (AA
                               # 80 ms pre-roll) need earlier packets to give the samples decoding from
                               # the file's start gives; seeking at all only pays beyond it
 
-# Reasons a video is faulty (DESIGN.md); the cache's failures.jsonl uses these words.
+# Reasons a video is faulty (docs/design.md); the cache's failures.jsonl uses these words.
 REASONS = ("missing", "unreadable", "no_video_stream", "no_audio_stream", "decode_error",
            "too_short", "silent_audio")
 

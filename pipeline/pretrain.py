@@ -1,5 +1,5 @@
 """pretrain: train a backbone from videos to classify their labels, optionally with the sound as an
-auxiliary target (DESIGN.md, "Additions under way"; issue 14).
+auxiliary target (docs/pretraining.md).
 
     frames [B, 3, T, S, S] ─► backbone.feature_map ─► [B, C, T, h, w] ─► mean over h, w ─► [B, C, T]
                                                                               │ mean over T ─► Linear ─► class logits [B, K]  (CE)
@@ -58,7 +58,7 @@ log = logging.getLogger("foleycache")
 # ----------------------------------------------------------------------------- constants
 
 # Options and their defaults; None = "the default here, or the run's own value on --resume".
-# CPU defaults from float32 measurements (README "Pretraining", benchmarks/pretrain.py): a train step
+# CPU defaults from float32 measurements (docs/pretraining.md, benchmarks/pretrain.py): a train step
 # of the width-0.25 model3d_1 (48 frames, batch 8, one torch thread, 2-core Xeon) costs 0.07 s per clip
 # at 32 px, 0.19 at 48, 0.36 at 64: from scratch, steps matter more than pixels, so 32 px and 20 epochs
 # (300 clips: ~25 s an epoch on a quiet 2-core CPU).

@@ -56,7 +56,7 @@ def clips(dataset):
 
 @pytest.fixture(scope="module")
 def weights(clips, tmp_path_factory):
-    """A calibrated random model3d_1 (uncalibrated features are degenerate: FINDINGS.md)."""
+    """A calibrated random model3d_1 (uncalibrated features are degenerate: docs/learning.md)."""
     from pipeline import backbones
     from pipeline.media import normalize_frames
     model = backbones.create_backbone("model3d_1", seed=0)

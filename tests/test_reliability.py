@@ -1,4 +1,4 @@
-"""Issue 7: bad input, crashes and hostile files lose nothing. Real files, real processes.
+"""Bad input, crashes and hostile files lose nothing. Real files, real processes.
 
 - the bad-video corpus (tests/badfiles.py) through `foleycache extract-features` end to end;
 - bad annotations through the CLI: one line "error: ...", never a traceback;
@@ -41,8 +41,8 @@ from tests.mediakit import make_video, read_index
 from tests.runkit import (CLI_TIMEOUT, ENV, EXTRACT, assert_same_tree, assert_visible_shards_complete, extract_cmd,
                           kill_and_resume, temporaries, visible_shards)
 
-# Each kind named in issue 7 -> the corpus ids that cover it.
-ISSUE_KINDS = {
+# Each kind of bad file -> the corpus ids that cover it.
+BAD_KINDS = {
     "zero-byte": ["zero_byte"],
     "random bytes": ["random_bytes", "random_bytes_mp4"],
     "truncated at several points": ["truncated_webm_10", "truncated_webm_50", "truncated_webm_tail",
@@ -106,10 +106,10 @@ def corpus_run(tmp_path_factory):
 
 def test_corpus_covers_every_kind_of_bad_file(corpus_run):
     corpus = {b.id: b for b in corpus_run[0]}
-    for kind, ids in ISSUE_KINDS.items():
+    for kind, ids in BAD_KINDS.items():
         assert ids and all(i in corpus for i in ids), kind
     bad = [b for b in corpus.values() if not b.kind.startswith("control")]
-    assert len(ISSUE_KINDS) >= 17 and len(bad) >= 30
+    assert len(BAD_KINDS) >= 17 and len(bad) >= 30
 
 
 def test_bad_corpus_end_to_end(corpus_run):
