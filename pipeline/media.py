@@ -49,7 +49,8 @@ class FaultyVideo(Exception):
     """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened."""
 
     def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS, reason
+        if reason not in REASONS:      # a programming error, never a data problem: fail loudly
+            raise ValueError(f"FaultyVideo reason must be one of {REASONS}, got {reason!r}")
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
@@ -79,11 +80,12 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
     from the file's start; both give the same clip. False exists to check exactly that.
     threads: PyAV decoder threads (0 = FFmpeg's choice); DataLoader workers pass 1.
     Raises FaultyVideo for any bad input (a start past the video's end is `too_short`); no other
-    exception escapes for a bad file. A negative or non-finite start is a ValueError.
+    exception escapes for a bad file. Bad arguments (an unknown `reduce`, a negative or non-finite
+    start, frames / fps / size below 1) are a ValueError raised before any decoding: a caller's
+    mistake must surface as one, never be recorded as a faulty video.
     """
     start = float(start)
-    if not np.isfinite(start) or start < 0:
-        raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
+    _check_clip_arguments(frames, fps, size, reduce, start)
     path = Path(path)
     if not path.exists():
         raise FaultyVideo("missing", str(path))
@@ -102,14 +104,23 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
         raise FaultyVideo("decode_error", f"{type(e).__name__}: {e}") from None
 
 
+def _check_clip_arguments(frames: int, fps: float, size: int, reduce: str, start: float):
+    """ValueError for arguments no video could satisfy (load_clip's decode errors are ValueErrors too,
+    so these are checked before any decoding starts)."""
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
+    if not np.isfinite(start) or start < 0:
+        raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
+    if frames < 1 or size < 1 or not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"frames and size must be >= 1 and fps > 0, got {frames}, {size}, {fps}")
+
+
 class _SeekMissed(Exception):
     """A seek that failed or landed after the clip's start (a file without an index, audio
     interleaved late): load_clip then decodes from the file's start."""
 
 
 def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek) -> Clip:
-    if reduce not in REDUCES:
-        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except PermissionError:
