@@ -124,11 +124,6 @@ def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: st
     return dev.type == "cuda" or precision == "bf16" or spec.kind == "frame2d"
 
 
-def normalize_on_device(dev: torch.device) -> bool:
-    """Normalise frames on the GPU (one fused pass there) instead of in every decode worker."""
-    return dev.type == "cuda"
-
-
 def make_loader(dataset, workers: int, device: torch.device):
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_worker_init,
