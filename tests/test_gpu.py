@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.mediakit import make_video
+from tests.runkit import read_metrics
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -143,5 +144,5 @@ def test_train_head_preload_gpu_smoke(tmp_path):
     s = train_head(tmp_path / "train", tmp_path / "val", tmp_path / "run", epochs=2, batch_size=4, hidden=32,
                    device="cuda", preload="gpu", progress=False)
     assert s["config"]["preload"] == "gpu"
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and all(np.isfinite(json.loads(x)["train_loss"]) for x in lines)
+    lines = read_metrics(tmp_path / "run")
+    assert len(lines) == 2 and all(np.isfinite(x["train_loss"]) for x in lines)
