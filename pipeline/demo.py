@@ -29,14 +29,14 @@ from pathlib import Path
 
 from pipeline import report as R
 from pipeline.errors import FoleyError
-from pipeline.options import PRECISIONS
+from pipeline.options import DEMO_SIZE, DEMO_TRAIN, DEMO_UNSEEN, DEMO_VAL, PRECISIONS
 
 # --- what the demo runs (docs/performance.md: measured times and their CPUs) ------
-DEMO_TRAIN = 300            # sound clips in the train split (plus 1 in 25 non-sound clips the filter drops)
-DEMO_VAL = 80               # held-out validation clips of the training look
-DEMO_UNSEEN = 60            # held-out clips of a look the heads never saw (other rooms, objects, camera)
-DEMO_SIZE = 96              # frame side: MobileNetV2's last map is 3x3, averaged to one vector per frame;
-                            # 1.6-1.8x faster than 112 in float32 (docs/learning.md: what fits 10 minutes on AVX2)
+# DEMO_TRAIN: sound clips in the train split (plus 1 in 25 non-sound clips the filter drops); DEMO_VAL,
+# DEMO_UNSEEN: held-out clips of the training look and of a look the heads never saw (other rooms,
+# objects, camera); DEMO_SIZE 96: MobileNetV2's last map is 3x3, averaged to one vector per frame,
+# 1.6-1.8x faster than 112 in float32 (docs/learning.md: what fits 10 minutes on AVX2). Defined in
+# pipeline.options so that --help shows them.
 VIDEO_SIZE = (160, 120)     # the synthetic videos' frame (w, h): 2.6x faster to render and encode than
                             # 320x240 (0.22 vs 0.58 s a clip on 2 cores) and still above DEMO_SIZE
 DEMO_SEED = 0

@@ -18,7 +18,6 @@ fingerprint parameters. It must not write shard files or the index itself (`pipe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -30,16 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from pipeline import backbones, cache
-from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.backbones import CALIBRATED_WEIGHTS, CALIBRATION_RECIPE, IMAGENET_MEAN, IMAGENET_STD, weights_sha256
 from pipeline.data import Annotation, find_video, load_annotations, manifest_sha256, manifest_source
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_text, read_json
-from pipeline.media import FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
+from pipeline.media import FPS, FRAMES, FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
 from pipeline.runtime import autocast, decode_workers, resolve_device, resolve_precision
 from pipeline.shards import ShardWriter, shard_name
 
@@ -47,21 +45,12 @@ log = logging.getLogger("foleycache")
 
 DEFAULT_SHARD_SIZE = 64
 CALIBRATION_CLIPS = 64          # clips whose activations set BatchNorm statistics for --checkpoint none
-CALIBRATED_WEIGHTS = "backbone.safetensors"   # in the cache dir; reusable as --checkpoint for other splits
-CALIBRATION_RECIPE = "backbone.json"
 WRITE_QUEUE_BATCHES = 2         # batches of features waiting for the writer thread (bounds memory)
 # Ranks wait for rank 0's calibration and for each other's last shards, which on a large manifest
 # takes hours: far longer than training's 30 min between steps.
 EXTRACT_TIMEOUT = timedelta(hours=48)
 # Only barriers and one broadcast of a string go between ranks: gloo does that on GPU machines too.
 EXTRACT_BACKEND = "gloo"
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """Hash of the weights themselves (canonical safetensors bytes of the state dict), so the same
-    network gives the same fingerprint whether it came from a .pth.tar, a .safetensors or a calibration."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
 
 
 def resolve_settings(device: str, precision: str, workers: int | None) -> tuple[torch.device, str, int]:
@@ -266,7 +255,7 @@ class _Job:
 def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels: Path | None = None,
                      classes: str | None = None, window_stride: float | None = None,
                      backbone: str = "model3d_1", checkpoint: str | Path = "none",
-                     frames: int = 48, fps: float = 12, size: int | None = None, pool: str | None = None,
+                     frames: int = FRAMES, fps: float = FPS, size: int | None = None, pool: str | None = None,
                      fmt: str = "zarr",
                      dtype: str = "float16", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 4,
                      workers: int | None = None, device: str = "auto", precision: str = "auto",

@@ -37,12 +37,12 @@ from pipeline import backbones
 from pipeline.data import find_video, load_annotations, manifest_source
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.extract import CALIBRATED_WEIGHTS, weights_sha256
+from pipeline.backbones import CALIBRATED_WEIGHTS, weights_sha256
 from pipeline.fsio import atomic_write_text
 from pipeline.head import Head, HeadConfig, InputTransform
 from pipeline.loader import epoch_batches
 from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, fit
-from pipeline.media import FaultyVideo, load_clip, normalize_frames
+from pipeline.media import FPS, FRAMES, FaultyVideo, load_clip, normalize_frames
 from pipeline.options import FinetuneOptions, default_warmup
 from pipeline.runs import (CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL, RunCheckpoint, RunDescription,
                            load_head, on_main, prepare_run_dir, read_resume_checkpoint, to_cpu, versions)
@@ -54,8 +54,7 @@ SCALE_JITTER = (1.0, 1.15)     # decode at size * s, then a random size x size c
 STATS_CLIPS = 32               # clips whose features fit the input transform when there is no --init-head
 PROBE_SIZE = 32                # frame size the up-front scan for faulty videos decodes at
 DEFAULT_BACKBONE = "model3d_1"
-DEFAULT_FRAMES = 48
-DEFAULT_FPS = 12
+DEFAULT_FRAMES, DEFAULT_FPS = FRAMES, FPS      # the data contract's clip (pipeline.media)
 BACKBONE_PT = "backbone.pth.tar"
 BACKBONE_ST = "backbone.safetensors"
 FAILURES = "failures.jsonl"

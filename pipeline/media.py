@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import oaconvolve
 
+from pipeline.options import FPS, FRAMES     # the clip: 48 frames at 12 fps (4.0 s), torch-free for --help
+
 # --- constants of the data contract (docs/design.md) --------------------------------------
-FPS = 12                      # clip frame rate (frames per second)
-FRAMES = 48                   # T: frames per clip -> CLIP_SECONDS = FRAMES / FPS = 4.0 s
 SIZE = 224                    # shorter side resized to SIZE, then centre crop SIZE x SIZE
 MIN_FRAMES = 12               # fewer real frames than this (1 s) is a faulty video
-MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, RGB
+MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, RGB (every registered backbone's, pipeline.backbones)
 STD = (0.229, 0.224, 0.225)
 SIGMA_SAMPLES = 200           # Gaussian smoothing sigma of the seed, in samples at ...
 SIGMA_RATE = 44100            # ... 44.1 kHz: 200 / 44100 s = 4.54 ms, scaled to the real rate
