@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 from pipeline import backbones, cache
 from pipeline.backbones import CALIBRATED_WEIGHTS, CALIBRATION_RECIPE, IMAGENET_MEAN, IMAGENET_STD, weights_sha256
-from pipeline.data import Annotation, find_video, load_annotations, manifest_sha256, manifest_source
+from pipeline.data import Annotation, load_annotations, manifest_sha256, manifest_source
+from pipeline.decoding import decode_loader, load_entry
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_text, read_json
-from pipeline.media import FPS, FRAMES, FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
+from pipeline.media import FPS, FRAMES, FaultyVideo, envelope_params, normalize_frames, preprocess_params
 from pipeline.runtime import autocast, decode_workers, resolve_device, resolve_precision
 from pipeline.shards import ShardWriter, shard_name
 
@@ -75,17 +76,14 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         shard, ann = self.items[k]
-        item = {"shard": shard, "id": ann.id, "label": ann.template, "path": ""}
+        item = {"shard": shard, "id": ann.id, "label": ann.template}
         try:
-            path = find_video(self.videos, ann)
-            item["path"] = str(path)
-            clip = load_clip(path, frames=self.frames, fps=self.fps, size=self.size, reduce=self.reduce,
-                             normalize=self.normalize, threads=1, start=ann.start)
+            clip, path = load_entry(self.videos, ann, self.frames, self.fps, self.size, reduce=self.reduce,
+                                    normalize=self.normalize)
         except FaultyVideo as e:
-            item["failure"] = {"id": ann.id, "path": item["path"] or str(self.videos / (ann.video or ann.id)),
-                               "reason": e.reason, "detail": e.detail}
+            item.update(path=e.path, failure=e.record(ann.id))
             return item
-        item.update(frames=clip.frames, envelope=clip.envelope, length=clip.length)
+        item.update(path=str(path), frames=clip.frames, envelope=clip.envelope, length=clip.length)
         return item
 
 
@@ -103,10 +101,6 @@ class ClipSettings:
                            reduce=self.reduce, normalize=normalize)
 
 
-def _worker_init(_):
-    torch.set_num_threads(1)    # decode workers leave the cores to the model
-
-
 def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
     """Run the convs channels-last? On CUDA always; on a CPU where `benchmarks/extract.py` measured
     it to pay: model3d_1 under bf16, mobilenet_v2 in float32 and bf16."""
@@ -114,10 +108,8 @@ def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: st
 
 
 def make_loader(dataset, workers: int, device: torch.device):
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_worker_init,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=False)
+    """The clips of `dataset`, one item at a time, decoded in `workers` processes."""
+    return decode_loader(dataset, workers, pin_memory=device.type == "cuda")
 
 
 # --- the backbone ---------------------------------------------------------------------------

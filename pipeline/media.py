@@ -46,7 +46,8 @@ _INT_SCALE = {"u8": (128.0, 128.0), "s16": (0.0, 2.0**15), "s32": (0.0, 2.0**31)
 
 
 class FaultyVideo(Exception):
-    """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened."""
+    """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened;
+    `path` is the video's file when the caller knows it (pipeline.decoding.load_entry sets it)."""
 
     def __init__(self, reason: str, detail: str = ""):
         if reason not in REASONS:      # a programming error, never a data problem: fail loudly
@@ -54,6 +55,11 @@ class FaultyVideo(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.path = ""
+
+    def record(self, video_id: str) -> dict:
+        """The failures.jsonl line of this video: {id, path, reason, detail}."""
+        return {"id": video_id, "path": self.path, "reason": self.reason, "detail": self.detail}
 
 
 @dataclass
