@@ -16,7 +16,7 @@ each extract is compared with the references on both sides of it (the machine's 
 other work may share the CPU); extract_efficiency is the median over rounds.
 
 The weights are a seeded random model3d_1 whose BatchNorm statistics are calibrated on the first
-clips (FINDINGS.md: uncalibrated features are degenerate, which would also flatter compression),
+clips (docs/learning.md: uncalibrated features are degenerate, which would also flatter compression),
 saved to a .safetensors file and passed as --checkpoint, so calibration is not timed as extraction.
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@
 Target-like envelopes [N, 48] (1-3 Gaussian bumps of ~1 frame on a low noisy floor, 5% silent
 clips, lengths 48 and 30), predictions = the targets shifted by one frame + 0.05, 12 class labels
 (so `per_class` is computed too). Reports the median seconds of `repeats` calls after one
-warm-up call. The goal, 2000 clips in <= 2 s on a 2-core CPU, was a unit-test threshold until
-issue 16 moved it here: a timing belongs in a benchmark, next to the machine's load.
+warm-up call. The goal, 2000 clips in <= 2 s on a 2-core CPU, is checked here, not in a unit
+test: a timing belongs in a benchmark, next to the machine's load.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ for a few epochs in this process and reads its metrics.jsonl. Reported, all from
   epochs[]                   per epoch: clips/s of the training pass, data_share (time the step
                              waited for its batch: frame-cache reads + augmentation, done in a reader
                              thread, not hidden behind the previous step; share of the pass), seconds
-  data_share_after_first     mean data_share of epochs 2.. (issue 14's goal: < 0.10)
+  data_share_after_first     mean data_share of epochs 2.. (goal: < 0.10)
   decode_every_epoch_share   what the data share would be if every epoch decoded its clips again:
                              decode time per train clip / (that + train time per clip) — the cost the
                              frame cache removes

@@ -3,7 +3,7 @@
     python benchmarks/run.py [--quick] [--json FILE] [--device cpu|cuda] [--precision fp32|bf16|auto]
                              [--size N] [--emulate-avx2]
 
---quick (issue 16) fits a 2-core AVX2-only CPU in <= 15 minutes: 112x112x48 (D = 8192), 16 clips,
+--quick fits a 2-core AVX2-only CPU in <= 15 minutes: 112x112x48 (D = 8192), 16 clips,
 2 interleaved rounds, float32 everywhere (bf16 is emulated on AVX2, ~50x slower: a quick run never
 rests on it). Without --quick (larger machines): 224x224x48 (the real configuration) and 112, more
 clips and rounds, precision auto (bf16 where the CPU has it). --emulate-avx2 re-runs the command with
@@ -19,12 +19,12 @@ temporary directory, then measures:
                                        (file count, bytes, full-pass read speed) vs the shards
   train-head (benchmarks/train_head.py, another module) -> cache_speedup, loader_efficiency and
                                        loader_vs_npy_float32 (the loader against one float32 .npy
-                                       per video, memory-mapped: issue 16's honest reference)
+                                       per video, memory-mapped: the honest reference)
   metrics   (benchmarks/metrics.py)    pipeline.metrics.evaluate on 2000 clips, seconds
 and the machine (CPU model, instruction sets in use, cores, torch, GPU), the precision of every
 phase, each phase's seconds and load average, and peak RSS. The ratios all come from interleaved
 rounds within one phase, so load from other work on the shared CPU hits both sides of each.
-Targets (issues 8 and 16, 2-core CPU): extract_efficiency >= 0.85, cache_speedup >= 20,
+Targets (2-core CPU): extract_efficiency >= 0.85, cache_speedup >= 20,
 loader_efficiency >= 0.8, storage_ratio <= 0.35, loader_vs_npy_float32 >= 0.8, evaluate <= 2 s.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ from benchmarks import extract as bench_extract  # noqa: E402
 from benchmarks import metrics as bench_metrics  # noqa: E402
 from benchmarks import storage as bench_storage  # noqa: E402
 
-TARGETS = {  # name -> (comparison, bound), issues 8 and 16, CPU
+TARGETS = {  # name -> (comparison, bound), CPU
     "extract_efficiency": (">=", 0.85),
     "cache_speedup": (">=", 20.0),
     "loader_efficiency": (">=", 0.8),
@@ -62,7 +62,7 @@ HEADLINE = ("extract_efficiency", "cache_speedup", "loader_efficiency", "storage
             "metrics_evaluate_s")
 # --quick: 17 sound clips -> 16 decodable (the generator damages 5%, at least one): 4 extract batches of 4,
 # one train-head batch of 16. At 112 px float32 a clip costs ~1.7 s of backbone on this 2-core AVX-512 CPU
-# and ~3.7 s on the 2-core AVX2 AMD (FINDINGS.md); the run does ~8 backbone passes over the clips.
+# and ~3.7 s on the 2-core AVX2 AMD (docs/performance.md); the run does ~8 backbone passes over the clips.
 QUICK = {"clips": 17, "size": 112, "rounds": 2, "precision": "fp32", "also": []}
 FULL = {"clips": 64, "size": 224, "rounds": 2, "precision": "auto", "also": [112]}
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
@@ -181,7 +181,7 @@ def check_targets(results: dict) -> dict:
 
 
 def summary_table(r: dict) -> str:
-    """The README's table: one line per measured figure, with the CPU and precision they come from."""
+    """The results table (docs/performance.md): one line per measured figure, with the CPU and precision they come from."""
     ex, st, th = r["extract"], r["storage"], r.get("train_head", {})
     m = r["machine"]
     f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731

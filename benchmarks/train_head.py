@@ -21,7 +21,7 @@ cache_speedup = seconds per clip of the alternative the cache replaces / seconds
     change in the shared machine's load hits both sides of a ratio alike.
   --precision sets both sides alike: fp32 = no autocast in the backbone, head --amp off (the
   --quick default: bf16 is emulated on AVX2-only CPUs); bf16; auto = the product's own choices.
-  The backbone is a seeded random model3d_1 with BatchNorm calibrated on a few clips (FINDINGS.md:
+  The backbone is a seeded random model3d_1 with BatchNorm calibrated on a few clips (docs/learning.md:
   uncalibrated features are degenerate and would compress, so read, unrealistically fast).
   Full mode: --size 224 headline (the real configuration, features [48, 25088]) and 112. --quick:
   112 (D = 8192), one batch of 16 clips per frozen epoch, to fit a 2-core AVX2 CPU.
@@ -36,7 +36,7 @@ LOADER_CLIPS clips, warm, median of interleaved passes, clips delivered per seco
                           batches from pools of shards, DataLoader workers, reused shared-memory
                           buffers) / a plain sequential read of the same shard files (read_shard)
   loader_vs_npy_float32   the same loader / one float32 .npy per video, memory-mapped, copied into
-                          batches in order (issue 16's honest reference: the usual layout)
+                          batches in order (the honest reference: the usual layout)
   and, to show what would close that gap: the loader on an uncompressed copy of the cache, a flat
   float16 array per shard read through a memory map (a prototype layout), --preload ram's gather.
 """
@@ -59,7 +59,7 @@ import torch  # noqa: E402
 
 BACKBONE = "model3d_1"
 SEED = 0
-# --quick fits a 2-core AVX2-only CPU in float32 (issue 16): 112 px (D = 8192), one batch of 16 clips per
+# --quick fits a 2-core AVX2-only CPU in float32: 112 px (D = 8192), one batch of 16 clips per
 # frozen-backbone epoch. Full: the real 224 px configuration as the headline, 112 beside it.
 QUICK = {"clips": 16, "sizes": [112], "rounds": 2}
 FULL = {"clips": 32, "sizes": [224, 112], "rounds": 3}
@@ -71,7 +71,7 @@ LOADER_CLIPS = 384              # clips in the loader-efficiency cache (real fea
                                 # so filling the pipeline at the start of an epoch is not a tenth of it
 LOADER_PASSES = 5               # passes per reader; the median is reported
 SHARD_SIZE = 64                 # extract-features' default
-SEED_TRAIN_CLIPS = 12991        # the seed's train set after removing faulty videos (issue 4's GPU target)
+SEED_TRAIN_CLIPS = 12991        # the seed's train set after removing faulty videos (the GPU target)
 GPU_EPOCH_TARGET_S = 5.0        # one epoch over those clips at [48, 25088] on one H100, --preload gpu
 
 
@@ -549,7 +549,7 @@ def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = N
     result.update(size=head["size"], cache_speedup=head["cache_speedup"], cached_epoch_s=head["cached_epoch_s"],
                   frozen_backbone_epoch_s=head["frozen_backbone_epoch_s"], backbone_precision=backbone_precision,
                   head_amp=head["head_amp"], cached_amp=head["cached_detail"][0]["amp"])
-    if dev.type == "cuda":          # and the issue's GPU target: 12,991 clips of [48, 25088], <= 5 s per epoch
+    if dev.type == "cuda":          # and the GPU target: 12,991 clips of [48, 25088], <= 5 s per epoch
         result["cache_speedup_preload_gpu"] = head["cache_speedup_preload_gpu"]
         result["preloaded_epoch"] = preloaded_epoch(QUICK["clips"] * 100 if quick else SEED_TRAIN_CLIPS, 25088,
                                                     device, workdir)

@@ -8,6 +8,7 @@ file to a row of the report visits each module once, top to bottom:
   distributed          torchrun: one process group helper for extraction, training and pretraining
   media                load_clip: a video file -> frames [3, T, S, S] + loudness envelope [T]
   data                 manifests (SSv2 JSON, CSV / JSON Lines, folders, windows) -> Annotations
+  decoding             clips of manifest entries decoded in DataLoader workers; failure records
   backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; checkpoints
   shards, cache        ShardWriter (zarr / hdf5) -> cache.json index -> FeatureCache
   extract              stage 1: clips through a backbone into a cache (extract-features)

@@ -12,7 +12,7 @@ before the channel-major flatten, so D = C * h * w (none) or C * k * k.
 from `model3d_1-checkpoint-layout.md`; its published checkpoints (`model_best.pth.tar`) load key
 for key. Loading never unpickles code: `torch.load(..., weights_only=True)` or safetensors only.
 
-A random init has degenerate BatchNorm statistics (FINDINGS.md: 44% dead feature dims, 98.6% of
+A random init has degenerate BatchNorm statistics (docs/learning.md: 44% dead feature dims, 98.6% of
 the variance explained by the frame index); `calibrate_batchnorm` re-estimates them on data.
 
 Adding a backbone is a builder plus one `register_backbone` call, e.g. a torchvision video model
@@ -25,6 +25,7 @@ whose weights come from a local file via `load_checkpoint`:
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -42,9 +43,9 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_torch_save, atomic_write, sha256_file
+from pipeline.media import MEAN, STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = MEAN, STD      # the data contract's normalisation (pipeline.media)
 
 DROPOUT_P = 0.2               # Dropout3d at the end of blocks 1-4 (identity in eval)
 NUM_BLOCKS = 5
@@ -52,6 +53,10 @@ PUBLISHED_PREFIX = "module.conv_column."   # DataParallel(MultiColumn(...)).conv
 STRIP_PREFIXES = ("module.", "conv_column.")
 IGNORED_PREFIXES = ("clf_layers.",)        # the baseline's 174-class classifier: not ours
 PUBLISHED_ARCH = "Conv4Col"
+# A random init's calibrated network, saved in the cache it was calibrated for (reusable as --checkpoint
+# for the other splits), and the recipe that made it.
+CALIBRATED_WEIGHTS = "backbone.safetensors"
+CALIBRATION_RECIPE = "backbone.json"
 MAX_KEYS_IN_ERROR = 6                      # longer key lists are cut to "... and N more"
 KINDS = ("video3d", "frame2d")
 POOL_HELP = "none (the whole last map), global (1x1) or KxK (e.g. 2x2: a k x k grid of averages)"
@@ -411,7 +416,7 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> nn.Modul
 
     batches: clips [B, 3, T, H, W], normalised like the backbone's input. The statistics are the
     plain average of the per-batch statistics (momentum=None), so the same batches always give
-    the same result. Dropout stays off; frozen blocks are calibrated too (FINDINGS.md recipe).
+    the same result. Dropout stays off; frozen blocks are calibrated too (the recipe of docs/learning.md).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -629,6 +634,14 @@ def save_published(model: nn.Module, path: str | os.PathLike, epoch: int = 0, be
             "state_dict": {PUBLISHED_PREFIX + k: v for k, v in _cpu_state(model).items()},
             "best_loss": float(best_loss)}
     atomic_torch_save(ckpt, path)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hash of the weights themselves (canonical safetensors bytes of the state dict), so the same
+    network gives the same fingerprint whether it came from a .pth.tar, a .safetensors or a calibration."""
+    from safetensors.torch import save as safetensors_bytes
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
 
 
 def save_safetensors(model: nn.Module, path: str | os.PathLike):

@@ -1,6 +1,6 @@
 """The feature cache: the index over its shards (cache.json), building it, and reading it.
 
-A cache is a directory (DESIGN.md, "The cache"):
+A cache is a directory (docs/design.md, "The cache"):
 
     CACHE_DIR/cache.json         index, written last and atomically: schema version, fingerprint,
                                  config, shards (name, count, n_failed, sha256), counts

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from pipeline.errors import FoleyError
-from pipeline.options import PRECISIONS, TEMPORALS
+from pipeline.options import (COMPARE_DEFAULTS, DEMO_SIZE, DEMO_TRAIN, DEMO_UNSEEN, DEMO_VAL, FPS, FRAMES,
+                              INPUTS, PRECISIONS, PRETRAIN_AMP_CHOICES, PRETRAIN_DEFAULTS, TEMPORALS)
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -124,8 +125,8 @@ def checkpoint_arg(value: str):
 @click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors), a named "
               "published file ('imagenet' for mobilenet_v2: torchvision's, found on disk, sha256-checked) or 'none' "
               "(seeded random init with calibrated BatchNorm; loud warning).")
-@click.option("--frames", default=48, type=click.IntRange(1), help="Frames per clip (T).")
-@click.option("--fps", default=12.0, type=click.FloatRange(min=0, min_open=True), help="Clip frame rate.")
+@click.option("--frames", default=FRAMES, type=click.IntRange(1), help="Frames per clip (T).")
+@click.option("--fps", default=float(FPS), type=click.FloatRange(min=0, min_open=True), help="Clip frame rate.")
 @click.option("--size", default=None, type=click.IntRange(32),
               help="Frame size after resize + centre crop.  [default: the backbone's: 224 model3d_1, 112 mobilenet_v2]")
 @click.option("--pool", default=None, help="Pooling of the backbone's last map: none, global or KxK (e.g. 2x2).  "
@@ -202,7 +203,7 @@ def train_default(name: str) -> str:
 @click.option("--layers", type=int, help=f"LSTM layers.  {train_default('layers')}")
 @click.option("--dropout", type=float, help=f"Dropout between LSTM layers and in the FC layers.  {train_default('dropout')}")
 @click.option("--input", "input_", type=str, help="features (standardised, the seed's head) | motion-energy "
-              "(17-d change signal, FINDINGS.md; generalises from small data).  " + train_default("input"))
+              "(17-d change signal, docs/learning.md; generalises from small data).  " + train_default("input"))
 @click.option("--seed", type=int, help=f"Random seed (init, data order, dropout).  {train_default('seed')}")
 @click.option("--device", default="auto", help="auto | cpu | cuda.")
 @click.option("--preload", default="none", help="none (read shards every epoch) | ram | gpu (whole cache in memory; "
@@ -365,6 +366,11 @@ def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, win
          "and backbone.safetensors", quiet)
 
 
+def _pd(name: str) -> str:
+    """A pretrain default as --help shows it (one definition: pipeline.options.PRETRAIN_DEFAULTS)."""
+    return str(PRETRAIN_DEFAULTS[name])
+
+
 def pretrain_options(f):
     """The options `pretrain` and `pretrain-compare` share (data and recipe)."""
     options = [
@@ -376,12 +382,12 @@ def pretrain_options(f):
         click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (orders the classes)."),
         click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
                      "[default: sound12 for an SSv2 JSON, all for other manifests]."),
-        click.option("--backbone", default=None, help="Registered backbone to train [model3d_1_w025; the full model3d_1 is for GPUs]."),
-        click.option("--size", default=None, type=click.IntRange(32), help="Frame side in pixels [32]."),
-        click.option("--epochs", default=None, type=click.IntRange(1), help="Epochs [pretrain 20, pretrain-compare 8]."),
-        click.option("--batch-size", default=None, type=click.IntRange(1), help="Clips per step and process [8]."),
-        click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Peak AdamW learning rate [2e-3]."),
-        click.option("--amp", default=None, type=click.Choice(["auto", "bf16", "off"]),
+        click.option("--backbone", default=None, help=f"Registered backbone to train [{_pd('backbone')}; the full model3d_1 is for GPUs]."),
+        click.option("--size", default=None, type=click.IntRange(32), help=f"Frame side in pixels [{_pd('size')}]."),
+        click.option("--epochs", default=None, type=click.IntRange(1), help=f"Epochs [pretrain {_pd('epochs')}, pretrain-compare {COMPARE_DEFAULTS['epochs']}]."),
+        click.option("--batch-size", default=None, type=click.IntRange(1), help=f"Clips per step and process [{_pd('batch_size')}]."),
+        click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help=f"Peak AdamW learning rate [{_pd('lr')}]."),
+        click.option("--amp", default=None, type=click.Choice(list(PRETRAIN_AMP_CHOICES)),
                      help="Autocast [auto: bf16 on CUDA and on CPUs with native bf16, else off]."),
         click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"])),
         click.option("--threads", default=None, type=click.IntRange(1),
@@ -399,12 +405,12 @@ def pretrain_options(f):
 @click.option("--out", required=True, type=OUT_DIR, help="Run directory.")
 @click.option("--aux-envelope", "aux_envelope", default=None, type=click.FloatRange(min=0),
               help="Weight W of the auxiliary per-frame envelope loss: loss = CE + W x masked BCE [off].")
-@click.option("--checkpoint", default=None, help="Weights to start from, or 'none' (seeded random init) [none].")
-@click.option("--frames", default=None, type=click.IntRange(1), help="Frames per clip [48].")
-@click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help="Clip frame rate [12].")
-@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help="AdamW weight decay [0.05].")
+@click.option("--checkpoint", default=None, help=f"Weights to start from, or 'none' (seeded random init) [{_pd('checkpoint')}].")
+@click.option("--frames", default=None, type=click.IntRange(1), help=f"Frames per clip [{_pd('frames')}].")
+@click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help=f"Clip frame rate [{_pd('fps')}].")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help=f"AdamW weight decay [{_pd('weight_decay')}].")
 @click.option("--warmup", default=None, type=click.IntRange(0), help="Warmup steps [5% of all steps].")
-@click.option("--seed", default=None, type=int, help="Seed [0].")
+@click.option("--seed", default=None, type=int, help=f"Seed [{_pd('seed')}].")
 @click.option("--flip/--no-flip", default=None, help="Random left-right flips [on; off for labels that say left/right].")
 @click.option("--frame-cache", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the decoded frames, shared by runs on the same clips [inside --out].")
@@ -434,12 +440,12 @@ def pretrain_cmd(videos, annotations, val_annotations, labels, classes, backbone
 @cli.command("pretrain-compare")
 @pretrain_options
 @click.option("--out", required=True, type=OUT_DIR, help="Comparison directory (re-run the same command to continue).")
-@click.option("--seeds", default="0,1,2", help="Comma-separated seeds, one pretrain + head per arm each.")
+@click.option("--seeds", default=",".join(map(str, COMPARE_DEFAULTS["seeds"])), help="Comma-separated seeds, one pretrain + head per arm each.")
 @click.option("--aux-envelope", "aux_envelope", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="W of the aux arm (loss = CE + W x BCE) [1.0].")
-@click.option("--head-epochs", default=None, type=click.IntRange(1), help="Epochs of each seed's head [10].")
-@click.option("--head-hidden", default=None, type=click.IntRange(1), help="LSTM width of the heads [512].")
-@click.option("--head-input", default=None, type=click.Choice(["features", "motion-energy"]), help="Head input [features].")
+              help=f"W of the aux arm (loss = CE + W x BCE) [{COMPARE_DEFAULTS['aux_weight']}].")
+@click.option("--head-epochs", default=None, type=click.IntRange(1), help=f"Epochs of each seed's head [{COMPARE_DEFAULTS['head_epochs']}].")
+@click.option("--head-hidden", default=None, type=click.IntRange(1), help=f"LSTM width of the heads [{COMPARE_DEFAULTS['head_hidden']}].")
+@click.option("--head-input", default=None, type=click.Choice(list(INPUTS)), help=f"Head input [{COMPARE_DEFAULTS['head_input']}].")
 def pretrain_compare_cmd(videos, annotations, val_annotations, labels, classes, backbone, size, epochs, batch_size, lr,
                          amp, device, threads, limit, quiet, out, seeds, aux_envelope, head_epochs, head_hidden,
                          head_input):
@@ -510,11 +516,11 @@ def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes
 @cli.command("demo")
 @click.option("--out", default=Path("foleycache-demo"), type=OUT_DIR, help="Directory for the dataset, caches, "
               "runs and reports (new, empty, or an earlier demo's).")
-@click.option("--train", "n_train", default=300, type=click.IntRange(2), help="Synthetic train clips.")
-@click.option("--val", "n_val", default=80, type=click.IntRange(2), help="Synthetic held-out validation clips.")
-@click.option("--unseen", "n_unseen", default=60, type=click.IntRange(2),
+@click.option("--train", "n_train", default=DEMO_TRAIN, type=click.IntRange(2), help="Synthetic train clips.")
+@click.option("--val", "n_val", default=DEMO_VAL, type=click.IntRange(2), help="Synthetic held-out validation clips.")
+@click.option("--unseen", "n_unseen", default=DEMO_UNSEEN, type=click.IntRange(2),
               help="Held-out clips of a look the heads never saw.")
-@click.option("--size", default=96, type=click.IntRange(64), help="Frame size for the backbone.")
+@click.option("--size", default=DEMO_SIZE, type=click.IntRange(64), help="Frame size for the backbone.")
 @click.option("--precision", default="auto", type=click.Choice(list(PRECISIONS)),
               help="auto: bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, CUDA), else fp32; "
                    "fp32: no bf16 anywhere.")

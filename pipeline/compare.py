@@ -1,4 +1,4 @@
-"""pretrain-compare: does predicting the sound make better video features? (issue 14, the seed's question)
+"""pretrain-compare: does predicting the sound make better video features? (the seed experiment's question)
 
 For each seed of `seeds` and each arm (no auxiliary loss; `--aux-envelope W`), one command runs:
 
@@ -29,14 +29,14 @@ import numpy as np
 
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_json, atomic_write_text
+from pipeline.options import COMPARE_DEFAULTS
 
 ARMS = ("no_aux", "aux")
 METRICS = ("seed_score", "onset_f1", "pearson", "peak_within_1")     # from export-predictions' metrics.json
 BLOCKS = ("model", "mean_envelope", "shuffled")
 # Default cost (300 train clips, 32 px, float32, quiet 2-core CPU): 6 pretrain runs x 8 epochs x ~25 s,
 # + 6 x 2 extractions and 6 heads: ~30 min.
-DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0, "epochs": 8, "head_epochs": 10, "head_hidden": 512,
-            "head_input": "features"}
+DEFAULTS = COMPARE_DEFAULTS
 AT_CHANCE = 1.5                 # a val top-1 below this x chance is read as "did not learn the classes"
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"

@@ -12,12 +12,12 @@ runs/{head}/, export/{head}/ and export/{head}-unseen/ (report.md, report.html,
 plots, renders, metrics.json), demo.md (the comparison) and demo.json (settings, timings per stage,
 headline metrics).
 
-Why this backbone (FINDINGS.md, "Pretrained features"): the seed's head needs pretrained features,
+Why this backbone (docs/learning.md, "Pretrained features"): the seed's head needs pretrained features,
 and the only pretrained video-capable network that can be had on these machines is torchvision's
 ImageNet MobileNetV2, run on every frame. A randomly initialised model3d_1 gives the seed's head
 nothing it can generalise from with a few hundred clips, and on a CPU without AMX it costs
 ~3.7 s per clip at 112 px (about 25 minutes for this dataset), so it is not part of the demo; the
-README gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2 kernels in float32
+docs/learning.md gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2 kernels in float32
 (decoding included: the demo's train extraction, 312 clips in 121 s).
 """
 from __future__ import annotations
@@ -29,22 +29,22 @@ from pathlib import Path
 
 from pipeline import report as R
 from pipeline.errors import FoleyError
-from pipeline.options import PRECISIONS
+from pipeline.options import DEMO_SIZE, DEMO_TRAIN, DEMO_UNSEEN, DEMO_VAL, PRECISIONS
 from pipeline.recipes import REFERENCE, recipe_options
 
-# --- what the demo runs (README "Demo": measured times and the CPUs they came from) -------------
-DEMO_TRAIN = 300            # sound clips in the train split (plus 1 in 25 non-sound clips the filter drops)
-DEMO_VAL = 80               # held-out validation clips of the training look
-DEMO_UNSEEN = 60            # held-out clips of a look the heads never saw (other rooms, objects, camera)
-DEMO_SIZE = 96              # frame side: MobileNetV2's last map is 3x3, averaged to one vector per frame;
-                            # 1.6-1.8x faster than 112 in float32 (README "Demo": what fits 10 minutes on AVX2)
+# --- what the demo runs (docs/performance.md: measured times and their CPUs) ------
+# DEMO_TRAIN: sound clips in the train split (plus 1 in 25 non-sound clips the filter drops); DEMO_VAL,
+# DEMO_UNSEEN: held-out clips of the training look and of a look the heads never saw (other rooms,
+# objects, camera); DEMO_SIZE 96: MobileNetV2's last map is 3x3, averaged to one vector per frame,
+# 1.6-1.8x faster than 112 in float32 (docs/learning.md: what fits 10 minutes on AVX2). Defined in
+# pipeline.options so that --help shows them.
 VIDEO_SIZE = (160, 120)     # the synthetic videos' frame (w, h): 2.6x faster to render and encode than
                             # 320x240 (0.22 vs 0.58 s a clip on 2 cores) and still above DEMO_SIZE
 DEMO_SEED = 0
 BACKBONE = "mobilenet_v2"
 WEIGHTS = "imagenet"        # torchvision's file, found on disk (README's first command installs it)
 POOL = "global"             # features [48, 1280]: a 2x2 grid (5120) learned no better held out and
-                            # costs the head ~2.3x the time (README "Demo")
+                            # costs the head ~2.3x the time (docs/learning.md)
 PLOTS = 24                  # plots per export (a seeded random sample of the clips)
 RENDERS = 4                 # GIFs per export
 CHECKPOINT = "last"         # the last epoch, not the best-on-validation one: no choice is made on the

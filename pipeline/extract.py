@@ -18,7 +18,6 @@ fingerprint parameters. It must not write shard files or the index itself (`pipe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -30,16 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from pipeline import backbones, cache
-from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.data import Annotation, find_video, load_annotations, manifest_sha256, manifest_source
+from pipeline.backbones import CALIBRATED_WEIGHTS, CALIBRATION_RECIPE, IMAGENET_MEAN, IMAGENET_STD, weights_sha256
+from pipeline.data import Annotation, load_annotations, manifest_sha256, manifest_source
+from pipeline.decoding import decode_loader, load_entry
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_text, read_json
-from pipeline.media import FaultyVideo, envelope_params, load_clip, normalize_frames, preprocess_params
+from pipeline.media import FPS, FRAMES, FaultyVideo, envelope_params, normalize_frames, preprocess_params
 from pipeline.runtime import autocast, decode_workers, resolve_device, resolve_precision
 from pipeline.shards import ShardWriter, shard_name
 
@@ -47,21 +46,12 @@ log = logging.getLogger("foleycache")
 
 DEFAULT_SHARD_SIZE = 64
 CALIBRATION_CLIPS = 64          # clips whose activations set BatchNorm statistics for --checkpoint none
-CALIBRATED_WEIGHTS = "backbone.safetensors"   # in the cache dir; reusable as --checkpoint for other splits
-CALIBRATION_RECIPE = "backbone.json"
 WRITE_QUEUE_BATCHES = 2         # batches of features waiting for the writer thread (bounds memory)
 # Ranks wait for rank 0's calibration and for each other's last shards, which on a large manifest
 # takes hours: far longer than training's 30 min between steps.
 EXTRACT_TIMEOUT = timedelta(hours=48)
 # Only barriers and one broadcast of a string go between ranks: gloo does that on GPU machines too.
 EXTRACT_BACKEND = "gloo"
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """Hash of the weights themselves (canonical safetensors bytes of the state dict), so the same
-    network gives the same fingerprint whether it came from a .pth.tar, a .safetensors or a calibration."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return hashlib.sha256(safetensors_bytes(state)).hexdigest()
 
 
 def resolve_settings(device: str, precision: str, workers: int | None) -> tuple[torch.device, str, int]:
@@ -86,17 +76,14 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         shard, ann = self.items[k]
-        item = {"shard": shard, "id": ann.id, "label": ann.template, "path": ""}
+        item = {"shard": shard, "id": ann.id, "label": ann.template}
         try:
-            path = find_video(self.videos, ann)
-            item["path"] = str(path)
-            clip = load_clip(path, frames=self.frames, fps=self.fps, size=self.size, reduce=self.reduce,
-                             normalize=self.normalize, threads=1, start=ann.start)
+            clip, path = load_entry(self.videos, ann, self.frames, self.fps, self.size, reduce=self.reduce,
+                                    normalize=self.normalize)
         except FaultyVideo as e:
-            item["failure"] = {"id": ann.id, "path": item["path"] or str(self.videos / (ann.video or ann.id)),
-                               "reason": e.reason, "detail": e.detail}
+            item.update(path=e.path, failure=e.record(ann.id))
             return item
-        item.update(frames=clip.frames, envelope=clip.envelope, length=clip.length)
+        item.update(path=str(path), frames=clip.frames, envelope=clip.envelope, length=clip.length)
         return item
 
 
@@ -114,26 +101,15 @@ class ClipSettings:
                            reduce=self.reduce, normalize=normalize)
 
 
-def _worker_init(_):
-    torch.set_num_threads(1)    # decode workers leave the cores to the model
-
-
 def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
     """Run the convs channels-last? On CUDA always; on a CPU where `benchmarks/extract.py` measured
     it to pay: model3d_1 under bf16, mobilenet_v2 in float32 and bf16."""
     return dev.type == "cuda" or precision == "bf16" or spec.kind == "frame2d"
 
 
-def normalize_on_device(dev: torch.device) -> bool:
-    """Normalise frames on the GPU (one fused pass there) instead of in every decode worker."""
-    return dev.type == "cuda"
-
-
 def make_loader(dataset, workers: int, device: torch.device):
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_worker_init,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=False)
+    """The clips of `dataset`, one item at a time, decoded in `workers` processes."""
+    return decode_loader(dataset, workers, pin_memory=device.type == "cuda")
 
 
 # --- the backbone ---------------------------------------------------------------------------
@@ -162,7 +138,7 @@ def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: li
         log.warning(
             "WARNING: --checkpoint none: %s is RANDOMLY INITIALISED (seed %d). Its BatchNorm "
             "statistics are calibrated on the first %d decodable clips of this run so its features are "
-            "not degenerate (FINDINGS.md), but they are not pretrained features: expect far weaker "
+            "not degenerate (docs/learning.md), but they are not pretrained features: expect far weaker "
             "results than with pretrained weights.", name, seed, len(calibration))
         spec = backbones.get_spec(name)
         loader = make_loader(clips.dataset(calibration, normalize=False), workers, torch.device("cpu"))
@@ -271,7 +247,7 @@ class _Job:
 def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels: Path | None = None,
                      classes: str | None = None, window_stride: float | None = None,
                      backbone: str = "model3d_1", checkpoint: str | Path = "none",
-                     frames: int = 48, fps: float = 12, size: int | None = None, pool: str | None = None,
+                     frames: int = FRAMES, fps: float = FPS, size: int | None = None, pool: str | None = None,
                      fmt: str = "zarr",
                      dtype: str = "float16", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 4,
                      workers: int | None = None, device: str = "auto", precision: str = "auto",

@@ -1,10 +1,10 @@
-"""finetune: backbone + head trained end to end from videos (DESIGN.md, "Training").
+"""finetune: backbone + head trained end to end from videos (docs/design.md, "Training").
 
     frames [B, 3, T, S, S] ─► backbone ─► features [B, T, D] ─► InputTransform ─► Head ─► logits [B, T]
 
 It shares train-head's loop (`pipeline.loop.fit`): schedule, clipping, autocast, DDP, validation
 metrics, metrics.jsonl, atomic self-describing checkpoints and `--resume`. What is its own:
-- data: clips decoded by `load_clip` (the extraction path) in DataLoader workers, with light
+- data: clips decoded by `pipeline.decoding` (the extraction path) in DataLoader workers, with light
   augmentation that never moves a sound in time (scale jitter + a random crop, the same for every
   frame of a clip), off for validation. Faulty videos are found once, up front, and recorded in
   RUN/failures.jsonl; they are skipped, never replaced by another clip.
@@ -30,19 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pipeline import backbones
-from pipeline.data import find_video, load_annotations, manifest_source
+from pipeline.data import load_annotations, manifest_source
+from pipeline.decoding import decode_loader, load_entry
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.extract import CALIBRATED_WEIGHTS, weights_sha256
+from pipeline.backbones import CALIBRATED_WEIGHTS, weights_sha256
 from pipeline.fsio import atomic_write_text
 from pipeline.head import Head, HeadConfig, InputTransform
 from pipeline.loader import epoch_batches
 from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, fit
-from pipeline.media import FaultyVideo, load_clip, normalize_frames
+from pipeline.media import FPS, FRAMES, FaultyVideo, normalize_frames
 from pipeline.options import FinetuneOptions, default_warmup
 from pipeline.runs import (CKPT_BEST, CKPT_LAST, CONFIG_JSON, METRICS_JSONL, RunCheckpoint, RunDescription,
                            load_head, on_main, prepare_run_dir, read_resume_checkpoint, to_cpu, versions)
@@ -54,8 +55,7 @@ SCALE_JITTER = (1.0, 1.15)     # decode at size * s, then a random size x size c
 STATS_CLIPS = 32               # clips whose features fit the input transform when there is no --init-head
 PROBE_SIZE = 32                # frame size the up-front scan for faulty videos decodes at
 DEFAULT_BACKBONE = "model3d_1"
-DEFAULT_FRAMES = 48
-DEFAULT_FPS = 12
+DEFAULT_FRAMES, DEFAULT_FPS = FRAMES, FPS      # the data contract's clip (pipeline.media)
 BACKBONE_PT = "backbone.pth.tar"
 BACKBONE_ST = "backbone.safetensors"
 FAILURES = "failures.jsonl"
@@ -99,14 +99,13 @@ class VideoClips(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         entry = self.entries[k]
-        path = find_video(self.videos, entry)
         if not self.augment:
-            clip = load_clip(path, self.frames, self.fps, self.size, threads=1, start=entry.start, normalize=False)
+            clip, _ = load_entry(self.videos, entry, self.frames, self.fps, self.size, normalize=False)
             x = clip.frames
         else:
             rng = np.random.default_rng([self.seed, self.epoch, k])
             big = int(round(self.size * rng.uniform(*SCALE_JITTER)))
-            clip = load_clip(path, self.frames, self.fps, big, threads=1, start=entry.start, normalize=False)
+            clip, _ = load_entry(self.videos, entry, self.frames, self.fps, big, normalize=False)
             top, left = rng.integers(0, big - self.size + 1, size=2)
             x = clip.frames[:, :, top:top + self.size, left:left + self.size]
         x = normalize_frames(x, channel_dim=0, mean=self.mean, std=self.std)
@@ -133,17 +132,13 @@ class VideoBatches:
         return len(self._batches())
 
     def __iter__(self):
-        loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in self._batches()],
-                            num_workers=self.workers, pin_memory=self.dist.device.type == "cuda",
-                            worker_init_fn=_worker_init)
+        # 2 batches ahead per worker (DataLoader's default): a batch of clips is large
+        loader = decode_loader(self.dataset, self.workers, pin_memory=self.dist.device.type == "cuda",
+                               batch_sampler=[b.tolist() for b in self._batches()], prefetch=2)
         for batch in loader:
             batch["length"] = batch["length"].long()
             batch["index"] = batch["index"].long()
             yield batch
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)
 
 
 def _scan(entries, videos, frames, fps, workers, progress) -> tuple[list, list]:
@@ -153,15 +148,13 @@ def _scan(entries, videos, frames, fps, workers, progress) -> tuple[list, list]:
             return len(entries)
 
         def __getitem__(self, k):
-            a = entries[k]
             try:
-                load_clip(find_video(videos, a), frames, fps, PROBE_SIZE, threads=1, start=a.start)
+                load_entry(videos, entries[k], frames, fps, PROBE_SIZE)
                 return None
             except FaultyVideo as e:
-                return {"id": a.id, "path": str(Path(videos) / (a.video or a.id)), "reason": e.reason,
-                        "detail": e.detail}
+                return e.record(entries[k].id)
 
-    loader = DataLoader(Probe(), batch_size=None, num_workers=workers, worker_init_fn=_worker_init)
+    loader = decode_loader(Probe(), workers, prefetch=2)
     failures = list(tqdm(loader, total=len(entries), desc="checking videos", unit="clip", disable=not progress,
                          leave=False))
     good = [a for a, f in zip(entries, failures) if f is None]

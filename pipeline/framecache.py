@@ -10,7 +10,7 @@ several runs share one with `pretrain --frame-cache DIR`):
                            FaultyVideo reason), length (real frames), envelope [T] float32 (load_clip's)
     PREFIX.failures.jsonl  one line per faulty video: id, path, reason, detail (as extraction writes them)
 
-Decoding is `pipeline.media.load_clip` (through `pipeline.data.find_video`), in DataLoader workers; a
+Decoding is `pipeline.decoding` (load_entry in DataLoader workers), as for extraction; a
 faulty video becomes a record and its row is never used (never replaced by another clip). A clip's
 frames are written before its status, in flushed chunks, so a killed build (even `kill -9`) resumes
 where it stopped: re-building the same prefix decodes only the clips still pending. Under torchrun
@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from pipeline.data import Annotation, find_video, manifest_sha256
+from pipeline.data import Annotation, manifest_sha256
+from pipeline.decoding import decode_loader, load_entry
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_json, atomic_write_text
-from pipeline.media import REASONS, FaultyVideo, load_clip
+from pipeline.media import REASONS, FaultyVideo
 
 FRAME_CACHE_VERSION = 1
 PENDING, DECODED = 0, 1                 # status codes; a faulty clip has FAILED_BASE + REASONS.index(reason)
@@ -128,22 +129,14 @@ class _Decode(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         row = self.rows[k]
-        a = self.entries[row]
-        path = ""
         try:
-            path = str(find_video(self.videos, a))
-            clip = load_clip(path, self.frames, self.fps, self.size, reduce=self.reduce, normalize=False,
-                             threads=1, start=a.start)
+            clip, _ = load_entry(self.videos, self.entries[row], self.frames, self.fps, self.size, reduce=self.reduce,
+                                 normalize=False)
         except FaultyVideo as e:
-            return {"row": row, "failure": {"id": a.id, "path": path or str(self.videos / (a.video or a.id)),
-                                            "reason": e.reason, "detail": e.detail}}
+            return {"row": row, "failure": e.record(self.entries[row].id)}
         # [3, T, S, S] floats in 0..255 -> [T, S, S, 3] uint8 (round, not truncate)
         frames = clip.frames.permute(1, 2, 3, 0).round_().clamp_(0, 255).to(torch.uint8)
         return {"row": row, "frames": frames, "envelope": torch.from_numpy(clip.envelope), "length": clip.length}
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)    # decode workers leave the cores to the model
 
 
 def _create(prefix: Path, entries: list[Annotation], frames: int, size: int, fingerprint: str, params: dict):
@@ -195,9 +188,7 @@ def build_frame_cache(prefix: str | os.PathLike, entries: list[Annotation], vide
     pending = [int(r) for r in cache.pending if r % world_size == rank]
     failures = []
     if pending:
-        loader = DataLoader(_Decode(pending, entries, Path(videos), frames, fps, size, reduce), batch_size=None,
-                            num_workers=workers, worker_init_fn=_worker_init,
-                            prefetch_factor=4 if workers else None)
+        loader = decode_loader(_Decode(pending, entries, Path(videos), frames, fps, size, reduce), workers)
         done = []
         total = int(sum(len(cache.pending[cache.pending % world_size == r]) for r in range(world_size)))
         bar = tqdm(total=total, desc=desc, unit="clip", disable=not progress, leave=False)

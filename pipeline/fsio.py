@@ -70,10 +70,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], also: s
             tmp.unlink()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes):
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def atomic_write_text(path: str | os.PathLike, text: str):
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -18,7 +18,7 @@ packed sequences (it never reads the padding); the convolutions see zeros in pla
 `InputTransform` turns cached features into what the head reads, with statistics fitted on the
 TRAIN cache only and stored in the checkpoint (export on another cache reuses the same numbers):
 - "features" (default, the seed's head): per-dimension standardisation of the raw features.
-- "motion-energy" (FINDINGS.md, section 3): z-score the features per dimension, difference frame to
+- "motion-energy" (docs/learning.md, "What does make it learn", 3): z-score the features per dimension, difference frame to
   frame (frame 0 gets 0), RMS over the channels in each of 4x4 spatial cells plus one global RMS
   (17 values), log1p, standardise. Low-dimensional, so it generalises from small data.
 It is an nn.Module with buffers only (no parameters), so it moves with `.to(device)`, runs on the
@@ -318,7 +318,7 @@ class InputTransform(nn.Module):
     center (features only): subtract each clip's mean feature over its T frames before standardising.
     What stays the same through a clip (the room, the object's look) goes; what changes (motion,
     contact, deformation) stays. With a few hundred clips of one renderer this is what lets the
-    seed's head carry over to clips that look different (README "Demo": measured with and without).
+    seed's head carry over to clips that look different (docs/learning.md: measured with and without).
     """
 
     def __init__(self, kind: str = "features", dim: int = 1, cache_config: dict | None = None,

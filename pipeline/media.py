@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import oaconvolve
 
-# --- constants of the data contract (DESIGN.md) ---------------------------------------------
-FPS = 12                      # clip frame rate (frames per second)
-FRAMES = 48                   # T: frames per clip -> CLIP_SECONDS = FRAMES / FPS = 4.0 s
+from pipeline.options import FPS, FRAMES     # the clip: 48 frames at 12 fps (4.0 s), torch-free for --help
+
+# --- constants of the data contract (docs/design.md) --------------------------------------
 SIZE = 224                    # shorter side resized to SIZE, then centre crop SIZE x SIZE
 MIN_FRAMES = 12               # fewer real frames than this (1 s) is a faulty video
-MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, RGB
+MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, RGB (every registered backbone's, pipeline.backbones)
 STD = (0.229, 0.224, 0.225)
 SIGMA_SAMPLES = 200           # Gaussian smoothing sigma of the seed, in samples at ...
 SIGMA_RATE = 44100            # ... 44.1 kHz: 200 / 44100 s = 4.54 ms, scaled to the real rate
@@ -37,7 +37,7 @@ SEEK_PREROLL_S = 0.5          # seek this far before `start`: audio decoders (AA
                               # 80 ms pre-roll) need earlier packets to give the samples decoding from
                               # the file's start gives; seeking at all only pays beyond it
 
-# Reasons a video is faulty (DESIGN.md); the cache's failures.jsonl uses these words.
+# Reasons a video is faulty (docs/design.md); the cache's failures.jsonl uses these words.
 REASONS = ("missing", "unreadable", "no_video_stream", "no_audio_stream", "decode_error",
            "too_short", "silent_audio")
 
@@ -46,13 +46,20 @@ _INT_SCALE = {"u8": (128.0, 128.0), "s16": (0.0, 2.0**15), "s32": (0.0, 2.0**31)
 
 
 class FaultyVideo(Exception):
-    """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened."""
+    """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened;
+    `path` is the video's file when the caller knows it (pipeline.decoding.load_entry sets it)."""
 
     def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS, reason
+        if reason not in REASONS:      # a programming error, never a data problem: fail loudly
+            raise ValueError(f"FaultyVideo reason must be one of {REASONS}, got {reason!r}")
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.path = ""
+
+    def record(self, video_id: str) -> dict:
+        """The failures.jsonl line of this video: {id, path, reason, detail}."""
+        return {"id": video_id, "path": self.path, "reason": self.reason, "detail": self.detail}
 
 
 @dataclass
@@ -79,11 +86,12 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
     from the file's start; both give the same clip. False exists to check exactly that.
     threads: PyAV decoder threads (0 = FFmpeg's choice); DataLoader workers pass 1.
     Raises FaultyVideo for any bad input (a start past the video's end is `too_short`); no other
-    exception escapes for a bad file. A negative or non-finite start is a ValueError.
+    exception escapes for a bad file. Bad arguments (an unknown `reduce`, a negative or non-finite
+    start, frames / fps / size below 1) are a ValueError raised before any decoding: a caller's
+    mistake must surface as one, never be recorded as a faulty video.
     """
     start = float(start)
-    if not np.isfinite(start) or start < 0:
-        raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
+    _check_clip_arguments(frames, fps, size, reduce, start)
     path = Path(path)
     if not path.exists():
         raise FaultyVideo("missing", str(path))
@@ -102,14 +110,23 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
         raise FaultyVideo("decode_error", f"{type(e).__name__}: {e}") from None
 
 
+def _check_clip_arguments(frames: int, fps: float, size: int, reduce: str, start: float):
+    """ValueError for arguments no video could satisfy (load_clip's decode errors are ValueErrors too,
+    so these are checked before any decoding starts)."""
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
+    if not np.isfinite(start) or start < 0:
+        raise ValueError(f"start must be a finite number of seconds >= 0, got {start}")
+    if frames < 1 or size < 1 or not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"frames and size must be >= 1 and fps > 0, got {frames}, {size}, {fps}")
+
+
 class _SeekMissed(Exception):
     """A seek that failed or landed after the clip's start (a file without an index, audio
     interleaved late): load_clip then decodes from the file's start."""
 
 
 def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek) -> Clip:
-    if reduce not in REDUCES:
-        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except PermissionError:

@@ -1,4 +1,4 @@
-"""Metrics for predicted loudness envelopes (DESIGN.md, "Export and evaluation").
+"""Metrics for predicted loudness envelopes (docs/design.md, "Metrics").
 
 Inputs are batches of clips: `pred` [N, T] probabilities in [0, 1] (the head's
 sigmoid output), `target` [N, T] envelopes in [0, 1], `length` [N] real frames.
@@ -76,7 +76,7 @@ SEED_RULES = {
 SEED_VALUES = {"good": 1, "not_so_good": 0, "bad": -1}
 
 # What every metric is printed next to (see `baselines`), and the pair on which a model must beat
-# both to "beat the baselines": the acceptance pair of DESIGN.md (the seed's own score, and onsets
+# both to "beat the baselines": the headline pair of docs/design.md (the seed's own score, and onsets
 # within ±1 frame ≈ ±83 ms).
 BASELINES = ("mean_envelope", "shuffled")
 HEADLINE = ("seed_score", "onset_f1")
@@ -315,7 +315,7 @@ def _summarise(s: dict, idx: np.ndarray) -> dict:
 
 def evaluate(pred, target, length, labels: Sequence[str] | None = None,
              peak_params: dict | None = None) -> dict:
-    """All metrics of DESIGN.md "Export and evaluation" over a set of clips.
+    """All metrics of docs/design.md, "Metrics", over a set of clips.
 
     pred: [N, T] probabilities in [0, 1] (sigmoid output, not logits).
     target: [N, T] envelopes in [0, 1]. length: [N] int, valid frames (1..T).
@@ -421,7 +421,7 @@ def baselines(target, length, train_mean, seed: int = 0, pred=None) -> dict[str,
 
     target: [N, T]; length: [N]; train_mean: [T] (mean_envelope() of the train set).
     - mean_envelope: train_mean for every clip.
-    - shuffled: another clip's prediction, shuffle_predictions(pred, seed); DESIGN.md's
+    - shuffled: another clip's prediction, shuffle_predictions(pred, seed); docs/design.md's
       baseline, so pass the model's `pred` [N, T]. Without `pred` it is another
       clip's *target* (an envelope of the right shape at the wrong time).
     Evaluate each with evaluate(baseline, target, length, ...), exactly like the model.

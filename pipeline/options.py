@@ -24,7 +24,29 @@ TEMPORALS = ("lstm", "bilstm", "conv-bilstm")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")     # training's --amp (pipeline.runtime.resolve_amp)
 PRECISIONS = ("auto", "bf16", "fp32")             # extraction's --precision (pipeline.runtime.resolve_precision)
 PRELOADS = ("none", "ram", "gpu")               # train-head's --preload (pipeline.loader)
+# pretrain's --amp: no fp16, which needs loss scaling that pretrain's step does not do
+PRETRAIN_AMP_CHOICES = tuple(a for a in AMP_CHOICES if a != "fp16")
 WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
+
+# The clip of the data contract, re-exported by pipeline.media with the medium's other constants:
+# defined here, torch-free, so that --help can show it.
+FRAMES = 48                     # T: frames per clip -> FRAMES / FPS = 4.0 s
+FPS = 12                        # clip frame rate (frames per second)
+
+# Defaults of the commands without an options dataclass, here so that --help shows them (their
+# reasons: pipeline.pretrain, pipeline.compare, pipeline.demo). None = "the default here, or the
+# run's own value on --resume".
+PRETRAIN_DEFAULTS = {
+    "backbone": "model3d_1_w025", "size": 32, "frames": FRAMES, "fps": float(FPS), "epochs": 20, "batch_size": 8,
+    "lr": 2e-3, "weight_decay": 0.05, "warmup": None, "aux_envelope": None, "seed": 0, "amp": "auto",
+    "flip": True, "label_smoothing": 0.1, "dropout": 0.2, "checkpoint": "none",
+}
+COMPARE_DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0, "epochs": 8, "head_epochs": 10, "head_hidden": 512,
+                    "head_input": "features"}
+DEMO_TRAIN = 300            # sound clips in the train split
+DEMO_VAL = 80               # held-out validation clips of the training look
+DEMO_UNSEEN = 60            # held-out clips of a look the heads never saw
+DEMO_SIZE = 96              # frame side for the backbone
 
 
 _NO_LEGACY = object()

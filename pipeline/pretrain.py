@@ -1,5 +1,5 @@
 """pretrain: train a backbone from videos to classify their labels, optionally with the sound as an
-auxiliary target (DESIGN.md, "Additions under way"; issue 14).
+auxiliary target (docs/pretraining.md).
 
     frames [B, 3, T, S, S] ─► backbone.feature_map ─► [B, C, T, h, w] ─► mean over h, w ─► [B, C, T]
                                                                               │ mean over T ─► Linear ─► class logits [B, K]  (CE)
@@ -49,7 +49,8 @@ from pipeline.head import masked_bce
 from pipeline.runtime import (autocast, decode_workers, resolve_device, resolve_precision, rng_state, seed_everything,
                               set_rng_state, usable_cores)
 from pipeline.loader import epoch_batches
-from pipeline.loop import RESUME_SEED_STRIDE, get_lr
+from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, RESUME_SEED_STRIDE, get_lr
+from pipeline.options import PRETRAIN_AMP_CHOICES, PRETRAIN_DEFAULTS, default_warmup
 from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON,
                            on_main, prepare_run_dir, read_checkpoint, versions, write_config, write_metrics)
 
@@ -57,23 +58,15 @@ log = logging.getLogger("foleycache")
 
 # ----------------------------------------------------------------------------- constants
 
-# Options and their defaults; None = "the default here, or the run's own value on --resume".
-# CPU defaults from float32 measurements (README "Pretraining", benchmarks/pretrain.py): a train step
+# Options and their defaults (pipeline.options.PRETRAIN_DEFAULTS; None = "the default there, or the run's
+# own value on --resume"). CPU defaults from float32 measurements (docs/pretraining.md, benchmarks/pretrain.py): a train step
 # of the width-0.25 model3d_1 (48 frames, batch 8, one torch thread, 2-core Xeon) costs 0.07 s per clip
 # at 32 px, 0.19 at 48, 0.36 at 64: from scratch, steps matter more than pixels, so 32 px and 20 epochs
 # (300 clips: ~25 s an epoch on a quiet 2-core CPU).
-DEFAULTS = {
-    "backbone": "model3d_1_w025", "size": 32, "frames": 48, "fps": 12.0, "epochs": 20, "batch_size": 8,
-    "lr": 2e-3, "weight_decay": 0.05, "warmup": None, "aux_envelope": None, "seed": 0, "amp": "auto",
-    "flip": True, "label_smoothing": 0.1, "dropout": 0.2, "checkpoint": "none",
-}
+DEFAULTS = PRETRAIN_DEFAULTS
 # Options that change the numbers: a --resume that asks for another value is refused.
 RESUME_MUST_MATCH = tuple(DEFAULTS)
-AMP_CHOICES = ("auto", "bf16", "off")
-WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
-MIN_LR_RATIO = 0.1              # cosine decays to lr / 10 (nanoGPT's choice)
-GRAD_CLIP = 1.0
-ADAM_BETAS = (0.9, 0.999)
+# the schedule, clipping and AdamW betas are the training loop's (pipeline.loop, pipeline.options)
 TOP_K = 5
 EVAL_BATCH = 16
 # Augmentation, one draw per clip from (seed, epoch, clip): the same for every frame, so an impact
@@ -437,8 +430,8 @@ def _check_options(o: dict):
     for name, (test, what) in ok.items():
         if o.get(name) is not None and not test(o[name]):
             raise FoleyError(f"--{name.replace('_', '-')} must be {what}, got {o[name]!r}")
-    if o.get("amp") is not None and o["amp"] not in AMP_CHOICES:
-        raise FoleyError(f"unknown --amp {o['amp']!r}; choose one of: {', '.join(AMP_CHOICES)}")
+    if o.get("amp") is not None and o["amp"] not in PRETRAIN_AMP_CHOICES:
+        raise FoleyError(f"unknown --amp {o['amp']!r}; choose one of: {', '.join(PRETRAIN_AMP_CHOICES)}")
     if o.get("backbone") is not None:
         spec = backbones.get_spec(o["backbone"])
         if spec.time_stride != 1 and o.get("aux_envelope") is not None:
@@ -630,7 +623,7 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
     val = ClipBatches(caches["val"], val_rows, val_labels, augment=False, **dict(common, batch_size=EVAL_BATCH))
     steps_per_epoch = len(train.batches(0))
     total_steps = opts["epochs"] * steps_per_epoch
-    warmup_steps = opts["warmup"] if opts["warmup"] is not None else max(1, round(WARMUP_FRACTION * total_steps))
+    warmup_steps = opts["warmup"] if opts["warmup"] is not None else default_warmup(total_steps)
     config = _run_config(opts, amp, dist, workers, steps_per_epoch, total_steps, warmup_steps, videos, annotations,
                          val_annotations, labels, classes_arg, window_stride, classes, caches, builds, stored,
                          len(train_rows), len(val_rows), len(failures), int(channels), spec)

@@ -150,7 +150,7 @@ def run_extract_settings(run: TrainedRun) -> dict:
 def _finetuned_weights_sha256(run: TrainedRun) -> str:
     """weights_sha256 (as extract fingerprints it) of the finetuned backbone."""
     from pipeline import backbones
-    from pipeline.extract import weights_sha256
+    from pipeline.backbones import weights_sha256
     model = backbones.create_backbone(run.backbone.name)
     model.load_state_dict(run.backbone.state_dict)
     return weights_sha256(model)
@@ -193,7 +193,7 @@ def _backbone_weights(run: TrainedRun, out: Path) -> Path:
         atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
         return weights
 
-    from pipeline.extract import CALIBRATED_WEIGHTS
+    from pipeline.backbones import CALIBRATED_WEIGHTS
     provenance = run.cache_config.get("backbone_provenance") or {}
     if provenance.get("checkpoint") == "none":
         train = run.train_cache

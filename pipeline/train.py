@@ -1,4 +1,4 @@
-"""train-head: train the LSTM+FC head from a feature cache, fast (DESIGN.md, "Training").
+"""train-head: train the LSTM+FC head from a feature cache, fast (docs/design.md, "Training").
 
     train_head(train_cache, val_cache, out, epochs=..., ...)   what `foleycache train-head` calls
 

@@ -5,6 +5,7 @@ A library, not a test module: tests import from here, never from each other.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -23,6 +24,34 @@ from pipeline import shards as shardsmod
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 EXTRACT = ["--size", "32", "--calibration-clips", "4", "--quiet"]     # tiny, fast extraction settings
 CLI_TIMEOUT = 300
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def foleycache(*args, check: bool = False, env: dict | None = ENV, timeout: float | None = CLI_TIMEOUT,
+               cwd=ROOT) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in its own process, output captured. check: exit 0 or fail with the
+    end of stderr. env=None keeps this process's environment (its thread counts)."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=cwd)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_one_line_error(output: str, *needles: str):
+    """A user error: one line, 'error: ...', naming what is wrong; no traceback. (The only other line
+    allowed before it is the loud warning of a random-init backbone, printed when the run started.)"""
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), output
+    assert all(line.startswith("WARNING: --checkpoint none") for line in lines[:-1]), output
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """A run directory's metrics.jsonl, one dict per epoch line."""
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def extract_cmd(videos, annotations, out, *extra, quiet=True) -> list[str]:

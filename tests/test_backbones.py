@@ -358,7 +358,7 @@ def test_calibrate_batchnorm_is_deterministic_and_revives_features():
     before = dead_fraction(model, x)
     calibrate_batchnorm(model, batches)
     after = dead_fraction(model, x)
-    assert before > 0.3 and after < 0.05, (before, after)  # FINDINGS.md: 44% dead before
+    assert before > 0.3 and after < 0.05, (before, after)  # docs/learning.md: 44% dead before
     assert not model.training and all(not m.training for m in model.modules())
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm3d)]
     assert all(bn.momentum == 0.1 for bn in bns)

@@ -1,10 +1,10 @@
-"""The reorganisation's guard (issue 12): caches written before and after are identical bytes.
+"""Caches are identical bytes across code changes: a guard on the on-disk format.
 
 Small caches are built through the public writing API from inputs that are bit-exact on any CPU
 (integers from a seeded PCG64 generator scaled by powers of two, so float16 and float32 hold them
 exactly; fixed ids, labels, lengths and failure records), in both formats and both feature dtypes,
 and every shard's digest (`shard_sha256`), cache.json and failures.jsonl are compared with sha256
-values recorded from the code as it was before the reorganisation (commit e3cabbd). cache.json
+values recorded from the code at commit e3cabbd. cache.json
 holds no timestamps or library versions, so it is compared whole.
 
 The bytes of a shard also depend on the storage libraries (zarr / zstd, h5py / libhdf5): the

@@ -99,7 +99,7 @@ def test_find_video_extensions_and_escapes(tmp_path):
 
 def test_ssv2_json_keeps_its_ids_and_lookup(tmp_path):
     """An SSv2 entry names no path: its video is found by id, it starts at 0, and any extension but
-    .csv/.tsv/.jsonl/.ndjson is read as SSv2 JSON, as before."""
+    .csv/.tsv/.jsonl/.ndjson is read as SSv2 JSON."""
     from pipeline.data import manifest_kind
 
     ann = write(tmp_path / "list.txt", [entry(7)])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.mediakit import make_video
+from tests.runkit import read_metrics
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -56,7 +57,7 @@ def clips(dataset):
 
 @pytest.fixture(scope="module")
 def weights(clips, tmp_path_factory):
-    """A calibrated random model3d_1 (uncalibrated features are degenerate: FINDINGS.md)."""
+    """A calibrated random model3d_1 (uncalibrated features are degenerate: docs/learning.md)."""
     from pipeline import backbones
     from pipeline.media import normalize_frames
     model = backbones.create_backbone("model3d_1", seed=0)
@@ -80,7 +81,7 @@ def test_gpu_bf16_features_match_cpu_fp32(clips, weights):
     from pipeline.media import normalize_frames
 
     dev = torch.device("cuda")
-    assert ex.normalize_on_device(dev) and runtime.resolve_precision("auto", dev) == "bf16"
+    assert runtime.resolve_precision("auto", dev) == "bf16"
     cpu = _model(weights, "cpu", channels_last=False)
     with torch.no_grad():
         ref = cpu(normalize_frames(torch.stack(clips[4:6]), 1)).numpy()                  # [2, T, D]
@@ -143,5 +144,5 @@ def test_train_head_preload_gpu_smoke(tmp_path):
     s = train_head(tmp_path / "train", tmp_path / "val", tmp_path / "run", epochs=2, batch_size=4, hidden=32,
                    device="cuda", preload="gpu", progress=False)
     assert s["config"]["preload"] == "gpu"
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and all(np.isfinite(json.loads(x)["train_loss"]) for x in lines)
+    lines = read_metrics(tmp_path / "run")
+    assert len(lines) == 2 and all(np.isfinite(x["train_loss"]) for x in lines)

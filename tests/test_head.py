@@ -135,7 +135,7 @@ def test_transform_fits_the_same_from_cache_and_from_memory(tmp_path):
 
 
 def _motion_reference(x: np.ndarray, mean, std, channels: int, side: int) -> np.ndarray:
-    """FINDINGS.md section 3 by hand, for a grid small enough that each cell is one position."""
+    """docs/learning.md's motion energy by hand, for a grid small enough that each cell is one position."""
     z = (x - mean) / std
     d = np.zeros_like(z)
     d[:, 1:] = z[:, 1:] - z[:, :-1]

@@ -1,4 +1,4 @@
-"""Issue 7, load: a long extraction holds flat memory and leaves a resumable progress record.
+"""Load: a long extraction holds flat memory and leaves a resumable progress record.
 
 The slow test extracts 1,000 synthetic clips at --size 32 and reports the peak resident memory of
 the whole process tree (CLI + decode worker) after 100 and after 1,000 clips; the fast one does the

@@ -123,7 +123,7 @@ def test_ids_and_hashes():
     assert (c.id, c.start) == ("v", 540.0) and clip_of_id("78687").start == 0.0
     from pipeline.data import Annotation
     ssv2 = [Annotation("1", "T", "l", None)]
-    assert manifest_sha256(ssv2) == __import__("hashlib").sha256(b"1\tT").hexdigest()   # as before
+    assert manifest_sha256(ssv2) == __import__("hashlib").sha256(b"1\tT").hexdigest()   # fixed
     assert manifest_sha256([Annotation("1", "T", "l", None, video="1.webm")]) != manifest_sha256(ssv2)
 
 

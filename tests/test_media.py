@@ -191,3 +191,21 @@ def test_faulty_video_carries_reason_and_detail(tmp_path):
     with pytest.raises(FaultyVideo) as e:
         load_clip(tmp_path / "x.webm")
     assert e.value.reason == "missing" and "x.webm" in e.value.detail
+
+
+@pytest.mark.parametrize("kwargs, message", [({"reduce": "maximum"}, "reduce must be one of"),
+                                             ({"fps": 0}, "fps > 0"), ({"frames": 0}, "frames and size"),
+                                             ({"start": -1.0}, "start must be")])
+def test_bad_arguments_are_value_errors_never_faulty_videos(tmp_path, kwargs, message):
+    """A caller's mistake surfaces as ValueError, even for a good file and for a missing one, and is
+    never recorded as a faulty video (load_clip maps decode ValueErrors to decode_error)."""
+    good = make_video(tmp_path / "v.webm", seconds=1.5, width=32, height=24)
+    for path in (good, tmp_path / "missing.webm"):
+        with pytest.raises(ValueError, match=message):
+            load_clip(path, size=32, **kwargs)
+
+
+def test_faulty_video_refuses_an_unknown_reason():
+    with pytest.raises(ValueError, match="reason must be one of"):
+        FaultyVideo("broken")
+    assert FaultyVideo("too_short", "3 frames").reason == "too_short"

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pipeline.errors import FoleyError
 from pipeline.framecache import PENDING, FrameCache, build_frame_cache
 from pipeline.pretrain import augment_clip, augment_params, pretrain, topk_accuracy
 from tests.mediakit import make_video, ssv2_entry
+from tests.runkit import foleycache, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -46,16 +48,8 @@ def args(data, out, *extra):
             "--workers", 0, "--quiet", *extra]
 
 
-def cli(*a, check=True):
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *map(str, a)], capture_output=True, text=True, cwd=ROOT,
-                          env=ENV)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def metrics(run):
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+cli = partial(foleycache, check=True, env=ENV, timeout=None)
+metrics = read_metrics
 
 
 def untimed(records):

@@ -1,4 +1,4 @@
-"""Issue 7: bad input, crashes and hostile files lose nothing. Real files, real processes.
+"""Bad input, crashes and hostile files lose nothing. Real files, real processes.
 
 - the bad-video corpus (tests/badfiles.py) through `foleycache extract-features` end to end;
 - bad annotations through the CLI: one line "error: ...", never a traceback;
@@ -38,11 +38,12 @@ from pipeline.errors import FoleyError
 from pipeline.media import FaultyVideo, audio_frame_to_float, load_clip
 from tests.badfiles import (ONSET_FRAMES, TEMPLATE, BadFile, make_corpus, vfr_times, write_annotations)
 from tests.mediakit import make_video, read_index
-from tests.runkit import (CLI_TIMEOUT, ENV, EXTRACT, assert_same_tree, assert_visible_shards_complete, extract_cmd,
-                          kill_and_resume, temporaries, visible_shards)
+from tests.runkit import (CLI_TIMEOUT, ENV, EXTRACT, assert_one_line_error, assert_same_tree,
+                          assert_visible_shards_complete, extract_cmd, foleycache, kill_and_resume, read_metrics,
+                          temporaries, visible_shards)
 
-# Each kind named in issue 7 -> the corpus ids that cover it.
-ISSUE_KINDS = {
+# Each kind of bad file -> the corpus ids that cover it.
+BAD_KINDS = {
     "zero-byte": ["zero_byte"],
     "random bytes": ["random_bytes", "random_bytes_mp4"],
     "truncated at several points": ["truncated_webm_10", "truncated_webm_50", "truncated_webm_tail",
@@ -69,23 +70,6 @@ ISSUE_KINDS = {
 
 # ------------------------------------------------------------------------------ helpers
 
-def foleycache(*args, timeout=CLI_TIMEOUT, **kw) -> subprocess.CompletedProcess:
-    """Run the real CLI in its own process."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          env=kw.pop("env", ENV), timeout=timeout, **kw)
-
-
-def assert_one_line_error(output: str, *needles: str):
-    """A user error: one line, 'error: ...', naming what is wrong; no traceback. (The only other line
-    allowed before it is the loud warning of a random-init backbone, printed when the run started.)"""
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), output
-    assert all(line.startswith("WARNING: --checkpoint none") for line in lines[:-1]), output
-    for needle in needles:
-        assert needle in lines[-1], (needle, lines[-1])
-
-
 def read_failures(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines() if line]
 
@@ -104,12 +88,12 @@ def corpus_run(tmp_path_factory):
     return corpus, proc, out, root / "videos"
 
 
-def test_corpus_covers_every_kind_of_issue_7(corpus_run):
+def test_corpus_covers_every_kind_of_bad_file(corpus_run):
     corpus = {b.id: b for b in corpus_run[0]}
-    for kind, ids in ISSUE_KINDS.items():
+    for kind, ids in BAD_KINDS.items():
         assert ids and all(i in corpus for i in ids), kind
     bad = [b for b in corpus.values() if not b.kind.startswith("control")]
-    assert len(ISSUE_KINDS) >= 17 and len(bad) >= 30
+    assert len(BAD_KINDS) >= 17 and len(bad) >= 30
 
 
 def test_bad_corpus_end_to_end(corpus_run):
@@ -769,12 +753,8 @@ def head_run(tmp_path_factory):
     return train, val, root / "whole", time.monotonic() - start
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-
-
 def _epochs_done(out: Path) -> int:
-    return len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
+    return len(read_metrics(out)) if (out / "metrics.jsonl").exists() else 0
 
 
 def _resume_command(base: list[str], out: Path):
@@ -792,7 +772,7 @@ def _assert_each_epoch_once(out: Path):
     def check(state):
         done = state["epochs"]
         if done:
-            assert [m["epoch"] for m in _metrics(out)] == list(range(1, done + 1)), state
+            assert [m["epoch"] for m in read_metrics(out)] == list(range(1, done + 1)), state
     return check
 
 
@@ -808,7 +788,7 @@ def _train_kill_and_resume(head_run, out: Path, kills: int, seed: int) -> list[d
 
 
 def _assert_same_run(out: Path, whole: Path):
-    a, b = _metrics(whole), _metrics(out)
+    a, b = read_metrics(whole), read_metrics(out)
     assert [m["epoch"] for m in b] == [1, 2, 3, 4, 5, 6]              # each epoch once
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=0.01)
     assert b[-1]["val_loss"] == a[-1]["val_loss"]                      # CPU, same seed: exactly
@@ -820,7 +800,7 @@ def _assert_same_run(out: Path, whole: Path):
 
 def test_train_head_kill_9_at_random_points_then_resume(head_run, tmp_path):
     out = tmp_path / "run"
-    states = _train_kill_and_resume(head_run, out, kills=2, seed=11)
+    _train_kill_and_resume(head_run, out, kills=2, seed=11)
     _assert_same_run(out, head_run[2])
 
 
@@ -881,7 +861,7 @@ def test_finetune_kill_9_at_random_points_then_resume(finetune_run, tmp_path):
     states = kill_and_resume(_resume_command([*base, "--out", str(out)], out), lambda: _epochs_done(out), kills=4,
                              seed=21, seconds=seconds, units=3, unit="epoch", min_delay=1.0, max_settle=2.0,
                              poll=0.05, check=_assert_each_epoch_once(out), env=ENV)
-    a, b = _metrics(whole), _metrics(out)
+    a, b = read_metrics(whole), read_metrics(out)
     assert [m["epoch"] for m in b] == [1, 2, 3], states
     assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=0.01), states
     assert [json.loads(line)["id"] for line in (out / "failures.jsonl").read_text().splitlines()] == ["399"]
@@ -905,6 +885,10 @@ def test_finetune_run_killed_before_config_can_be_restarted(tmp_path):
                                       "--size", "32", "--batch-size", "2", "--epochs", "1", "--device", "cpu",
                                       "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
+    # a complete run, not only an exit status: its epoch logged, checkpoints and backbone written
+    assert [m["epoch"] for m in read_metrics(out)] == [1]
+    assert all((out / name).is_file() for name in ("config.json", "checkpoint-last.pt", "checkpoint-best.pt",
+                                                   "backbone.pth.tar", "backbone.safetensors"))
 
 
 def test_hdf5_flipped_length_is_caught_by_the_reader(tmp_path):

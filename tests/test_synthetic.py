@@ -317,7 +317,7 @@ def test_cli(tmp_path):
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
 
 
-# --- looks and variety (issue 15) ----------------------------------------------------------------
+# --- looks and variety -------------------------------------------------------------------------
 SMALL = (96, 72)
 
 

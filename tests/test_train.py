@@ -1,5 +1,5 @@
 """train-head (pipeline/train.py, with loader.py, loop.py, runs.py, options.py): schedule, data order,
-the run directory, checkpoints, resume after kill -9, DDP under torchrun, and the CLI's refusals, on
+the run directory, checkpoints, resume after an interruption (kill -9: test_reliability), DDP under torchrun, and the CLI's refusals, on
 small real caches."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,9 @@ from pipeline.errors import FoleyError
 from pipeline.head import Head, HeadConfig, InputTransform
 from pipeline.runs import RunDescription, load_head
 from tests.cachekit import make_signal_cache
-from tests.runkit import run_until_killed
+from tests.runkit import foleycache, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, str(ROOT / "cli.py"), "train-head"]
 # Small and fast: a tiny head, a few epochs; 1 thread per process (2 shared cores).
 FAST = dict(hidden=32, batch_size=8, lr=3e-3, device="cpu", progress=False, workers=0)
 FAST_FLAGS = ["--hidden", "32", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--quiet"]
@@ -43,8 +43,7 @@ def caches(tmp_path_factory):
     return {"train": train.path, "val": val.path, "val_small": small.path, "other": other.path}
 
 
-def metrics_lines(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+metrics_lines = read_metrics
 
 
 # ----------------------------------------------------------------------------- a run
@@ -162,8 +161,7 @@ def test_early_stop_and_fit_reuse_with_another_model(caches, tmp_path):
 
 # ----------------------------------------------------------------------------- the CLI
 
-def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
+run_cli = partial(foleycache, "train-head", env=ENV)
 
 
 def test_cli_refuses_caches_of_different_fingerprints_in_one_line(caches, tmp_path):
@@ -193,28 +191,6 @@ def test_bad_options_are_refused_before_touching_out(caches, tmp_path, option, v
     with pytest.raises(FoleyError, match=flag):
         tr.train_head(caches["train"], caches["val"], run, overwrite=True, **{**FAST, option: value})
     assert (run / "config.json").exists()
-
-
-def test_kill_9_after_two_epochs_then_resume_ends_like_an_uninterrupted_run(caches, tmp_path):
-    flags = ["--train-cache", caches["train"], "--val-cache", caches["val"], "--epochs", "5", "--dropout", "0.2",
-             "--workers", "1", *FAST_FLAGS]
-    whole = run_cli(*flags, "--out", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    killed = tmp_path / "killed"
-    log = killed / "metrics.jsonl"
-    two_epochs = lambda: log.exists() and len(log.read_text().splitlines()) >= 2  # noqa: E731
-    # SIGKILL to the run and its reader worker, like a crash
-    running = run_until_killed([*CLI, *map(str, flags), "--out", str(killed)], two_epochs, env=ENV, cwd=ROOT)
-    assert running, "the run ended before it could be killed"
-    assert len(metrics_lines(killed)) < 5
-    resumed = run_cli("--train-cache", caches["train"], "--val-cache", caches["val"], "--out", killed, "--resume",
-                      "--quiet")
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = metrics_lines(tmp_path / "whole"), metrics_lines(killed)
-    assert [m["epoch"] for m in b] == [1, 2, 3, 4, 5]
-    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=0.01)
-    assert b[-1]["val_loss"] == a[-1]["val_loss"]          # on CPU with the same seed: exactly
-    assert [m["train_loss"] for m in b] == [m["train_loss"] for m in a]
 
 
 def test_bf16_wide_input_run_interrupted_then_resumed_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -158,7 +158,7 @@ def test_seek_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_five_minutes_with_stride_4_give_75_windows(tmp_path):
-    """The issue's acceptance count: 300 s, stride 4 -> windows at 0, 4, ..., 296 s (the last has 4 s);
+    """The documented count: 300 s, stride 4 -> windows at 0, 4, ..., 296 s (the last has 4 s);
     the last one decodes whole."""
     video = make_long_video(tmp_path / "five.mp4", 300.0, impulses=(150.0,))
     windows = load_annotations(_csv(video), videos=tmp_path, window_stride=4.0)

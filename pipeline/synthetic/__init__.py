@@ -13,7 +13,7 @@
 Each clip is a small 2-D physics scene (side view) for one of the 12 sound templates of the seed,
 simulated at 500 Hz: falls with bounces, throws against a wall, hits, collisions that deflect or halt,
 stack collapses, drops into / behind / in front of something. The picture carries the sound
-(FINDINGS.md, "Make impacts visible"): every impact stops or bounces the object, squashes it for
+(docs/learning.md, "What does make it learn"): every impact stops or bounces the object, squashes it for
 ~2 frames at 12 fps and raises a dust puff at the contact point, all scaled by the impact speed; a
 hidden impact (behind an occluder, inside a container) shows as dust rising above the occluder.
 
@@ -21,7 +21,7 @@ How a clip looks is drawn from a *look* (LOOKS; DEFAULT_LOOK is broad, HELDOUT_L
 its walls, floors, objects or palettes): wall and floor (textures, gradients, bundled photographs),
 object shapes, sizes and colours, light, camera zoom / framing / shake, motion trails, sensor
 noise, a partial occluder near the camera and silent distractor motion. A head trained on one
-renderer's look learns the look (FINDINGS.md, "Pretrained features"); training on one look and
+renderer's look learns the look (docs/learning.md, "Pretrained features"); training on one look and
 validating on another measures that. The look draws from a random stream of its own, so the
 physics, and with it when the clip sounds, does not depend on it.
 

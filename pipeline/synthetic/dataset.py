@@ -199,7 +199,7 @@ def _manifest(seed, fmt, look, bank, size, counts, faulty, clips):
         "notes": [
             "events.json: true impact times (s) of every clip, faulty ones included; a sound follows each",
             "impact, with peak amplitude proportional to impact speed (clips[id].impact_speeds, px/s at 240 px height).",
-            "faulty[id].fault is what was done to the file; .reason is what a decoder reports (DESIGN.md reasons):",
+            "faulty[id].fault is what was done to the file; .reason is what a decoder reports (pipeline.media.REASONS):",
             "no_audio_stream, silent_audio (stream of zeros), truncated (bytes cut in half) -> unreadable (mp4) or decode_error (webm).",
             "Distractors (camera clicks, soft sounds) are not events; inside the first 4 s they stay below",
             f"{CLICK_IN_WINDOW[1]:.2f} x the loudest impact. Opus audio decodes at 48 kHz whatever the clip's sample_rate.",

@@ -128,7 +128,7 @@ def _load_clip_reason(path):
 
 def write_clip(path, frames, fps, audio, sample_rate, fmt, fault=None):
     """write_video, then the fault (one of FAULT_KINDS, None: a good file); returns the reason a
-    decoder gives for the file (DESIGN.md's words; None for a good file)."""
+    decoder gives for the file (pipeline.media.REASONS; None for a good file)."""
     if fault == "no_audio_stream":
         audio = None
     elif fault == "silent_audio":

@@ -3,7 +3,7 @@
 A look (LOOK_FAMILIES) is a family of walls, floors, object names, palettes, light and camera
 ranges; every clip draws its own settings from its look (`draw_variety`, a JSON-serialisable dict
 that dataset.json records) on a random stream of its own, so a look changes how a clip appears,
-never when it sounds (FINDINGS.md: a head trained on one renderer's look learns the look, not the
+never when it sounds (docs/learning.md: a head trained on one renderer's look learns the look, not the
 event; so the look varies, and a held-out look tests it). Owns the static picture those settings
 give: the wall and floor behind the scene (textures, gradients, scikit-image's bundled photos),
 the camera's zoom / framing / shake and the lighting. Must not touch the physics stream, the
