@@ -30,6 +30,8 @@ log = logging.getLogger("foleycache")
 
 PREVIEW_SIZE = 256            # frame side (px); even, as H.264's 4:2:0 chroma needs
 CHUNK_FRAMES = 48             # frames decoded per load_clip call
+PX_PER_FRAME = 4              # a timeline longer than PREVIEW_SIZE / PX_PER_FRAME frames (5.3 s at 12 fps)
+                              # scrolls under a fixed cursor instead of being squeezed into the frame's width
 SAMPLE_RATE = 48000           # Hz of the sound track
 IMPACT_SECONDS = 0.04         # length of one impact sound
 IMPACT_NOISE_DECAY_S = 0.004  # the click: a noise burst decaying this fast ...
@@ -112,9 +114,8 @@ def write_preview(path: str | Path, video: Path, timeline, peak_params: dict | N
     curve strip under each, a cursor, and the onsets as impacts on the sound track."""
     path = Path(path)
     frames_at, strengths = timeline.onsets(peak_params)
-    strip = timeline_strip(timeline.pred, frames_at, PREVIEW_SIZE)
+    strip_at = _strip_frames(timeline.pred, frames_at)
     audio = onset_track(frames_at / timeline.fps, strengths, timeline.seconds)
-    step = (PREVIEW_SIZE - 1) / max(len(timeline.pred) - 1, 1)
 
     def write(tmp: Path):
         with av.open(str(tmp), "w", format="mp4") as container:
@@ -124,9 +125,7 @@ def write_preview(path: str | Path, video: Path, timeline, peak_params: dict | N
             aus = container.add_stream("aac", rate=SAMPLE_RATE)
             aus.layout = "mono"
             for j, frame in enumerate(video_frames(video, len(timeline.pred), timeline.fps)):
-                canvas = np.concatenate([frame, strip], axis=0)
-                x = int(round(j * step))
-                canvas[PREVIEW_SIZE:, max(0, x - 1):x + 1] = RGB["cursor"]
+                canvas = np.concatenate([frame, strip_at(j)], axis=0)
                 container.mux(vs.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")))
             container.mux(vs.encode(None))
             _encode_audio(container, aus, audio)
@@ -134,6 +133,27 @@ def write_preview(path: str | Path, video: Path, timeline, peak_params: dict | N
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
     return path
+
+
+def _strip_frames(pred: np.ndarray, onset_frames: np.ndarray):
+    """j -> uint8 [STRIP_HEIGHT, PREVIEW_SIZE, 3], the strip under frame j with its cursor: the whole
+    timeline with a moving cursor when it fits PX_PER_FRAME a frame, else a PREVIEW_SIZE-wide view of
+    it that scrolls with the cursor held at the centre."""
+    n, half = len(pred), PREVIEW_SIZE // 2
+    if n * PX_PER_FRAME <= PREVIEW_SIZE:
+        strip, step, pad = timeline_strip(pred, onset_frames, PREVIEW_SIZE), (PREVIEW_SIZE - 1) / max(n - 1, 1), 0
+    else:
+        wide = timeline_strip(pred, onset_frames, n * PX_PER_FRAME)
+        side = np.broadcast_to(np.asarray(RGB["bg"], np.uint8), (STRIP_HEIGHT, half, 3))
+        strip, step, pad = np.concatenate([side, wide, side], axis=1), (wide.shape[1] - 1) / max(n - 1, 1), half
+
+    def at(j: int) -> np.ndarray:
+        x = int(round(j * step))
+        view = strip[:, x:x + PREVIEW_SIZE].copy() if pad else strip.copy()
+        cursor = half if pad else x
+        view[:, max(0, cursor - 1):cursor + 1] = RGB["cursor"]
+        return view
+    return at
 
 
 def _encode_audio(container, stream, audio: np.ndarray):

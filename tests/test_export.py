@@ -63,7 +63,8 @@ def exported(setup):
 
 def test_all_files_are_written(exported):
     out, summary = exported
-    for name in ("predictions.h5", "predictions.csv", "metrics.json", "report.md", "report.html"):
+    for name in ("predictions.h5", "predictions.csv", "metrics.json", "report.md", "report.html", "timelines.h5",
+                 "timelines.csv", "onsets.csv", "onsets.json"):
         assert (out / name).is_file(), name
     assert summary["clips"] == N_VAL and summary["plots"] == N_VAL and summary["renders"] == 2
 
