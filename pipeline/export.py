@@ -160,8 +160,10 @@ def _write_unscored(trained: TrainedRun, c, pred, lines, onsets, out: Path, dev,
     cards = figures.plot_cards(out / "plots", scores, figures.select_clips(len(c), plots), progress)
     rendered = figures.render_cards(out / "renders", cards, scores, c, videos, render, progress) if render else []
     record = _prediction_record(trained, c, scores, lines, onsets, prediction_amp(trained, dev))
-    timelines = [{"video": t.video, "seconds": t.seconds, "onsets": [r["time_s"] for r in onsets if r["video"] == t.video]}
-                 for t in lines]
+    times: dict[str, list[float]] = {}
+    for r in onsets:
+        times.setdefault(r["video"], []).append(r["time_s"])
+    timelines = [{"video": t.video, "seconds": t.seconds, "onsets": times.get(t.video, [])} for t in lines]
     atomic_write_text(out / "report.md", report.predictions_markdown(record, timelines))
     atomic_write_text(out / "report.html", report.predictions_html(record, timelines, cards))
     return {"plots": len(cards), "renders": len(rendered), "targets": False, "metrics": None, "headline": None,
