@@ -59,7 +59,8 @@ def plot_clip(path: str | Path, target: np.ndarray | None, pred: np.ndarray, len
               title: str = "", peak_params: dict | None = None) -> Path:
     """Write a PNG of one clip: target and prediction over time (s), onsets marked, padding shaded.
 
-    target, pred: [T] in [0, 1] (target None: a clip without one, the prediction alone); length: real frames (frames >= length are padding, shaded grey);
+    target, pred: [T] in [0, 1] (target None: a clip without one, the prediction alone);
+    length: real frames (frames >= length are padding, shaded grey);
     fps: clip frame rate (x axis in seconds). Onsets: `metrics.onsets` on the valid frames.
     """
     from matplotlib.figure import Figure     # OO API: no pyplot state, no GUI backend needed
@@ -150,9 +151,10 @@ def render_gif(path: str | Path, frames: np.ndarray, target: np.ndarray | None, 
     """Write a GIF: the clip's frames with target and prediction drawn under them and a moving cursor.
 
     frames: uint8 [T, H, W, 3] (T = len(pred); frames past `length` are the repeated last frame);
-    target, pred: [T] in [0, 1] (target None: the prediction alone). One GIF frame per clip frame, each shown 1/fps s (GIF timing is in
-    1/100 s, so 12 fps plays at 1/0.08 = 12.5 fps). The strip is drawn once; each frame only copies
-    it and draws the cursor (drawing the curves again per frame would repeat the same work T times).
+    target, pred: [T] in [0, 1] (target None: the prediction alone). One GIF frame per clip frame,
+    each shown 1/fps s (GIF timing is in 1/100 s, so 12 fps plays at 1/0.08 = 12.5 fps). The strip
+    is drawn once; each frame only copies it and draws the cursor (drawing the curves again per
+    frame would repeat the same work T times).
     """
     path = Path(path)
     n = len(pred)

@@ -107,7 +107,8 @@ def timeline_rows(timelines: list[dict]) -> list[list[str]]:
     timelines: {video, seconds, onsets: [time_s, ...]} each."""
     rows = []
     for t in timelines[:TIMELINE_VIDEOS]:
-        times = ", ".join(f"{x:.2f}" for x in t["onsets"][:ONSETS_LISTED]) + (" …" if len(t["onsets"]) > ONSETS_LISTED else "")
+        more = " …" if len(t["onsets"]) > ONSETS_LISTED else ""
+        times = ", ".join(f"{x:.2f}" for x in t["onsets"][:ONSETS_LISTED]) + more
         rows.append([t["video"], f"{t['seconds']:.2f}", len(t["onsets"]), times])
     return rows
 

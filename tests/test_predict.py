@@ -293,8 +293,8 @@ def _config(**changes):
 def test_a_run_reads_features_of_any_stride_and_refuses_other_features():
     """Old runs and caches hash the window stride into their fingerprints: what decides is the
     features' identity from the config (and the envelope where the cache has targets)."""
-    run = SimpleNamespace(backbone=None, fingerprint="old-run-with-stride", cache_config=_config(windows={"stride_s": 4}),
-                          dir="RUN")
+    run = SimpleNamespace(backbone=None, fingerprint="old-run-with-stride", dir="RUN",
+                          cache_config=_config(windows={"stride_s": 4}))
 
     def cache(**changes):
         return SimpleNamespace(fingerprint="other", config=_config(**changes), path="CACHE")
