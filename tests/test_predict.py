@@ -310,3 +310,15 @@ def test_a_run_reads_features_of_any_stride_and_refuses_other_features():
             check_cache(run, cache(**changes))
     with pytest.raises(FoleyError, match="fingerprint"):            # a config without extraction settings
         check_cache(run, SimpleNamespace(fingerprint="other", config={"note": "by hand"}, path="CACHE"))
+
+
+def test_the_same_command_again_reuses_the_cache_and_gives_the_same_timeline(setup, minute):
+    out, _ = minute
+    shards = {p: p.stat().st_mtime_ns for p in (out / "cache" / "shards").iterdir()}
+    with h5py.File(out / "timelines.h5") as f:
+        before = f["pred"][:]
+    export_predictions(run=setup / "run", out=out, videos=out.parent / "videos", annotations="none",
+                       window_stride=2.0, plots=0, targets=False, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "cache" / "shards").iterdir()} == shards
+    with h5py.File(out / "timelines.h5") as f:
+        np.testing.assert_array_equal(f["pred"][:], before)
