@@ -469,17 +469,6 @@ def echo_predictions(s: dict, quiet: bool):
          + (f"; metrics: {s['metrics']}" if s["metrics"] else ""), quiet)
 
 
-def stride_arg(value: str) -> float | None:
-    """predict's --window-stride: seconds > 0, or 0 for one clip per video (or manifest row)."""
-    try:
-        stride = float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number of seconds") from None
-    if not stride >= 0:
-        raise click.BadParameter("must be >= 0 seconds (0: one clip per video, from its start)")
-    return stride or None
-
-
 @cli.command("predict")
 @click.option("--run", "run", required=True, type=EXISTING_DIR, help="Run directory of train-head or finetune.")
 @click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of the videos. Their audio is never "
@@ -491,7 +480,7 @@ def stride_arg(value: str) -> float | None:
               "(SSv2 JSON, CSV / TSV / JSON Lines).")
 @click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
               "[default: sound12 for an SSv2 JSON, all for other manifests].")
-@click.option("--window-stride", default="2", help="Seconds between the starts of the clip-long windows each "
+@click.option("--window-stride", default=2.0, type=click.FloatRange(min=0), help="Seconds between the starts of the clip-long windows each "
               "video is cut into (joined into one curve per video); 0: one clip per video, from its start.")
 @click.option("--checkpoint", default="best", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
 @click.option("--plots", default="0", help="Clips (windows) to plot, prediction alone, or 'all'.")
@@ -504,7 +493,7 @@ def predict_cmd(run, videos, out, annotations, classes, window_stride, checkpoin
     from pipeline.export import export_predictions
     setup_logging(quiet)
     s = export_predictions(run=run, out=out, videos=videos, annotations=annotations, classes=classes,
-                           window_stride=stride_arg(window_stride), checkpoint=checkpoint, plots=plots_arg(plots),
+                           window_stride=window_stride or None, checkpoint=checkpoint, plots=plots_arg(plots),
                            preview=preview, targets=False, device=device, progress=not quiet)
     echo_predictions(s, quiet)
 
