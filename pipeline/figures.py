@@ -6,7 +6,7 @@ cards = plot_cards(OUT / "plots", scores, shown)                 # plots/{id}.pn
 rendered = render_cards(OUT / "renders", cards, scores, cache, videos, count)   # renders/{id}.gif
 
 Onsets are marked with `pipeline.metrics.onsets`, the same peak picker the metrics use, so what a
-figure shows is what was scored. Renders decode the clip's frames again with `pipeline.media.load_clip`
+figure shows is what was scored. A cache without targets gets the prediction alone. Renders decode the clip's frames again with `pipeline.media.load_clip`
 (the frame picking the model saw), from --videos or else the videos folder the cache's config records
 under manifest.videos (extract-features writes it).
 

@@ -3,6 +3,7 @@
 pred = predict(run, cache, device)                    # [N, T] float32, through loop's evaluate_model
 scores = score_predictions(run, cache, pred)          # model / mean_envelope / shuffled blocks, per clip
 metrics = metrics_record(run, cache, scores, amp)     # metrics.json
+scores = unscored(cache, pred)                        # a cache without targets: predictions, no metric
 write_predictions_h5(...), write_predictions_csv(...)
 
 Predictions go through `evaluate_model`, the function training validates with every epoch, under
