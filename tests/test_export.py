@@ -57,7 +57,7 @@ def setup(tmp_path_factory):
 def exported(setup):
     out = setup / "out"
     summary = export_predictions(run=setup / "run", out=out, cache=setup / "val", videos=setup / "videos",
-                                 plots="all", render=2, progress=False)
+                                 plots="all", render=2, preview=1, progress=False)
     return out, summary
 
 
@@ -67,6 +67,7 @@ def test_all_files_are_written(exported):
                  "timelines.csv", "onsets.csv", "onsets.json"):
         assert (out / name).is_file(), name
     assert summary["clips"] == N_VAL and summary["plots"] == N_VAL and summary["renders"] == 2
+    assert summary["previews"] == 1 and (out / "previews" / f"{FeatureCache(out.parent / 'val').ids[0]}.mp4").is_file()
 
 
 def test_predictions_h5_and_csv_hold_every_clip(exported, setup):
