@@ -496,10 +496,12 @@ def plots_arg(value: str):
 @click.option("--plots", default="24", help="Clips to plot (a seeded random sample) or 'all'.")
 @click.option("--render", default=0, type=click.IntRange(0), help="GIF renders for the first N plotted clips "
               "(needs --videos).")
+@click.option("--preview", default=0, type=click.IntRange(0), help="MP4 previews of the first N videos: frames, "
+              "predicted curve, an impact sound at each predicted onset.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes, window_stride, checkpoint, plots,
-                           render, device, quiet):
+                           render, preview, device, quiet):
     """Write predictions, metrics, report, plots and renders for a trained run."""
     from pipeline.export import export_predictions
     setup_logging(quiet)
@@ -507,10 +509,47 @@ def export_predictions_cmd(run, out, cache, videos, annotations, labels, classes
         raise FoleyError("give either --cache CACHE_DIR or --videos DIR --annotations FILE")
     s = export_predictions(run=run, out=out, cache=cache, videos=videos, annotations=annotations, labels=labels,
                            classes=classes, window_stride=window_stride, checkpoint=checkpoint,
-                           plots=plots_arg(plots), render=render, device=device, progress=not quiet)
-    echo(f"{s['clips']} clips predicted; {s['plots']} plots, {s['renders']} renders in {s['wall_seconds']} s", quiet)
+                           plots=plots_arg(plots), render=render, preview=preview, device=device, progress=not quiet)
+    echo_predictions(s, quiet)
+
+
+def echo_predictions(s: dict, quiet: bool):
+    """The summary export-predictions and predict print."""
+    echo(f"{s['clips']} clips of {s['videos']} videos predicted; {s['plots']} plots, {s['renders']} renders, "
+         f"{s['previews']} previews in {s['wall_seconds']} s", quiet)
     echo(s["verdict"], quiet)
-    echo(f"report: {s['report']} and {s['html']} (open in a browser; works offline); metrics: {s['metrics']}", quiet)
+    echo(f"onsets: {s['onsets']} in {s['onsets_csv']} (and .json); one curve per video in {s['timelines']}", quiet)
+    echo(f"report: {s['report']} and {s['html']} (open in a browser; works offline)"
+         + (f"; metrics: {s['metrics']}" if s["metrics"] else ""), quiet)
+
+
+@cli.command("predict")
+@click.option("--run", "run", required=True, type=EXISTING_DIR, help="Run directory of train-head or finetune.")
+@click.option("--videos", required=True, type=EXISTING_DIR, help="Folder of the videos. Their audio is never "
+              "read: videos without sound, or without an audio stream, are predicted like any other.")
+@click.option("--out", required=True, type=OUT_DIR, help="Directory for timelines, onsets, previews, predictions, "
+              "report (and OUT/cache, reused when the same command runs again).")
+@click.option("--annotations", default="none", type=click.Path(path_type=Path),
+              help="Which videos: 'none' (every video in --videos), a folder inside it, or a manifest "
+              "(SSv2 JSON, CSV / TSV / JSON Lines).")
+@click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
+              "[default: sound12 for an SSv2 JSON, all for other manifests].")
+@click.option("--window-stride", default=2.0, type=click.FloatRange(min=0), help="Seconds between the starts of the clip-long windows each "
+              "video is cut into (joined into one curve per video); 0: one clip per video, from its start.")
+@click.option("--checkpoint", default="best", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
+@click.option("--plots", default="0", help="Clips (windows) to plot, prediction alone, or 'all'.")
+@click.option("--preview", default=1, type=click.IntRange(0), help="MP4 previews of the first N videos: frames, "
+              "predicted curve, an impact sound at each predicted onset, as loud as it is strong.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
+def predict_cmd(run, videos, out, annotations, classes, window_stride, checkpoint, plots, preview, device, quiet):
+    """Predict where the sounds go in any video, from its frames alone; no metric (nothing to score against)."""
+    from pipeline.export import export_predictions
+    setup_logging(quiet)
+    s = export_predictions(run=run, out=out, videos=videos, annotations=annotations, classes=classes,
+                           window_stride=window_stride or None, checkpoint=checkpoint, plots=plots_arg(plots),
+                           preview=preview, targets=False, device=device, progress=not quiet)
+    echo_predictions(s, quiet)
 
 
 @cli.command("demo")

@@ -20,15 +20,16 @@ PREFETCH = 4                    # items each worker decodes ahead: keeps the mod
 
 
 def load_entry(videos: str | Path, entry: Annotation, frames: int, fps: float, size: int, *, reduce: str = "max",
-               normalize: bool = True) -> tuple[Clip, Path]:
+               normalize: bool = True, audio: bool = True) -> tuple[Clip, Path]:
     """(clip, video path) of one manifest entry, decoded from entry.start with one decoder thread (a
     worker's share of the cores). Raises FaultyVideo whose `path` is the file found, or where it was
-    looked for when there is none, so `e.record(entry.id)` is the entry's failure record."""
+    looked for when there is none, so `e.record(entry.id)` is the entry's failure record. audio=False:
+    the audio is never read (prediction on footage without sound; the clip's envelope is zeros)."""
     path = Path(videos) / (entry.video or entry.id)
     try:
         path = find_video(videos, entry)
         return load_clip(path, frames, fps, size, reduce=reduce, normalize=normalize, threads=1,
-                         start=entry.start), path
+                         start=entry.start, audio=audio), path
     except FaultyVideo as e:
         e.path = str(path)
         raise

@@ -52,6 +52,13 @@ WRITE_QUEUE_BATCHES = 2         # batches of features waiting for the writer thr
 EXTRACT_TIMEOUT = timedelta(hours=48)
 # Only barriers and one broadcast of a string go between ranks: gloo does that on GPU machines too.
 EXTRACT_BACKEND = "gloo"
+TARGETS_NONE = "none"           # config["targets"] of a cache extracted without audio (no envelope to learn)
+
+
+def holds_targets(config: dict) -> bool:
+    """Does a cache (its config) hold loudness targets? False for one extracted with targets=False;
+    caches from before the key existed all hold them."""
+    return config.get("targets", "audio") != TARGETS_NONE
 
 
 def resolve_settings(device: str, precision: str, workers: int | None) -> tuple[torch.device, str, int]:
@@ -66,9 +73,9 @@ class ClipDataset(torch.utils.data.Dataset):
     """One item per candidate: the decoded clip, or the failure record of a faulty video."""
 
     def __init__(self, items: list[tuple[int, Annotation]], videos: Path, frames: int, fps: float,
-                 size: int, reduce: str, normalize: bool = True):
+                 size: int, reduce: str, normalize: bool = True, audio: bool = True):
         self.items, self.videos = items, Path(videos)
-        self.frames, self.fps, self.size, self.reduce = frames, fps, size, reduce
+        self.frames, self.fps, self.size, self.reduce, self.audio = frames, fps, size, reduce, audio
         self.normalize = normalize      # False: frames stay 0..255 and are normalised on the GPU
 
     def __len__(self):
@@ -79,7 +86,7 @@ class ClipDataset(torch.utils.data.Dataset):
         item = {"shard": shard, "id": ann.id, "label": ann.template}
         try:
             clip, path = load_entry(self.videos, ann, self.frames, self.fps, self.size, reduce=self.reduce,
-                                    normalize=self.normalize)
+                                    normalize=self.normalize, audio=self.audio)
         except FaultyVideo as e:
             item.update(path=e.path, failure=e.record(ann.id))
             return item
@@ -95,10 +102,11 @@ class ClipSettings:
     fps: float
     size: int
     reduce: str
+    audio: bool = True          # False: no audio is read, every envelope is 0 (a cache without targets)
 
     def dataset(self, items: list[tuple[int, Annotation]], normalize: bool = False) -> ClipDataset:
         return ClipDataset(items, videos=self.videos, frames=self.frames, fps=self.fps, size=self.size,
-                           reduce=self.reduce, normalize=normalize)
+                           reduce=self.reduce, normalize=normalize, audio=self.audio)
 
 
 def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
@@ -253,7 +261,7 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
                      workers: int | None = None, device: str = "auto", precision: str = "auto",
                      limit: int | None = None, overwrite: bool = False, envelope_reduce: str = "max",
                      seed: int = 0, calibration_clips: int = CALIBRATION_CLIPS, compile: bool = False,
-                     progress: bool = True) -> dict:
+                     targets: bool = True, progress: bool = True) -> dict:
     """Build (or resume) a feature cache in `out`. Returns a summary dict.
 
     compile: wrap the model in torch.compile (pays off on a GPU over many clips; costs a warm-up).
@@ -262,6 +270,8 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     size: frame side (default: the backbone's, 224 for model3d_1, 112 for mobilenet_v2). pool: the
     last map's pooling ("none", "global", "KxK"; default: the backbone's). checkpoint: "none", a
     weights file or the backbone's named weights ("imagenet" for mobilenet_v2).
+    targets: False reads no audio (videos without an audio stream or with silent audio are fine):
+    envelopes are 0 and the cache records `targets: "none"`, so no trainer takes it (`holds_targets`).
 
     Cached per clip: features [frames', D] (D = channels * h * w of the pooled last map: 25088 for
     model3d_1 at 224, 5120 for mobilenet_v2 at 112 with 2x2 pooling), envelope [frames] float32,
@@ -271,7 +281,7 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     size = spec.default_size if size is None else size
     pool = backbones.canonical_pool(spec.default_pool if pool is None else pool)
     # int / float here, so that 12 and 12.0 fingerprint alike
-    clips = ClipSettings(Path(videos), int(frames), float(fps), int(size), envelope_reduce)
+    clips = ClipSettings(Path(videos), int(frames), float(fps), int(size), envelope_reduce, audio=bool(targets))
     dim = _check_options(spec, clips, pool, shard_size, batch_size)
     manifest = load_annotations(annotations, classes=classes, labels_path=labels, videos=clips.videos,
                                 window_stride=window_stride, frames=clips.frames, fps=clips.fps)[:limit]
@@ -349,6 +359,8 @@ def _build_and_claim(job: _Job, calibration_clips: int, progress: bool):
                                            s.workers, s.out, progress, job.pool)
         fp_params, config = _fingerprint_params(model, provenance, job.spec, s.clips.frames, s.clips.fps,
                                                 s.clips.size, s.dtype, s.precision, s.clips.reduce, job.pool)
+        if not s.clips.audio:               # only then: caches with targets keep their fingerprint
+            fp_params["targets"] = config["targets"] = TARGETS_NONE
         if job.window_stride is not None:   # only then: caches made without windows keep their fingerprint
             fp_params["windows"] = config["windows"] = {"stride_s": float(job.window_stride),
                                                         "seconds": s.clips.frames / s.clips.fps}

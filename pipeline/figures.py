@@ -6,7 +6,7 @@ cards = plot_cards(OUT / "plots", scores, shown)                 # plots/{id}.pn
 rendered = render_cards(OUT / "renders", cards, scores, cache, videos, count)   # renders/{id}.gif
 
 Onsets are marked with `pipeline.metrics.onsets`, the same peak picker the metrics use, so what a
-figure shows is what was scored. Renders decode the clip's frames again with `pipeline.media.load_clip`
+figure shows is what was scored. A cache without targets gets the prediction alone. Renders decode the clip's frames again with `pipeline.media.load_clip`
 (the frame picking the model saw), from --videos or else the videos folder the cache's config records
 under manifest.videos (extract-features writes it).
 
@@ -55,29 +55,32 @@ def select_clips(n: int, plots: int | str, seed: int = SELECTION_SEED) -> np.nda
 
 # ----------------------------------------------------------------------------- per-clip plot
 
-def plot_clip(path: str | Path, target: np.ndarray, pred: np.ndarray, length: int, fps: float,
+def plot_clip(path: str | Path, target: np.ndarray | None, pred: np.ndarray, length: int, fps: float,
               title: str = "", peak_params: dict | None = None) -> Path:
     """Write a PNG of one clip: target and prediction over time (s), onsets marked, padding shaded.
 
-    target, pred: [T] in [0, 1]; length: real frames (frames >= length are padding, shaded grey);
+    target, pred: [T] in [0, 1] (target None: a clip without one, the prediction alone);
+    length: real frames (frames >= length are padding, shaded grey);
     fps: clip frame rate (x axis in seconds). Onsets: `metrics.onsets` on the valid frames.
     """
     from matplotlib.figure import Figure     # OO API: no pyplot state, no GUI backend needed
 
     path = Path(path)
-    t_all = np.arange(len(target)) / fps
+    n = len(pred)
+    t_all = np.arange(n) / fps
     fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
     ax = fig.add_axes((0.07, 0.2, 0.91, 0.66))
-    if length < len(target):
-        ax.axvspan(length / fps - 0.5 / fps, (len(target) - 0.5) / fps, color=PAD_COLOUR, alpha=0.6,
-                   lw=0, label="padding")
-    ax.plot(t_all[:length], target[:length], color=TARGET_COLOUR, lw=1.6, label="target (audio)")
-    ax.plot(t_all[:length], pred[:length], color=PRED_COLOUR, lw=1.6, label="prediction")
-    for curve, colour, marker in ((target, TARGET_COLOUR, "v"), (pred, PRED_COLOUR, "^")):
+    if length < n:
+        ax.axvspan(length / fps - 0.5 / fps, (n - 0.5) / fps, color=PAD_COLOUR, alpha=0.6, lw=0, label="padding")
+    curves = [(pred, PRED_COLOUR, "^", "prediction")]
+    if target is not None:
+        curves.insert(0, (target, TARGET_COLOUR, "v", "target (audio)"))
+    for curve, colour, marker, label in curves:
+        ax.plot(t_all[:length], curve[:length], color=colour, lw=1.6, label=label)
         frames, heights = onsets(np.asarray(curve[:length], np.float64), peak_params)
         ax.plot(frames / fps, heights, linestyle="none", marker=marker, ms=6, color=colour,
                 markeredgecolor="white", markeredgewidth=0.5)
-    ax.set_xlim(-0.5 / fps, (len(target) - 0.5) / fps)
+    ax.set_xlim(-0.5 / fps, (n - 0.5) / fps)
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("time (s)", fontsize=8, labelpad=1)
     ax.tick_params(labelsize=7, length=2)
@@ -95,13 +98,16 @@ def plot_cards(folder: Path, scores, shown: np.ndarray, progress: bool = False) 
     seed_category, pearson, peak_error, plot (path), render (None until `render_cards`)."""
     ids, clip, cards = scores.ids, scores.clip, []
     for i in tqdm(shown, desc="plots", unit="plot", disable=not progress, leave=False):
-        title = (f"{ids[i]} · {scores.labels[i]} · {clip['seed_category'][i].replace('_', ' ')} · "
-                 f"r {clip['pearson'][i]:.2f}")
-        path = plot_clip(folder / f"{ids[i]}.png", scores.target[i], scores.pred[i], int(scores.length[i]),
-                         scores.fps, title)
-        cards.append({"id": ids[i], "label": scores.labels[i], "seed_category": str(clip["seed_category"][i]),
-                      "pearson": float(clip["pearson"][i]), "peak_error": int(clip["peak_error"][i]),
-                      "plot": path, "render": None, "index": int(i)})
+        card = {"id": ids[i], "label": scores.labels[i], "plot": None, "render": None, "index": int(i)}
+        title = f"{ids[i]} · {scores.labels[i]}"
+        if scores.target is not None:
+            card.update(seed_category=str(clip["seed_category"][i]), pearson=float(clip["pearson"][i]),
+                        peak_error=int(clip["peak_error"][i]))
+            title += f" · {card['seed_category'].replace('_', ' ')} · r {card['pearson']:.2f}"
+        target = None if scores.target is None else scores.target[i]
+        card["plot"] = plot_clip(folder / f"{ids[i]}.png", target, scores.pred[i], int(scores.length[i]),
+                                 scores.fps, title)
+        cards.append(card)
     return cards
 
 
@@ -111,44 +117,49 @@ def _curve_points(curve: np.ndarray, length: int, x_of, y0: int, y1: int) -> lis
     return [(x_of(i), y1 - float(np.clip(curve[i], 0, 1)) * (y1 - y0)) for i in range(length)]
 
 
-def _curve_strip(width: int, target: np.ndarray, pred: np.ndarray, length: int, step: float,
+def _curve_strip(width: int, target: np.ndarray | None, pred: np.ndarray, length: int, step: float,
                  peak_params: dict | None) -> np.ndarray:
-    """uint8 [STRIP_HEIGHT, width, 3]: both curves with their onsets circled, padding shaded."""
+    """uint8 [STRIP_HEIGHT, width, 3]: both curves (the prediction alone where target is None) with
+    their onsets circled, padding shaded."""
     def x_of(i):
         return i * step
 
     strip = Image.new("RGB", (width, STRIP_HEIGHT), RGB["bg"])
     draw = ImageDraw.Draw(strip)
     y0, y1 = STRIP_MARGIN, STRIP_HEIGHT - STRIP_MARGIN
-    if length < len(target):
+    if length < len(pred):
         draw.rectangle([x_of(length) - step / 2, 0, width, STRIP_HEIGHT], fill=RGB["pad"])
     for y in (y0, (y0 + y1) / 2, y1):
         draw.line([(0, y), (width, y)], fill=RGB["grid"])
     for name, curve in (("target", target), ("pred", pred)):
+        if curve is None:
+            continue
         pts = _curve_points(curve, length, x_of, y0, y1)
         if len(pts) > 1:
             draw.line(pts, fill=RGB[name], width=2)
         for f in onsets(np.asarray(curve[:length], np.float64), peak_params)[0]:
             x, y = pts[int(f)]
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], outline=RGB[name], width=1)
-    draw.text((3, 1), "target", fill=RGB["target"])
-    draw.text((45, 1), "prediction", fill=RGB["pred"])
+    if target is not None:
+        draw.text((3, 1), "target", fill=RGB["target"])
+    draw.text((45 if target is not None else 3, 1), "prediction", fill=RGB["pred"])
     return np.asarray(strip)
 
 
-def render_gif(path: str | Path, frames: np.ndarray, target: np.ndarray, pred: np.ndarray, length: int,
+def render_gif(path: str | Path, frames: np.ndarray, target: np.ndarray | None, pred: np.ndarray, length: int,
                fps: float, peak_params: dict | None = None) -> Path:
     """Write a GIF: the clip's frames with target and prediction drawn under them and a moving cursor.
 
-    frames: uint8 [T, H, W, 3] (T = len(target); frames past `length` are the repeated last frame);
-    target, pred: [T] in [0, 1]. One GIF frame per clip frame, each shown 1/fps s (GIF timing is in
-    1/100 s, so 12 fps plays at 1/0.08 = 12.5 fps). The strip is drawn once; each frame only copies
-    it and draws the cursor (drawing the curves again per frame would repeat the same work T times).
+    frames: uint8 [T, H, W, 3] (T = len(pred); frames past `length` are the repeated last frame);
+    target, pred: [T] in [0, 1] (target None: the prediction alone). One GIF frame per clip frame,
+    each shown 1/fps s (GIF timing is in 1/100 s, so 12 fps plays at 1/0.08 = 12.5 fps). The strip
+    is drawn once; each frame only copies it and draws the cursor (drawing the curves again per
+    frame would repeat the same work T times).
     """
     path = Path(path)
-    n = len(target)
+    n = len(pred)
     if frames.shape[0] != n:
-        raise ValueError(f"frames [{frames.shape[0]}, ...] and target [{n}] disagree on T")
+        raise ValueError(f"frames [{frames.shape[0]}, ...] and pred [{n}] disagree on T")
     width, height = frames.shape[2], frames.shape[1]
     step = (width - 1) / max(n - 1, 1)
     strip = _curve_strip(width, target, pred, length, step, peak_params)
@@ -185,21 +196,6 @@ def videos_for_renders(videos: Path | None, cache) -> Path:
     return Path(recorded)
 
 
-def _clips_for_renders(cache, videos: Path) -> dict:
-    """{id: Annotation} of the cache's recorded manifest (a clip's video path and start); {} when
-    it cannot be read again, and then an id is taken for what it says (`clip_of_id`)."""
-    from pipeline.data import load_annotations
-
-    m = cache.config.get("manifest") or {}
-    try:
-        entries = load_annotations(m["annotations"], classes=m.get("classes", "sound12"),
-                                   labels_path=m.get("labels"), videos=videos, window_stride=m.get("window_stride"),
-                                   frames=cache.frames, fps=float(cache.config.get("fps", 12.0)))
-    except (KeyError, TypeError, FoleyError):
-        return {}
-    return {a.id: a for a in entries}
-
-
 def _render_frames(videos: Path, clip, frames: int, fps: float) -> np.ndarray:
     """uint8 [T, S, S, 3] frames of a clip (a pipeline.data.Annotation) for a GIF (same frame picking
     as the model saw)."""
@@ -207,7 +203,7 @@ def _render_frames(videos: Path, clip, frames: int, fps: float) -> np.ndarray:
     from pipeline.media import load_clip
 
     clip = load_clip(find_video(videos, clip), frames=frames, fps=fps, size=RENDER_SIZE, normalize=False,
-                     start=clip.start)
+                     start=clip.start, audio=False)     # a render shows frames only: silent videos render too
     return np.clip(clip.frames.permute(1, 2, 3, 0).numpy(), 0, 255).round().astype(np.uint8)
 
 
@@ -217,9 +213,10 @@ def render_cards(folder: Path, cards: list[dict], scores, cache, videos: Path | 
     A clip whose video cannot be decoded is skipped with a warning. Returns the GIF paths."""
     from pipeline.data import clip_of_id
     from pipeline.media import FaultyVideo
+    from pipeline.timeline import recorded_clips
 
     source = videos_for_renders(videos, cache)
-    clips = _clips_for_renders(cache, source)
+    clips = recorded_clips(cache, source)
     rendered = []
     for card in tqdm(cards[:count], desc="renders", unit="gif", disable=not progress, leave=False):
         i, clip_id = card["index"], card["id"]
@@ -228,7 +225,8 @@ def render_cards(folder: Path, cards: list[dict], scores, cache, videos: Path | 
         except FaultyVideo as e:
             log.warning("render of %s skipped: %s", clip_id, e)
             continue
-        card["render"] = render_gif(folder / f"{clip_id}.gif", frames, scores.target[i], scores.pred[i],
+        target = None if scores.target is None else scores.target[i]
+        card["render"] = render_gif(folder / f"{clip_id}.gif", frames, target, scores.pred[i],
                                     int(scores.length[i]), scores.fps)
         rendered.append(str(card["render"]))
     return rendered

@@ -39,6 +39,7 @@ from pipeline.decoding import decode_loader, load_entry
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.backbones import CALIBRATED_WEIGHTS, weights_sha256
+from pipeline.extract import holds_targets
 from pipeline.fsio import atomic_write_text
 from pipeline.head import Head, HeadConfig, InputTransform
 from pipeline.loader import epoch_batches
@@ -167,6 +168,9 @@ def _init_head_defaults(init_head: Path | None) -> dict:
         return {}
     head, transform, ckpt = load_head(init_head)
     cache_config = ckpt.description.cache_config or {}
+    if not holds_targets(cache_config):
+        raise FoleyError(f"--init-head {init_head} was trained on a cache that holds no targets (extracted "
+                         "without audio): start from a head trained on videos with their sound")
     prov = cache_config.get("backbone_provenance", {})
     weights = prov.get("weights_name") or prov.get("checkpoint")    # a name is found again on this machine
     if weights == "none":          # a calibrated random init: the cache keeps the calibrated weights

@@ -74,7 +74,7 @@ class Clip:
 
 def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, size: int = SIZE,
               reduce: str = "max", normalize: bool = True, threads: int = 0, start: float = 0.0,
-              seek: bool = True) -> Clip:
+              seek: bool = True, audio: bool = True) -> Clip:
     """Decode `frames / fps` seconds of a video from `start` seconds on into a Clip.
 
     start: seconds after the video stream's first frame (whatever the container's start_time).
@@ -85,6 +85,9 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
     seek: jump to the keyframe before start - SEEK_PREROLL_S (video and audio) instead of decoding
     from the file's start; both give the same clip. False exists to check exactly that.
     threads: PyAV decoder threads (0 = FFmpeg's choice); DataLoader workers pass 1.
+    audio: False reads no audio at all (prediction needs no target): a file without an audio stream
+    or with silent audio is then no fault; envelope is all 0, sample_rate and channels 0. The
+    frames are the same either way (the same video packets, the same seeks).
     Raises FaultyVideo for any bad input (a start past the video's end is `too_short`); no other
     exception escapes for a bad file. Bad arguments (an unknown `reduce`, a negative or non-finite
     start, frames / fps / size below 1) are a ValueError raised before any decoding: a caller's
@@ -99,9 +102,9 @@ def load_clip(path: str | os.PathLike, frames: int = FRAMES, fps: float = FPS, s
         raise FaultyVideo("unreadable", f"{path} is not a regular file (a directory, pipe or device)")
     try:
         try:
-            return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
+            return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek, audio)
         except _SeekMissed:         # the same clip, the slow way
-            return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, False)
+            return _load_clip(path, frames, fps, size, reduce, normalize, threads, start, False, audio)
     except FaultyVideo:
         raise
     except PermissionError as e:
@@ -126,7 +129,7 @@ class _SeekMissed(Exception):
     interleaved late): load_clip then decodes from the file's start."""
 
 
-def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek) -> Clip:
+def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek, use_audio=True) -> Clip:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except PermissionError:
@@ -136,9 +139,10 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
     with container:
         if not container.streams.video:
             raise FaultyVideo("no_video_stream", f"streams: {[s.type for s in container.streams]}")
-        if not container.streams.audio:
+        if use_audio and not container.streams.audio:
             raise FaultyVideo("no_audio_stream", "the file has video but no audio stream")
-        vstream, astream = container.streams.video[0], container.streams.audio[0]
+        vstream = container.streams.video[0]
+        astream = container.streams.audio[0] if use_audio else None
         vstream.thread_type = "AUTO"
         if threads:
             vstream.thread_count = threads
@@ -157,9 +161,9 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
         picker = _FramePicker(targets, size)
         # a late clip anchors its audio inside the pre-roll, where decoding from a seek has begun
         audio = _AudioCollector(clip_origin, anchor=-SEEK_PREROLL_S / 2 if start > SEEK_PREROLL_S else -np.inf)
-        video_done = audio_done = False
+        video_done, audio_done = False, not use_audio
         # demux yields an empty packet per stream at EOF: decoding it flushes held-back frames
-        for packet in container.demux(vstream, astream):
+        for packet in container.demux(*[s for s in (vstream, astream) if s is not None]):
             if packet.stream.type == "video" and not video_done:
                 for frame in packet.decode():
                     t = _frame_time(frame, picker.count, vstream) - clip_origin
@@ -171,10 +175,14 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
                     audio_done = audio.add(frame) >= audio_end
             if video_done and audio_done:
                 break
-        audio_late = audio.first is not None and audio.first > 0 and _stream_start(astream) < clip_origin
+        audio_late = use_audio and audio.first is not None and audio.first > 0 and \
+            _stream_start(astream) < clip_origin
         if seeking and ((picker.times and min(picker.times) > 0) or audio_late):
             raise _SeekMissed
         header_end, whole_file = _header_end(container, vstream)
+        # a file-wide duration that may cover audio left unread says nothing about the video's end
+        if whole_file and not use_audio and container.streams.audio:
+            header_end = None
 
     if picker.count == 0:
         raise FaultyVideo("decode_error", "no video frame could be decoded")
@@ -193,6 +201,11 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
     if length < MIN_FRAMES:
         at = f" from {start:.3f} s" if start else ""
         raise FaultyVideo("too_short", f"{length} real frames at {fps} fps{at} (< {MIN_FRAMES})")
+    video = picker.stack()                                      # [T, 3, size, size] float, 0..255
+    if not use_audio:
+        return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
+                    envelope=np.zeros(frames, np.float32), length=length, source_fps=picker.source_fps(),
+                    sample_rate=0, channels=0)
     samples, sample_rate, channels = audio.first_channel()
     if samples.size == 0:
         raise FaultyVideo("decode_error", "no audio samples could be decoded")
@@ -202,7 +215,6 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek)
     if clip_samples.size == 0 or np.abs(clip_samples).max() < SILENCE:
         raise FaultyVideo("silent_audio", f"peak |x| < {SILENCE} over the clip's {length / fps:.2f} s")
     envelope = audio_envelope(samples, sample_rate, frames=frames, fps=fps, reduce=reduce, length=length)
-    video = picker.stack()                                      # [T, 3, size, size] float, 0..255
     return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
                 envelope=envelope, length=length, source_fps=picker.source_fps(),
                 sample_rate=sample_rate, channels=channels)

@@ -24,6 +24,10 @@ METRIC_ROWS = [
     ("pearson", "+"), ("peak_within_1", "+"), ("peak_error_frames", "-"), ("mae", "-"), ("bce", "-"),
 ]
 SEED_HEADER = ["class", "n", "good (+1)", "not so good (0)", "bad (-1)", "score (mean)"]
+NO_METRICS = ("No metrics: the cache holds no targets (its videos were read without their audio), so there "
+              "is nothing to score the predictions against, and no number is made up in its place.")
+TIMELINE_VIDEOS = 20          # videos listed in the report's timeline table
+ONSETS_LISTED = 8             # onset times shown per video in that table
 
 
 # ----------------------------------------------------------------------------- tables
@@ -93,6 +97,42 @@ def report_markdown(metrics: dict, seed_rows: list[dict]) -> str:
         markdown_table(["metric", "better", "model", "mean_envelope", "shuffled"], metric_rows(blocks)),
         "",
         "**" + verdict(blocks) + "**",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def timeline_rows(timelines: list[dict]) -> list[list[str]]:
+    """Rows [video, seconds, onsets, first onset times (s)] of the first TIMELINE_VIDEOS timelines.
+    timelines: {video, seconds, onsets: [time_s, ...]} each."""
+    rows = []
+    for t in timelines[:TIMELINE_VIDEOS]:
+        more = " …" if len(t["onsets"]) > ONSETS_LISTED else ""
+        times = ", ".join(f"{x:.2f}" for x in t["onsets"][:ONSETS_LISTED]) + more
+        rows.append([t["video"], f"{t['seconds']:.2f}", len(t["onsets"]), times])
+    return rows
+
+
+def predictions_markdown(record: dict, timelines: list[dict]) -> str:
+    """report.md of a cache without targets: what was predicted, why there are no metrics, and
+    each video's onsets. record: run, cache, counts (as in metrics.json), peak_params, join_rule."""
+    run, cache, counts = record["run"], record["cache"], record["counts"]
+    lines = [
+        "# foleycache predictions (video only)",
+        "",
+        f"- run: `{run['dir']}` (checkpoint `{run['checkpoint_name']}`, epoch {run.get('epoch')}, "
+        f"input `{run.get('input')}`)",
+        f"- clips: {counts['clips']} of {counts['videos']} videos from `{cache['path']}` "
+        f"(fingerprint `{cache['fingerprint'][:16]}`); {counts['failed']} faulty (`failures.jsonl` there)",
+        f"- **{NO_METRICS}**",
+        f"- timelines: one curve per video at {counts['fps']:g} fps from its first frame "
+        f"(`timelines.h5`, `timelines.csv`); {record['join_rule']}",
+        f"- onsets: {counts['onsets']} in `onsets.csv` / `onsets.json` (seconds from the video's first frame), "
+        f"`scipy.signal.find_peaks` {record['peak_params']} on each timeline",
+        "",
+        f"## Onsets per video (first {TIMELINE_VIDEOS})",
+        "",
+        markdown_table(["video", "seconds", "onsets", "onset times (s)"], timeline_rows(timelines)),
         "",
     ]
     return "\n".join(lines)
@@ -182,15 +222,49 @@ def report_html(metrics: dict, seed_rows: list[dict], clips: list[dict]) -> str:
         "alone; triangles/circles: picked onsets; grey: padding (the video is shorter than 4 s).</p>",
         "<div class=grid>",
     ]
-    for c in clips:
-        cat = str(c["seed_category"])
-        parts.append(
-            f"<div class=card id='clip-{e(str(c['id']))}'><div class=meta><b>{e(str(c['id']))}</b> · "
-            f"{e(str(c['label']))}<br><span class={e(cat)}>{e(cat.replace('_', ' '))}</span> · "
-            f"r {c['pearson']:.2f} · main peak off by {int(c['peak_error'])} frame(s)</div>")
-        if c.get("render"):
-            parts.append(f"<img alt='render {e(str(c['id']))}' src='{data_uri(c['render'])}'>")
-        parts.append(f"<img alt='plot {e(str(c['id']))}' src='{data_uri(c['plot'])}'></div>")
+    parts += [_card_html(c) for c in clips]
     parts.append("</div></body></html>")
+    return "\n".join(parts)
+
+
+def _card_html(c: dict) -> str:
+    """One clip's card: id, label, its scores where it has them, the render and the plot."""
+    e = html.escape
+    meta = f"<b>{e(str(c['id']))}</b> · {e(str(c['label']))}"
+    if "seed_category" in c:
+        cat = str(c["seed_category"])
+        meta += (f"<br><span class={e(cat)}>{e(cat.replace('_', ' '))}</span> · r {c['pearson']:.2f} · "
+                 f"main peak off by {int(c['peak_error'])} frame(s)")
+    parts = [f"<div class=card id='clip-{e(str(c['id']))}'><div class=meta>{meta}</div>"]
+    if c.get("render"):
+        parts.append(f"<img alt='render {e(str(c['id']))}' src='{data_uri(c['render'])}'>")
+    parts.append(f"<img alt='plot {e(str(c['id']))}' src='{data_uri(c['plot'])}'></div>")
+    return "".join(parts)
+
+
+def predictions_html(record: dict, timelines: list[dict], clips: list[dict]) -> str:
+    """report.html of a cache without targets: predictions_markdown's content, then the clips' cards
+    (the prediction alone), in one offline page."""
+    e = html.escape
+    run, cache, counts = record["run"], record["cache"], record["counts"]
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        "<meta name=viewport content='width=device-width,initial-scale=1'>",
+        f"<title>foleycache predictions: {e(Path(run['dir']).name)}</title><style>{CSS}</style></head><body>",
+        "<h1>foleycache predictions (video only)</h1>",
+        f"<p class=small>run <code>{e(run['dir'])}</code> · checkpoint <code>{e(run['checkpoint_name'])}</code> · "
+        f"{counts['clips']} clips of {counts['videos']} videos from <code>{e(cache['path'])}</code> · "
+        f"{counts['failed']} faulty</p>",
+        f"<p class='verdict no'>{e(NO_METRICS)}</p>",
+        f"<h2>Onsets per video (first {TIMELINE_VIDEOS})</h2>",
+        f"<p class=small>{counts['onsets']} onsets in <code>onsets.csv</code> (seconds from the video's first "
+        f"frame); timelines joined: {e(record['join_rule'])}.</p>",
+        _html_table(["video", "seconds", "onsets", "onset times (s)"], timeline_rows(timelines)),
+        f"<h2>Predictions ({len(clips)} clips)</h2>",
+        "<p class=small>Orange: prediction from the video alone; circles/triangles: picked onsets; "
+        "grey: padding.</p><div class=grid>",
+        *[_card_html(c) for c in clips],
+        "</div></body></html>",
+    ]
     return "\n".join(parts)
 

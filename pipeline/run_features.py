@@ -3,6 +3,7 @@
 load_run(RUN_DIR, "best")      → TrainedRun: the head and input transform rebuilt from the checkpoint,
                                  the cache fingerprint it was trained on, a finetune run's backbone
 check_cache(run, cache)        → refuses a cache whose features are not the ones the head reads
+                                 (`feature_identity`: windows and targets may differ, features not)
 features_from_videos(run, ...) → extracts clips into OUT/cache with the run's own network
 
 A train-head run reads features of its train cache's settings: the same fingerprint (backbone
@@ -28,6 +29,9 @@ BACKBONE_PREFIX = "backbone."       # finetune: EndToEnd's backbone keys in chec
 RUN_CACHE_DIR = "cache"             # OUT/cache: features extracted on the fly from --videos
 FINETUNED_WEIGHTS = "backbone-finetuned.safetensors"
 SETTING_KEYS = ("backbone", "frames", "fps", "size", "envelope_reduce")   # what a finetune cache must match
+# What in a cache's config decides its features' numbers. Not the manifest, windows or targets: a
+# window's features are computed exactly as a clip's, and reading no audio changes no frame.
+FEATURE_KEYS = ("backbone", "weights_sha256", "frames", "fps", "preprocess", "dtype", "precision", "pool")
 
 
 @dataclass
@@ -156,20 +160,54 @@ def _finetuned_weights_sha256(run: TrainedRun) -> str:
     return weights_sha256(model)
 
 
+def feature_identity(config: dict) -> dict | None:
+    """The FEATURE_KEYS of a cache config (int / float normalised); None when it lacks one (a cache
+    written by hand records no extraction). Equal identities mean the same features for the same
+    clip, whatever the fingerprints: an old fingerprint also hashes the window stride."""
+    try:
+        identity = {k: config[k] for k in FEATURE_KEYS if k != "pool"}
+        identity.update(frames=int(identity["frames"]), fps=float(identity["fps"]), pool=config.get("pool", "none"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return identity
+
+
+def _refuse_features(run: TrainedRun, cache, diff: list[str]):
+    what = ", ".join(diff) if diff else "another backbone, weights, size, normalisation, dtype or envelope"
+    raise FoleyError(
+        f"cache {cache.path} has fingerprint {cache.fingerprint[:16]}…, but the run {run.dir} was trained on "
+        f"features with fingerprint {run.fingerprint[:16]}… ({what}): extract this split with the train "
+        "cache's settings (--checkpoint TRAIN_CACHE/backbone.safetensors for a random-init backbone)")
+
+
+def _check_train_head_cache(run: TrainedRun, cache) -> None:
+    """Same fingerprint, or the same feature identity and (where the cache holds targets) the same envelope."""
+    from pipeline.extract import holds_targets
+
+    if cache.fingerprint == run.fingerprint:
+        return
+    want, have = feature_identity(run.cache_config), feature_identity(cache.config)
+    if want is None or have is None:
+        _refuse_features(run, cache, [])
+    diff = [k for k in FEATURE_KEYS if want[k] != have[k]]
+    # a target made another way would score the head against something it never learned
+    if holds_targets(cache.config) and run.cache_config.get("envelope") != cache.config.get("envelope"):
+        diff.append("envelope")
+    if diff:
+        _refuse_features(run, cache, diff)
+
+
 def check_cache(run: TrainedRun, cache) -> None:
     """Refuse a cache (`pipeline.cache.FeatureCache`) whose features are not the ones the run reads.
 
-    train-head run: the cache fingerprint must equal the run's (same backbone weights, preprocessing,
-    envelope, dtype, precision). finetune run: the cache must come from the finetuned backbone's
-    weights with the run's other extraction settings (stored dtype and precision may differ).
+    train-head run: the cache fingerprint equals the run's, or its `feature_identity` does (same
+    backbone weights, preprocessing, frames, fps, dtype, precision, pool: windows of any stride and
+    a cache without targets are fine) with the same envelope where it holds targets. finetune run:
+    the cache must come from the finetuned backbone's weights with the run's other extraction
+    settings (stored dtype and precision may differ).
     """
     if run.backbone is None:
-        if cache.fingerprint != run.fingerprint:
-            raise FoleyError(
-                f"cache {cache.path} has fingerprint {cache.fingerprint[:16]}…, but the run {run.dir} was "
-                f"trained on features with fingerprint {run.fingerprint[:16]}… (another backbone, weights, "
-                "size, envelope or dtype): extract this split with the train cache's settings "
-                "(--checkpoint TRAIN_CACHE/backbone.safetensors for a random-init backbone)")
+        _check_train_head_cache(run, cache)
         return
     want = dict(run_extract_settings(run), weights_sha256=_finetuned_weights_sha256(run))
     have = dict(_extract_settings(cache.config), weights_sha256=cache.config.get("weights_sha256"))
@@ -215,8 +253,9 @@ def _backbone_weights(run: TrainedRun, out: Path) -> Path:
 
 def features_from_videos(run: TrainedRun, out: Path, *, videos: Path, annotations: Path | str,
                          labels: Path | None, classes: str | None, window_stride: float | None, device: str,
-                         progress: bool) -> Path:
-    """Extract the clips of `annotations` into OUT/cache with the run's network; returns the cache dir."""
+                         progress: bool, targets: bool = True) -> Path:
+    """Extract the clips of `annotations` into OUT/cache with the run's network; returns the cache dir.
+    targets: False reads no audio (`extract_features(targets=False)`): a cache for prediction only."""
     from pipeline.extract import extract_features
 
     settings = run_extract_settings(run)
@@ -224,5 +263,5 @@ def features_from_videos(run: TrainedRun, out: Path, *, videos: Path, annotation
     cache_dir = out / RUN_CACHE_DIR
     extract_features(videos=videos, annotations=annotations, out=cache_dir, labels=labels, classes=classes,
                      window_stride=window_stride, checkpoint=weights, device=device, progress=progress,
-                     **settings)
+                     targets=targets, **settings)
     return cache_dir

@@ -3,6 +3,7 @@
 pred = predict(run, cache, device)                    # [N, T] float32, through loop's evaluate_model
 scores = score_predictions(run, cache, pred)          # model / mean_envelope / shuffled blocks, per clip
 metrics = metrics_record(run, cache, scores, amp)     # metrics.json
+scores = unscored(cache, pred)                        # a cache without targets: predictions, no metric
 write_predictions_h5(...), write_predictions_csv(...)
 
 Predictions go through `evaluate_model`, the function training validates with every epoch, under
@@ -138,11 +139,12 @@ def _mean_envelope_from_videos(run: TrainedRun, videos: Path, annotations: Path,
 
 @dataclass
 class Scores:
-    """Everything export writes about a cache's clips. Arrays are in cache order."""
+    """Everything export writes about a cache's clips. Arrays are in cache order. A cache without
+    targets (`unscored`) has target None and no blocks, per-clip metrics or seed rows."""
     ids: list[str]
     labels: list[str]
     length: np.ndarray          # [N] int64 real frames
-    target: np.ndarray          # [N, T] float64 envelopes
+    target: np.ndarray | None   # [N, T] float64 envelopes; None: the cache holds no targets
     pred: np.ndarray            # [N, T] float32 head probabilities
     fps: float
     blocks: dict                # {"model", "mean_envelope", "shuffled"}: metrics.evaluate() each
@@ -170,6 +172,13 @@ def score_predictions(run: TrainedRun, cache, pred: np.ndarray, progress: bool =
     return Scores(ids=cache.ids, labels=labels, length=length, target=target, pred=pred,
                   fps=float(cache.config.get("fps", 12.0)), blocks=blocks, clip=clip, seed_rows=seed_rows,
                   train_mean_source=source)
+
+
+def unscored(cache, pred: np.ndarray) -> Scores:
+    """The predictions `pred` [N, T] of a cache without targets: nothing to score them against."""
+    return Scores(ids=cache.ids, labels=cache.labels, length=cache.lengths.astype(np.int64), target=None,
+                  pred=pred, fps=float(cache.config.get("fps", 12.0)), blocks={}, clip={}, seed_rows=[],
+                  train_mean_source="")
 
 
 def metrics_record(run: TrainedRun, cache, scores: Scores, amp: str) -> dict:
@@ -200,13 +209,15 @@ def metrics_record(run: TrainedRun, cache, scores: Scores, amp: str) -> dict:
 # ----------------------------------------------------------------------------- prediction files
 
 def write_predictions_h5(path: Path, scores: Scores, attrs: dict):
-    """predictions.h5: id, label [N] str; length [N] int32; target, pred [N, T] float32 (+ attrs)."""
+    """predictions.h5: id, label [N] str; length [N] int32; target (where there is one), pred [N, T]
+    float32 (+ attrs)."""
     def write(tmp: Path):
         with h5py.File(tmp, "w") as f:
             f.create_dataset("id", data=np.asarray(scores.ids, dtype=object), dtype=H5_STR)
             f.create_dataset("label", data=np.asarray(scores.labels, dtype=object), dtype=H5_STR)
             f.create_dataset("length", data=np.asarray(scores.length, dtype=np.int32))
-            f.create_dataset("target", data=np.asarray(scores.target, dtype=np.float32))
+            if scores.target is not None:
+                f.create_dataset("target", data=np.asarray(scores.target, dtype=np.float32))
             f.create_dataset("pred", data=np.asarray(scores.pred, dtype=np.float32))
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -221,17 +232,20 @@ def _clip_cells(clip: dict, i: int) -> list:
 
 
 def write_predictions_csv(path: Path, scores: Scores):
-    """predictions.csv: id, label, length, per-clip metrics, then the two curves frame by frame."""
-    t = scores.target.shape[1]
+    """predictions.csv: id, label, length, per-clip metrics, then the two curves frame by frame
+    (without targets: id, label, length and the prediction only)."""
+    t = scores.pred.shape[1]
     width = len(str(t - 1))
-    header = ["id", "label", "length", *CSV_CLIP_COLUMNS,
-              *[f"target_{i:0{width}d}" for i in range(t)], *[f"pred_{i:0{width}d}" for i in range(t)]]
+    scored = scores.target is not None
+    header = ["id", "label", "length", *(CSV_CLIP_COLUMNS if scored else ()),
+              *[f"target_{i:0{width}d}" for i in range(t) if scored], *[f"pred_{i:0{width}d}" for i in range(t)]]
 
     def write(tmp: Path):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             for i in range(len(scores.ids)):
-                w.writerow([scores.ids[i], scores.labels[i], int(scores.length[i]), *_clip_cells(scores.clip, i),
-                            *[f"{v:.4f}" for v in scores.target[i]], *[f"{v:.4f}" for v in scores.pred[i]]])
+                cells = [*_clip_cells(scores.clip, i), *[f"{v:.4f}" for v in scores.target[i]]] if scored else []
+                w.writerow([scores.ids[i], scores.labels[i], int(scores.length[i]), *cells,
+                            *[f"{v:.4f}" for v in scores.pred[i]]])
     atomic_write(path, write)

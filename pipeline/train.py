@@ -21,6 +21,7 @@ import torch
 from pipeline.cache import FeatureCache
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
+from pipeline.extract import holds_targets
 from pipeline.head import Head, HeadConfig, HeadLoss, InputTransform, splits_input
 from pipeline.loader import PRELOADS, CacheBatches
 from pipeline.media import MIN_FRAMES
@@ -78,6 +79,10 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
 def _open_caches(train_path, val_path) -> tuple[FeatureCache, FeatureCache]:
     """The two caches, refused unless extracted alike, of one shape, and not empty."""
     train_cache, val_cache = FeatureCache(train_path), FeatureCache(val_path)
+    for c in (train_cache, val_cache):
+        if not holds_targets(c.config):     # its envelopes are zeros, not sound: nothing to learn or score
+            raise FoleyError(f"cache {c.path} holds no targets (extracted without audio, for prediction "
+                             "only): train on caches extracted from videos with their sound")
     if train_cache.fingerprint != val_cache.fingerprint:
         raise FoleyError(f"train and val caches were extracted differently (fingerprints "
                          f"{train_cache.fingerprint[:12]}… vs {val_cache.fingerprint[:12]}…): extract both "

@@ -57,15 +57,17 @@ def setup(tmp_path_factory):
 def exported(setup):
     out = setup / "out"
     summary = export_predictions(run=setup / "run", out=out, cache=setup / "val", videos=setup / "videos",
-                                 plots="all", render=2, progress=False)
+                                 plots="all", render=2, preview=1, progress=False)
     return out, summary
 
 
 def test_all_files_are_written(exported):
     out, summary = exported
-    for name in ("predictions.h5", "predictions.csv", "metrics.json", "report.md", "report.html"):
+    for name in ("predictions.h5", "predictions.csv", "metrics.json", "report.md", "report.html", "timelines.h5",
+                 "timelines.csv", "onsets.csv", "onsets.json"):
         assert (out / name).is_file(), name
     assert summary["clips"] == N_VAL and summary["plots"] == N_VAL and summary["renders"] == 2
+    assert summary["previews"] == 1 and (out / "previews" / f"{FeatureCache(out.parent / 'val').ids[0]}.mp4").is_file()
 
 
 def test_predictions_h5_and_csv_hold_every_clip(exported, setup):

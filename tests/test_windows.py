@@ -179,3 +179,12 @@ def test_a_seek_that_lands_late_falls_back_to_decoding_from_the_start(tmp_path, 
     assert torch.equal(seek.frames, full.frames)
     np.testing.assert_array_equal(seek.envelope, full.envelope)
     assert read_grid(seek.frames[:, 0]) == 87
+
+
+def test_without_audio_a_late_window_decodes_the_same_frames(minute):
+    """audio=False reads no audio stream: the same frames (same packets, same seek), envelope 0."""
+    with_audio = load_clip(minute, size=32, start=40.0, normalize=False)
+    without = load_clip(minute, size=32, start=40.0, normalize=False, audio=False)
+    assert torch.equal(with_audio.frames, without.frames) and without.length == with_audio.length
+    assert not without.envelope.any() and without.sample_rate == 0
+    assert [read_grid(f) for f in without.frames.permute(1, 0, 2, 3)[:3]] == [480, 481, 482]
