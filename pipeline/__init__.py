@@ -12,19 +12,22 @@ file to a row of the report visits each module once, top to bottom:
   backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; checkpoints
   shards, cache        ShardWriter (zarr / hdf5) -> cache.json index -> FeatureCache
   extract              stage 1: clips through a backbone into a cache (extract-features)
-  head                 the seed's LSTM+FC head, its input transforms, masked BCE
+  head                 the LSTM+FC head (the seed's causal LSTM, bidirectional, Conv1d front), its
+                       input transforms, masked BCE and the onset term
   loader               a cache as training batches (lease ring, preload)
   runs                 the run directory and RunCheckpoint, written and read in one place
   loop                 get_lr, evaluate_model, fit: the training loop every trainer uses
   train                stage 2: train-head
+  recipes              compare-heads: head recipes trained over seeds, mean ± standard error
   finetune             backbone + head end to end from videos
   framecache, pretrain, compare
                        a backbone trained to classify the labels (+ the envelope as an auxiliary
                        loss); the with/without-sound comparison over seeds
   metrics              every score and baseline (pure numpy)
-  run_features, score, figures, report, export
-                       export-predictions: which features a run reads, its predictions scored
-                       through loop.evaluate_model, plots / GIFs, report.md / .html
+  run_features, score, timeline, figures, preview, report, export
+                       export-predictions and predict: which features a run reads, its predictions
+                       scored through loop.evaluate_model, one curve and onset list per video,
+                       plots / GIFs / MP4 previews, report.md / .html
   synthetic/           make-synthetic: physics -> scenes -> looks -> frames -> audio -> encode
   demo, cli            the whole pipeline in one command; the click CLI (parse, validate, call)
 """
