@@ -396,6 +396,36 @@ register_backbone(BackboneSpec(
                 "[T, 1280, h, w] pooled (--pool, default 2x2: [T, 5120])"))
 
 
+def spacetime_frames(x: Tensor, mean: tuple, std: tuple) -> Tensor:
+    """Owens et al. 2016's spacetime images: normalised RGB clips [B, 3, T, H, W] → [B, 3, T, H, W]
+    whose three channels at frame t are the grey frames t-1, t, t+1 (the clip's first and last
+    frames stand in for their missing neighbours), normalised with the same mean/std. A network
+    trained on photographs then sees motion as colour: what moved between t-1 and t+1 is tinted."""
+    m = x.new_tensor(mean).view(1, 3, 1, 1, 1)
+    s = x.new_tensor(std).view(1, 3, 1, 1, 1)
+    rgb = x * s + m
+    grey = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]            # [B, T, H, W] (ITU-R 601 luma)
+    before = torch.cat([grey[:, :1], grey[:, :-1]], 1)
+    after = torch.cat([grey[:, 1:], grey[:, -1:]], 1)
+    return (torch.stack([before, grey, after], 1) - m) / s
+
+
+class SpacetimeMobileNetV2(MobileNetV2):
+    """MobileNetV2 (the same weights) reading spacetime images instead of colour frames: each frame's
+    features see its neighbours, so a per-frame network sees motion (`spacetime_frames`)."""
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return super().feature_map(spacetime_frames(x, IMAGENET_MEAN, IMAGENET_STD))
+
+
+register_backbone(BackboneSpec(
+    name="mobilenet_v2_spacetime", builder=SpacetimeMobileNetV2, default_size=112, mean=IMAGENET_MEAN,
+    std=IMAGENET_STD, time_stride=1, channels=MOBILENET_V2_LAST, spatial_stride=32, kind="frame2d",
+    default_pool="2x2", weights=(MOBILENET_V2_IMAGENET,),
+    description="mobilenet_v2 on spacetime images (grey frames t-1, t, t+1 as its three channels: motion "
+                "shows as colour); the same weights and pooling"))
+
+
 def freeze_blocks(model: nn.Module, n: int) -> nn.Module:
     """Freeze the first n of the 5 blocks (no grad, eval mode even under model.train()); unfreeze the rest."""
     if not isinstance(model, Backbone):

@@ -38,6 +38,8 @@ RECIPES = {
     "conv-bilstm+shift": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "time_shift": 6},
     "conv-bilstm+onset+shift": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256,
                                 "onset_weight": 1.0, "time_shift": 6},
+    "conv-bilstm+onset+dropout": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256,
+                                  "onset_weight": 1.0, "dropout": 0.3},
 }
 
 

@@ -260,3 +260,35 @@ def test_finetune_from_an_imagenet_head_keeps_its_preprocessing_and_pooling(data
     # the exported backbone is torchvision's layout: it loads back as --checkpoint
     net = B.create_backbone("mobilenet_v2")
     assert B.load_checkpoint(net, tmp_path / "ft" / "backbone.pth.tar")["format"] == "state_dict"
+
+
+# --------------------------------------------------------------------------- spacetime images
+
+def test_spacetime_frames_hold_the_grey_neighbours_of_each_frame():
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, 5, 8, 8)
+    mean, std = torch.tensor(B.IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(B.IMAGENET_STD).view(1, 3, 1, 1, 1)
+    st = B.spacetime_frames((rgb - mean) / std, B.IMAGENET_MEAN, B.IMAGENET_STD) * std + mean
+    grey = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    assert torch.allclose(st[:, 1], grey, atol=1e-6)
+    assert torch.allclose(st[:, 0, 1:], grey[:, :-1], atol=1e-6) and torch.allclose(st[:, 0, 0], grey[:, 0], atol=1e-6)
+    assert torch.allclose(st[:, 2, :-1], grey[:, 1:], atol=1e-6) and torch.allclose(st[:, 2, -1], grey[:, -1], atol=1e-6)
+
+
+def test_spacetime_backbone_is_the_imagenet_network_on_spacetime_images(dataset, tmp_path, imagenet_net):
+    out = tmp_path / "st"
+    summary = extract(dataset, out, backbone="mobilenet_v2_spacetime", checkpoint="imagenet", dtype="float32",
+                      pool="global", limit=2)
+    plain = extract(dataset, tmp_path / "rgb", checkpoint="imagenet", dtype="float32", pool="global", limit=2)
+    assert summary["fingerprint"] != plain["fingerprint"]         # the backbone's name is in the fingerprint
+    cache = FeatureCache(out)
+    assert cache.config["backbone"] == "mobilenet_v2_spacetime"
+    assert cache.config["backbone_provenance"]["weights_name"] == "imagenet"
+    item = cache[0]
+    from pipeline.data import find_video
+    from pipeline.media import load_clip
+    clip = load_clip(find_video(dataset / "videos", item["id"]), size=SIZE)
+    st = B.spacetime_frames(clip.frames[None], B.IMAGENET_MEAN, B.IMAGENET_STD)
+    with torch.inference_mode():
+        want = imagenet_net.feature_map(st).mean((3, 4))[0].T.numpy()        # [T, 1280]
+    assert np.allclose(item["features"][: item["length"]], want[: item["length"]], atol=1e-4)
