@@ -19,7 +19,7 @@ file to a row of the report visits each module once, top to bottom:
   loop                 get_lr, evaluate_model, fit: the training loop every trainer uses
   train                stage 2: train-head
   finetune             backbone + head end to end from videos
-  framecache, pretrain, compare
+  framecache, pretrainer, pretrain, compare
                        a backbone trained to classify the labels (+ the envelope as an auxiliary
                        loss); the with/without-sound comparison over seeds
   metrics              every score and baseline (pure numpy)

@@ -56,6 +56,9 @@ PUBLISHED_ARCH = "Conv4Col"
 # for the other splits), and the recipe that made it.
 CALIBRATED_WEIGHTS = "backbone.safetensors"
 CALIBRATION_RECIPE = "backbone.json"
+# A trained backbone exported from a finetune or pretrain run: both layouts, in the run directory.
+BACKBONE_PT = "backbone.pth.tar"            # the published layout: extract-features --checkpoint reads it
+BACKBONE_ST = "backbone.safetensors"
 MAX_KEYS_IN_ERROR = 6                      # longer key lists are cut to "... and N more"
 KINDS = ("video3d", "frame2d")
 
@@ -461,6 +464,19 @@ def weights_sha256(model: nn.Module) -> str:
     from safetensors.torch import save as safetensors_bytes
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return hashlib.sha256(safetensors_bytes(state)).hexdigest()
+
+
+def export_trained_backbone(state: dict[str, Tensor], name: str, out: str | os.PathLike, epoch: int = 0,
+                            best_loss: float = float("nan")) -> dict:
+    """The backbone inside a trained model's state dict (its keys under "backbone.") written to
+    OUT/BACKBONE_PT (published layout, with `epoch` and `best_loss`) and OUT/BACKBONE_ST (bare keys).
+    Returns {"pth", "safetensors"}: the two paths."""
+    out, prefix = Path(out), "backbone."
+    net = create_backbone(name)
+    net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    save_published(net, out / BACKBONE_PT, epoch=epoch, best_loss=best_loss)
+    save_safetensors(net, out / BACKBONE_ST)
+    return {"pth": str(out / BACKBONE_PT), "safetensors": str(out / BACKBONE_ST)}
 
 
 def save_safetensors(model: nn.Module, path: str | os.PathLike):

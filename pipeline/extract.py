@@ -10,7 +10,7 @@ not depend on which process wrote it or on where a previous run was killed.
 precision / workers, build (or calibrate) the backbone and claim the cache on rank 0, load the
 same weights on the other ranks, write this rank's shards, finalize the index on rank 0.
 
-This module owns decoding clips for extraction (`ClipDataset`, `make_loader`), the backbone's
+This module owns the loader of extraction's clips (`make_loader`; decoding is pipeline.decoding's), the backbone's
 forward pass into cache dtype (`batch_features`), calibration provenance and the cache's
 fingerprint parameters. It must not write shard files or the index itself (`pipeline.shards`,
 `pipeline.cache` do) nor carry its own device / precision / torchrun plumbing (`pipeline.runtime`,
@@ -34,11 +34,11 @@ from tqdm import tqdm
 from pipeline import backbones, cache
 from pipeline.backbones import CALIBRATED_WEIGHTS, CALIBRATION_RECIPE, IMAGENET_MEAN, IMAGENET_STD, weights_sha256
 from pipeline.data import Annotation, load_annotations, manifest_sha256, manifest_source
-from pipeline.decoding import decode_loader, load_entry
+from pipeline.decoding import ClipSettings, decode_loader
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_text, read_json
-from pipeline.media import FPS, FRAMES, FaultyVideo, envelope_params, normalize_frames, preprocess_params
+from pipeline.media import FPS, FRAMES, envelope_params, normalize_frames, preprocess_params
 from pipeline.runtime import autocast, decode_workers, resolve_device, resolve_precision
 from pipeline.shards import ShardWriter, shard_name
 
@@ -58,47 +58,6 @@ def resolve_settings(device: str, precision: str, workers: int | None) -> tuple[
     """(device, precision "bf16"|"fp32", decode workers) that extract-features runs with."""
     dev = resolve_device(device)
     return dev, resolve_precision(precision, dev), decode_workers(dev) if workers is None else workers
-
-
-# --- decoding in DataLoader workers ---------------------------------------------------------
-
-class ClipDataset(torch.utils.data.Dataset):
-    """One item per candidate: the decoded clip, or the failure record of a faulty video."""
-
-    def __init__(self, items: list[tuple[int, Annotation]], videos: Path, frames: int, fps: float,
-                 size: int, reduce: str, normalize: bool = True):
-        self.items, self.videos = items, Path(videos)
-        self.frames, self.fps, self.size, self.reduce = frames, fps, size, reduce
-        self.normalize = normalize      # False: frames stay 0..255 and are normalised on the GPU
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, k):
-        shard, ann = self.items[k]
-        item = {"shard": shard, "id": ann.id, "label": ann.template}
-        try:
-            clip, path = load_entry(self.videos, ann, self.frames, self.fps, self.size, reduce=self.reduce,
-                                    normalize=self.normalize)
-        except FaultyVideo as e:
-            item.update(path=e.path, failure=e.record(ann.id))
-            return item
-        item.update(path=str(path), frames=clip.frames, envelope=clip.envelope, length=clip.length)
-        return item
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """How every clip is decoded: `ClipDataset`'s arguments."""
-    videos: Path
-    frames: int
-    fps: float
-    size: int
-    reduce: str
-
-    def dataset(self, items: list[tuple[int, Annotation]], normalize: bool = False) -> ClipDataset:
-        return ClipDataset(items, videos=self.videos, frames=self.frames, fps=self.fps, size=self.size,
-                           reduce=self.reduce, normalize=normalize)
 
 
 def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
