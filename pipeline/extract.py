@@ -73,16 +73,16 @@ def make_loader(dataset, workers: int, device: torch.device):
 
 # --- the backbone ---------------------------------------------------------------------------
 
-def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: list[tuple[int, Annotation]],
-                   clips: ClipSettings, batch_size: int, workers: int, out: Path, progress: bool,
-                   pool: str | None = None):
-    """Create the backbone and load or calibrate its weights. Returns (model, provenance dict).
+def build_backbone(job: "_Job", calibration: list[tuple[int, Annotation]], progress: bool):
+    """Create the job's backbone and load or calibrate its weights. Returns (model, provenance dict).
 
-    checkpoint: "none", a weights file, or the name of the backbone's published weights
+    job.checkpoint: "none", a weights file, or the name of the backbone's published weights
     ("imagenet"), found on disk by `backbones.find_named_weights` (never downloaded).
-    calibration: (shard, annotation) of the clips that calibrate BatchNorm for "none", decoded as `clips`.
+    calibration: (shard, annotation) of the clips that calibrate BatchNorm for "none", decoded as
+    job.shards.clips, in batches of job.shards.batch_size; the calibrated weights go to job.shards.out.
     """
-    model = backbones.create_backbone(name, seed=seed, pool=pool)
+    name, checkpoint, seed, s = job.spec.name, job.checkpoint, job.seed, job.shards
+    model = backbones.create_backbone(name, seed=seed, pool=job.pool)
     checkpoint, weights_name = backbones.resolve_checkpoint(name, checkpoint)
     if str(checkpoint) != "none":
         info = backbones.load_checkpoint(model, checkpoint)
@@ -90,7 +90,7 @@ def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: li
                        "checkpoint_format": info["format"], "weights_name": weights_name}
     recipe = {"backbone": name, "init_seed": seed, "calibration_ids": [a.id for _, a in calibration],
               "method": "BatchNorm running statistics, cumulative average (momentum=None), fp32"}
-    saved, recipe_file = out / CALIBRATED_WEIGHTS, out / CALIBRATION_RECIPE
+    saved, recipe_file = s.out / CALIBRATED_WEIGHTS, s.out / CALIBRATION_RECIPE
     if saved.exists() and recipe_file.exists() and read_json(recipe_file, "calibration recipe") == recipe:
         backbones.load_checkpoint(model, saved)     # a resumed run uses exactly the same network
     else:
@@ -100,13 +100,13 @@ def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: li
             "not degenerate (docs/learning.md), but they are not pretrained features: expect far weaker "
             "results than with pretrained weights.", name, seed, len(calibration))
         spec = backbones.get_spec(name)
-        loader = make_loader(clips.dataset(calibration, normalize=False), workers, torch.device("cpu"))
+        loader = make_loader(s.clips.dataset(calibration, normalize=False), s.workers, torch.device("cpu"))
         decoded = [item["frames"] for item in tqdm(loader, desc="decode for BN calibration", unit="clip",
                                                     disable=not progress, leave=False) if "failure" not in item]
         if not decoded:
             raise FoleyError("--checkpoint none: none of the calibration clips could be decoded")
-        batches = (normalize_frames(torch.stack(decoded[i:i + batch_size]), 1, spec.mean, spec.std)
-                   for i in range(0, len(decoded), batch_size))
+        batches = (normalize_frames(torch.stack(decoded[i:i + s.batch_size]), 1, spec.mean, spec.std)
+                   for i in range(0, len(decoded), s.batch_size))
         backbones.calibrate_batchnorm(model, batches)
     return model, {"checkpoint": "none", "init_seed": seed, "calibration": recipe}
 
@@ -303,11 +303,8 @@ def _build_and_claim(job: _Job, calibration_clips: int, progress: bool):
     """(model, None) once the backbone is built and the cache claimed; (None, one-line error) if not."""
     s = job.shards
     try:
-        model, provenance = build_backbone(job.spec.name, job.checkpoint, job.seed,
-                                           job.shard_items()[:calibration_clips], s.clips, s.batch_size,
-                                           s.workers, s.out, progress, job.pool)
-        fp_params, config = _fingerprint_params(model, provenance, job.spec, s.clips.frames, s.clips.fps,
-                                                s.clips.size, s.dtype, s.precision, s.clips.reduce, job.pool)
+        model, provenance = build_backbone(job, job.shard_items()[:calibration_clips], progress)
+        fp_params, config = _fingerprint_params(model, provenance, job)
         if job.window_stride is not None:   # only then: caches made without windows keep their fingerprint
             fp_params["windows"] = config["windows"] = {"stride_s": float(job.window_stride),
                                                         "seconds": s.clips.frames / s.clips.fps}
@@ -333,7 +330,11 @@ def _finalize(out: Path) -> dict:
             "failed_by_reason": index["counts"]["failed_by_reason"], "fingerprint": index["fingerprint"]}
 
 
-def _fingerprint_params(model, provenance, spec, frames, fps, size, dtype, precision, reduce, pool="none"):
+def _fingerprint_params(model, provenance: dict, job: "_Job") -> tuple[dict, dict]:
+    """(what the cache's fingerprint hashes, the config cache.json records) for the job's model."""
+    spec, pool, s = job.spec, job.pool, job.shards
+    frames, fps, size, reduce = s.clips.frames, s.clips.fps, s.clips.size, s.clips.reduce
+    dtype, precision = s.dtype, s.precision
     weights = weights_sha256(model)
     fp_params = {"backbone": spec.name, "weights_sha256": weights, "frames": frames, "fps": fps,
                  "preprocess": preprocess_params(size, spec.mean, spec.std),

@@ -375,7 +375,11 @@ def _transform_and_head(init: dict, init_weights: str, opts: FinetuneOptions, ne
 
 
 def _optimizer(net: nn.Module, head: Head, opts: FinetuneOptions) -> torch.optim.Optimizer:
-    """AdamW: the head at --lr, the trainable backbone at --backbone-lr (frozen when that is 0)."""
+    """AdamW: the head at --lr, the trainable backbone at --backbone-lr (frozen when that is 0).
+
+    Every parameter decays, biases and norms included, where train-head and pretrain leave those
+    out: a finetune run's optimizer state holds exactly these two groups, so splitting them would
+    change its results and stop existing runs' checkpoints from resuming."""
     head_params = [p for p in head.parameters() if p.requires_grad]
     backbone_params = [p for p in net.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": opts.lr, "weight_decay": opts.weight_decay}]
