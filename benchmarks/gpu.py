@@ -147,7 +147,6 @@ def gpu_model(weights: Path, dev, compile: bool = False):
 
 def time_backbone(model, clips: list, batch: int, dev, precision: str) -> dict:
     """Model only on clips resident on the GPU (0..255 frames; normalised on the GPU as in extract)."""
-    from pipeline import extract as ex
     from pipeline import runtime
     from pipeline.media import normalize_frames
 

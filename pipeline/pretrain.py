@@ -43,7 +43,7 @@ from pipeline.data import load_annotations, manifest_source
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.framecache import FrameCache, build_frame_cache, cache_files, frame_cache_fingerprint
-from pipeline.fsio import atomic_torch_save, atomic_write_text
+from pipeline.fsio import atomic_write_text
 from pipeline.head import masked_bce
 from pipeline.runtime import (autocast, decode_workers, resolve_device, resolve_precision, rng_state, seed_everything,
                               set_rng_state, usable_cores)
@@ -51,8 +51,8 @@ from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, RESUME_SEED_STRID
 from pipeline.options import PRETRAIN_AMP_CHOICES, PRETRAIN_DEFAULTS, default_warmup
 from pipeline.pretrainer import (COLOUR_JITTER, CROP_MARGIN, FLIP_P, ClipBatches, Pretrainer, class_list,
                                  classification_metrics, clip_gradients, evaluate_pretrainer)
-from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON,
-                           on_main, prepare_run_dir, read_checkpoint, versions, write_config, write_metrics)
+from pipeline.runs import (CKPT_BEST, CKPT_LAST, CONFIG_JSON, on_main, prepare_run_dir, read_checkpoint, versions,
+                           write_checkpoint, write_config, write_metrics)
 
 log = logging.getLogger("foleycache")
 
@@ -196,12 +196,11 @@ def _save_epoch(raw, optimizer, run_dir: Path, describe: dict, config: dict, rec
     """The epoch's checkpoint (atomic; best linked to the same bytes) and metrics.jsonl."""
     rngs = dist.gather(rng_state(dist.device))
     if dist.is_main:
-        ckpt = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **describe,
-                "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        ckpt = {**describe, "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "epoch": record["epoch"], "step": record["step"],
                 "metrics": record, "best_top1": best_top1, "best_epoch": best_epoch, "history": history,
                 "rng": rngs, "config": config, "world_size": dist.world_size}
-        atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
+        write_checkpoint(run_dir / CKPT_LAST, ckpt, also=run_dir / CKPT_BEST if improved else None)
         write_metrics(run_dir, history)
     dist.barrier()
 
