@@ -4,7 +4,7 @@
 
 All three phases run in one process, on the same decodable clips, with the same settings
 (size, batch size, decode workers, device, precision, weights):
-- decode-only: the DataLoader that extract-features uses (`pipeline.extract.ClipSettings.dataset` +
+- decode-only: the DataLoader that extract-features uses (`pipeline.decoding.ClipSettings.dataset` +
   `make_loader`, same workers), iterated without the model; the decoded clips are kept in memory.
 - backbone-only: the model prepared by extraction's own `prepare_model` on those pre-decoded clips,
   batch by batch, through extraction's `batch_features` (stack, device copy, normalisation,
@@ -31,6 +31,7 @@ import torch
 from pipeline import backbones
 from pipeline import extract as ex
 from pipeline.data import load_annotations
+from pipeline.decoding import ClipSettings
 from pipeline.media import normalize_frames
 from pipeline.runtime import autocast
 
@@ -54,7 +55,7 @@ def loader_settings(device: str, workers: int | None, precision: str) -> tuple[t
 def _dataset(items, videos: Path, size: int, dev: torch.device):
     """The dataset extract-features builds for its shards: workers hand over 0..255 frames and the
     batch is normalised next to the model (as `_write_shards` does)."""
-    return ex.ClipSettings(Path(videos), frames=48, fps=12.0, size=size, reduce="max").dataset(items, normalize=False)
+    return ClipSettings(Path(videos), frames=48, fps=12.0, size=size, reduce="max").dataset(items, normalize=False)
 
 
 def decode_only(items, videos: Path, size: int, workers: int, dev: torch.device) -> tuple[float, list]:

@@ -147,7 +147,6 @@ def gpu_model(weights: Path, dev, compile: bool = False):
 
 def time_backbone(model, clips: list, batch: int, dev, precision: str) -> dict:
     """Model only on clips resident on the GPU (0..255 frames; normalised on the GPU as in extract)."""
-    from pipeline import extract as ex
     from pipeline import runtime
     from pipeline.media import normalize_frames
 
@@ -269,10 +268,11 @@ def main(argv=None) -> int:
     def data():
         from benchmarks.run import make_clips
         from pipeline.data import load_annotations
+        from pipeline.decoding import ClipDataset
         videos, annotations, made = make_clips(work / "synthetic", args.clips)
         items = [(0, a) for a in load_annotations(annotations)]
         workers = runtime.decode_workers(dev)
-        loader = ex.make_loader(ex.ClipDataset(items, videos=videos, frames=FRAMES, fps=12, size=size, reduce="max",
+        loader = ex.make_loader(ClipDataset(items, videos=videos, frames=FRAMES, fps=12, size=size, reduce="max",
                                                normalize=not normalize_on_device(dev)), workers, dev)
         kept, n = [], 0
         t0 = time.perf_counter()

@@ -129,6 +129,7 @@ class FrozenBackboneTraining:
         from pipeline import backbones
         from pipeline import extract as ex
         from pipeline import runtime
+        from pipeline.decoding import ClipDataset
         from pipeline.head import Head, HeadConfig, InputTransform, splits_input
         from pipeline.loop import ADAM_BETAS
 
@@ -139,7 +140,7 @@ class FrozenBackboneTraining:
         if weights is not None:
             backbones.load_checkpoint(model, weights)
         else:
-            calib = ex.make_loader(ex.ClipDataset(items[:CALIBRATION_CLIPS], **self.dataset_args), 0,
+            calib = ex.make_loader(ClipDataset(items[:CALIBRATION_CLIPS], **self.dataset_args), 0,
                                    torch.device("cpu"))
             clips = [it["frames"] for it in calib if "failure" not in it]
             with runtime.autocast(torch.device("cpu"), self.precision):
@@ -186,8 +187,9 @@ class FrozenBackboneTraining:
     def epoch(self, keep: bool = False) -> dict:
         from pipeline import extract as ex
         from pipeline import runtime
+        from pipeline.decoding import ClipDataset
 
-        loader = ex.make_loader(ex.ClipDataset(self.items, **self.dataset_args, normalize=False),
+        loader = ex.make_loader(ClipDataset(self.items, **self.dataset_args, normalize=False),
                                 runtime.decode_workers(self.dev), self.dev)
         kept = {"features": [], "envelopes": [], "lengths": [], "ids": [], "labels": []} if keep else None
         pending, clips = [], 0

@@ -9,7 +9,8 @@ file to a row of the report visits each module once, top to bottom:
   media                load_clip: a video file -> frames [3, T, S, S] + loudness envelope [T]
   data                 manifests (SSv2 JSON, CSV / JSON Lines, folders, windows) -> Annotations
   decoding             clips of manifest entries decoded in DataLoader workers; failure records
-  backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; checkpoints
+  architectures        the networks: model3d_1's 3D CNN, MobileNetV2 per frame, pooling to [B, T, D]
+  backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; weights, checkpoints
   shards, cache        ShardWriter (zarr / hdf5) -> cache.json index -> FeatureCache
   extract              stage 1: clips through a backbone into a cache (extract-features)
   head                 the LSTM+FC head (the seed's causal LSTM, bidirectional, Conv1d front), its
@@ -20,7 +21,7 @@ file to a row of the report visits each module once, top to bottom:
   train                stage 2: train-head
   recipes              compare-heads: head recipes trained over seeds, mean ± standard error
   finetune             backbone + head end to end from videos
-  framecache, pretrain, compare
+  framecache, pretrainer, pretrain, compare
                        a backbone trained to classify the labels (+ the envelope as an auxiliary
                        loss); the with/without-sound comparison over seeds
   metrics              every score and baseline (pure numpy)

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_json, atomic_write_text
-from pipeline.options import COMPARE_DEFAULTS
+from pipeline.options import COMPARE_DEFAULTS, PRETRAIN_DEFAULTS
 
 ARMS = ("no_aux", "aux")
 METRICS = ("seed_score", "onset_f1", "pearson", "peak_within_1")     # from export-predictions' metrics.json
@@ -62,6 +62,50 @@ def _pretrain_done(run: Path, epochs: int) -> bool:
     return (run / "backbone.pth.tar").is_file() and len(lines) >= epochs
 
 
+def _run_arm(out: Path, seed: int, arm: str, settings: dict, manifests: dict, data: dict, *, device: str,
+             threads: int | None, progress: bool) -> dict:
+    """One seed of one arm, each step skipped when a re-run finds it done: pretrain, features of the
+    train and held-out clips with its backbone, the seed's head, its scores. Returns the arm's row."""
+    from pipeline.export import export_predictions
+    from pipeline.extract import extract_features
+    from pipeline.pretrain import pretrain
+    from pipeline.train import train_head
+
+    recipe, head_epochs = settings["recipe"], settings["head_epochs"]
+    run, caches, head, score = (out / d / f"{arm}-seed{seed}" for d in ("runs", "caches", "heads", "scores"))
+    # 1. pretrain (resumed when a killed run left its config)
+    if not _pretrain_done(run, recipe["epochs"]):
+        pretrain(annotations=manifests["train"], val_annotations=manifests["val"], out=run, seed=seed,
+                 aux_envelope=settings["aux_weight"] if arm == "aux" else None, frame_cache=out / "frames",
+                 device=device, threads=threads, resume=(run / "config.json").is_file(),
+                 progress=progress, **recipe, **data)
+    options = json.loads((run / "config.json").read_text())["options"]
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    # 2. features of train and held-out clips with the trained backbone (extract resumes itself)
+    for split, manifest in manifests.items():
+        extract_features(annotations=manifest, out=caches / split, backbone=options["backbone"],
+                         checkpoint=run / "backbone.pth.tar", size=options["size"], frames=options["frames"],
+                         fps=options["fps"], device=device, precision="fp32" if recipe["amp"] == "off" else "auto",
+                         progress=progress, **data)
+    # 3. the seed's head on those features, seeded like the pretrain
+    if not (score / "metrics.json").is_file():
+        done = (head / "metrics.jsonl").is_file() and \
+            len((head / "metrics.jsonl").read_text().splitlines()) >= head_epochs
+        if not done:
+            train_head(caches / "train", caches / "val", head, epochs=head_epochs, hidden=settings["head_hidden"],
+                       input=settings["head_input"], seed=seed, device=device,
+                       resume=(head / "checkpoint-last.pt").is_file(),
+                       overwrite=not (head / "checkpoint-last.pt").is_file(), progress=progress)
+        # 4. scored on the held-out clips only, next to both baselines
+        export_predictions(run=head, out=score, cache=caches / "val", checkpoint="last", plots=0,
+                           device=device, progress=progress)
+    m = json.loads((score / "metrics.json").read_text())
+    return {"seed": seed, "arm": arm, "run": str(run), "val_top1": last["val_top1"], "val_top5": last["val_top5"],
+            "val_aux_bce": last.get("val_aux_bce"), "chance": last["chance"],
+            "pretrain_seconds": sum(h["seconds"] for h in _history(run)),
+            **{f"{b}_{k}": m[b][k] for b in BLOCKS for k in METRICS}, "held_out_clips": m["counts"]["clips"]}
+
+
 def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | str, out: Path,
             labels: Path | None = None, classes: str | None = None, seeds=None, aux_weight: float | None = None,
             backbone: str | None = None, size: int | None = None, epochs: int | None = None,
@@ -74,12 +118,6 @@ def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | st
     seeds (default 0, 1, 2; at least 2). aux_weight: W of the aux arm. The pretrain recipe options
     (backbone, size, epochs, batch_size, lr, amp) default to pretrain's; head_* to DEFAULTS.
     """
-    from pipeline.export import export_predictions
-    from pipeline.extract import extract_features
-    from pipeline.pretrain import DEFAULTS as PRETRAIN_DEFAULTS
-    from pipeline.pretrain import pretrain
-    from pipeline.train import train_head
-
     t0 = time.perf_counter()
     out, videos = Path(out), Path(videos)
     seeds = tuple(DEFAULTS["seeds"] if seeds is None else seeds)
@@ -107,43 +145,9 @@ def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | st
     atomic_write_json(saved, settings)
 
     data = dict(videos=videos, labels=labels, classes=classes, limit=limit)
-    rows = []
-    for seed in seeds:
-        for arm in ARMS:
-            name = f"{arm}-seed{seed}"
-            run, caches, head, score = (out / d / name for d in ("runs", "caches", "heads", "scores"))
-            # 1. pretrain (resumed when a killed run left its config)
-            if not _pretrain_done(run, recipe["epochs"]):
-                pretrain(annotations=annotations, val_annotations=val_annotations, out=run, seed=seed,
-                         aux_envelope=aux_weight if arm == "aux" else None, frame_cache=out / "frames",
-                         device=device, threads=threads, resume=(run / "config.json").is_file(),
-                         progress=progress, **recipe, **data)
-            cfg = json.loads((run / "config.json").read_text())
-            last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-            # 2. features of train and held-out clips with the trained backbone (extract resumes itself)
-            for split, manifest in (("train", annotations), ("val", val_annotations)):
-                extract_features(annotations=manifest, out=caches / split, backbone=cfg["options"]["backbone"],
-                                 checkpoint=run / "backbone.pth.tar", size=cfg["options"]["size"],
-                                 frames=cfg["options"]["frames"], fps=cfg["options"]["fps"], device=device,
-                                 precision="fp32" if recipe["amp"] == "off" else "auto", progress=progress, **data)
-            # 3. the seed's head on those features, seeded like the pretrain
-            if not (score / "metrics.json").is_file():
-                done = (head / "metrics.jsonl").is_file() and \
-                    len((head / "metrics.jsonl").read_text().splitlines()) >= head_epochs
-                if not done:
-                    train_head(caches / "train", caches / "val", head, epochs=head_epochs, hidden=head_hidden,
-                               input=head_input, seed=seed, device=device, resume=(head / "checkpoint-last.pt").is_file(),
-                               overwrite=not (head / "checkpoint-last.pt").is_file(), progress=progress)
-                # 4. scored on the held-out clips only, next to both baselines
-                export_predictions(run=head, out=score, cache=caches / "val", checkpoint="last", plots=0,
-                                   device=device, progress=progress)
-            m = json.loads((score / "metrics.json").read_text())
-            rows.append({"seed": seed, "arm": arm, "run": str(run), "val_top1": last["val_top1"],
-                         "val_top5": last["val_top5"], "val_aux_bce": last.get("val_aux_bce"),
-                         "chance": last["chance"], "pretrain_seconds": sum(h["seconds"] for h in
-                                                                           _history(run)),
-                         **{f"{b}_{k}": m[b][k] for b in BLOCKS for k in METRICS},
-                         "held_out_clips": m["counts"]["clips"]})
+    manifests = {"train": annotations, "val": val_annotations}
+    rows = [_run_arm(out, seed, arm, settings, manifests, data, device=device, threads=threads, progress=progress)
+            for seed in seeds for arm in ARMS]
     report = summarise(rows, settings)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / COMPARE_JSON, report)

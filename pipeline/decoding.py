@@ -8,6 +8,7 @@ A faulty video is never replaced by another: the dataset returns its failure rec
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,3 +48,45 @@ def decode_loader(dataset, workers: int, *, pin_memory: bool = False, batch_samp
     batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": None}
     return DataLoader(dataset, **batching, num_workers=workers, worker_init_fn=worker_init, pin_memory=pin_memory,
                       prefetch_factor=prefetch if workers else None, persistent_workers=False)
+
+
+# --- extraction's clips ---------------------------------------------------------------------
+
+class ClipDataset(torch.utils.data.Dataset):
+    """One item per candidate: the decoded clip, or the failure record of a faulty video."""
+
+    def __init__(self, items: list[tuple[int, Annotation]], videos: Path, frames: int, fps: float,
+                 size: int, reduce: str, normalize: bool = True, audio: bool = True):
+        self.items, self.videos = items, Path(videos)
+        self.frames, self.fps, self.size, self.reduce, self.audio = frames, fps, size, reduce, audio
+        self.normalize = normalize      # False: frames stay 0..255 and are normalised on the GPU
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        shard, ann = self.items[k]
+        item = {"shard": shard, "id": ann.id, "label": ann.template}
+        try:
+            clip, path = load_entry(self.videos, ann, self.frames, self.fps, self.size, reduce=self.reduce,
+                                    normalize=self.normalize, audio=self.audio)
+        except FaultyVideo as e:
+            item.update(path=e.path, failure=e.record(ann.id))
+            return item
+        item.update(path=str(path), frames=clip.frames, envelope=clip.envelope, length=clip.length)
+        return item
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """How every clip is decoded: `ClipDataset`'s arguments."""
+    videos: Path
+    frames: int
+    fps: float
+    size: int
+    reduce: str
+    audio: bool = True          # False: no audio is read, every envelope is 0 (a cache without targets)
+
+    def dataset(self, items: list[tuple[int, Annotation]], normalize: bool = False) -> ClipDataset:
+        return ClipDataset(items, videos=self.videos, frames=self.frames, fps=self.fps, size=self.size,
+                           reduce=self.reduce, normalize=normalize, audio=self.audio)

@@ -10,7 +10,7 @@ not depend on which process wrote it or on where a previous run was killed.
 precision / workers, build (or calibrate) the backbone and claim the cache on rank 0, load the
 same weights on the other ranks, write this rank's shards, finalize the index on rank 0.
 
-This module owns decoding clips for extraction (`ClipDataset`, `make_loader`), the backbone's
+This module owns the loader of extraction's clips (`make_loader`; decoding is pipeline.decoding's), the backbone's
 forward pass into cache dtype (`batch_features`), calibration provenance and the cache's
 fingerprint parameters. It must not write shard files or the index itself (`pipeline.shards`,
 `pipeline.cache` do) nor carry its own device / precision / torchrun plumbing (`pipeline.runtime`,
@@ -34,11 +34,11 @@ from tqdm import tqdm
 from pipeline import backbones, cache
 from pipeline.backbones import CALIBRATED_WEIGHTS, CALIBRATION_RECIPE, IMAGENET_MEAN, IMAGENET_STD, weights_sha256
 from pipeline.data import Annotation, load_annotations, manifest_sha256, manifest_source
-from pipeline.decoding import decode_loader, load_entry
+from pipeline.decoding import ClipSettings, decode_loader
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_text, read_json
-from pipeline.media import FPS, FRAMES, FaultyVideo, envelope_params, normalize_frames, preprocess_params
+from pipeline.media import FPS, FRAMES, envelope_params, normalize_frames, preprocess_params
 from pipeline.runtime import autocast, decode_workers, resolve_device, resolve_precision
 from pipeline.shards import ShardWriter, shard_name
 
@@ -67,48 +67,6 @@ def resolve_settings(device: str, precision: str, workers: int | None) -> tuple[
     return dev, resolve_precision(precision, dev), decode_workers(dev) if workers is None else workers
 
 
-# --- decoding in DataLoader workers ---------------------------------------------------------
-
-class ClipDataset(torch.utils.data.Dataset):
-    """One item per candidate: the decoded clip, or the failure record of a faulty video."""
-
-    def __init__(self, items: list[tuple[int, Annotation]], videos: Path, frames: int, fps: float,
-                 size: int, reduce: str, normalize: bool = True, audio: bool = True):
-        self.items, self.videos = items, Path(videos)
-        self.frames, self.fps, self.size, self.reduce, self.audio = frames, fps, size, reduce, audio
-        self.normalize = normalize      # False: frames stay 0..255 and are normalised on the GPU
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, k):
-        shard, ann = self.items[k]
-        item = {"shard": shard, "id": ann.id, "label": ann.template}
-        try:
-            clip, path = load_entry(self.videos, ann, self.frames, self.fps, self.size, reduce=self.reduce,
-                                    normalize=self.normalize, audio=self.audio)
-        except FaultyVideo as e:
-            item.update(path=e.path, failure=e.record(ann.id))
-            return item
-        item.update(path=str(path), frames=clip.frames, envelope=clip.envelope, length=clip.length)
-        return item
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """How every clip is decoded: `ClipDataset`'s arguments."""
-    videos: Path
-    frames: int
-    fps: float
-    size: int
-    reduce: str
-    audio: bool = True          # False: no audio is read, every envelope is 0 (a cache without targets)
-
-    def dataset(self, items: list[tuple[int, Annotation]], normalize: bool = False) -> ClipDataset:
-        return ClipDataset(items, videos=self.videos, frames=self.frames, fps=self.fps, size=self.size,
-                           reduce=self.reduce, normalize=normalize, audio=self.audio)
-
-
 def channels_last(spec: backbones.BackboneSpec, dev: torch.device, precision: str) -> bool:
     """Run the convs channels-last? On CUDA always; on a CPU where `benchmarks/extract.py` measured
     it to pay: model3d_1 under bf16, mobilenet_v2 in float32 and bf16."""
@@ -122,16 +80,16 @@ def make_loader(dataset, workers: int, device: torch.device):
 
 # --- the backbone ---------------------------------------------------------------------------
 
-def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: list[tuple[int, Annotation]],
-                   clips: ClipSettings, batch_size: int, workers: int, out: Path, progress: bool,
-                   pool: str | None = None):
-    """Create the backbone and load or calibrate its weights. Returns (model, provenance dict).
+def build_backbone(job: "_Job", calibration: list[tuple[int, Annotation]], progress: bool):
+    """Create the job's backbone and load or calibrate its weights. Returns (model, provenance dict).
 
-    checkpoint: "none", a weights file, or the name of the backbone's published weights
+    job.checkpoint: "none", a weights file, or the name of the backbone's published weights
     ("imagenet"), found on disk by `backbones.find_named_weights` (never downloaded).
-    calibration: (shard, annotation) of the clips that calibrate BatchNorm for "none", decoded as `clips`.
+    calibration: (shard, annotation) of the clips that calibrate BatchNorm for "none", decoded as
+    job.shards.clips, in batches of job.shards.batch_size; the calibrated weights go to job.shards.out.
     """
-    model = backbones.create_backbone(name, seed=seed, pool=pool)
+    name, checkpoint, seed, s = job.spec.name, job.checkpoint, job.seed, job.shards
+    model = backbones.create_backbone(name, seed=seed, pool=job.pool)
     checkpoint, weights_name = backbones.resolve_checkpoint(name, checkpoint)
     if str(checkpoint) != "none":
         info = backbones.load_checkpoint(model, checkpoint)
@@ -139,7 +97,7 @@ def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: li
                        "checkpoint_format": info["format"], "weights_name": weights_name}
     recipe = {"backbone": name, "init_seed": seed, "calibration_ids": [a.id for _, a in calibration],
               "method": "BatchNorm running statistics, cumulative average (momentum=None), fp32"}
-    saved, recipe_file = out / CALIBRATED_WEIGHTS, out / CALIBRATION_RECIPE
+    saved, recipe_file = s.out / CALIBRATED_WEIGHTS, s.out / CALIBRATION_RECIPE
     if saved.exists() and recipe_file.exists() and read_json(recipe_file, "calibration recipe") == recipe:
         backbones.load_checkpoint(model, saved)     # a resumed run uses exactly the same network
     else:
@@ -149,13 +107,13 @@ def build_backbone(name: str, checkpoint: str | Path, seed: int, calibration: li
             "not degenerate (docs/learning.md), but they are not pretrained features: expect far weaker "
             "results than with pretrained weights.", name, seed, len(calibration))
         spec = backbones.get_spec(name)
-        loader = make_loader(clips.dataset(calibration, normalize=False), workers, torch.device("cpu"))
+        loader = make_loader(s.clips.dataset(calibration, normalize=False), s.workers, torch.device("cpu"))
         decoded = [item["frames"] for item in tqdm(loader, desc="decode for BN calibration", unit="clip",
                                                     disable=not progress, leave=False) if "failure" not in item]
         if not decoded:
             raise FoleyError("--checkpoint none: none of the calibration clips could be decoded")
-        batches = (normalize_frames(torch.stack(decoded[i:i + batch_size]), 1, spec.mean, spec.std)
-                   for i in range(0, len(decoded), batch_size))
+        batches = (normalize_frames(torch.stack(decoded[i:i + s.batch_size]), 1, spec.mean, spec.std)
+                   for i in range(0, len(decoded), s.batch_size))
         backbones.calibrate_batchnorm(model, batches)
     return model, {"checkpoint": "none", "init_seed": seed, "calibration": recipe}
 
@@ -354,11 +312,8 @@ def _build_and_claim(job: _Job, calibration_clips: int, progress: bool):
     """(model, None) once the backbone is built and the cache claimed; (None, one-line error) if not."""
     s = job.shards
     try:
-        model, provenance = build_backbone(job.spec.name, job.checkpoint, job.seed,
-                                           job.shard_items()[:calibration_clips], s.clips, s.batch_size,
-                                           s.workers, s.out, progress, job.pool)
-        fp_params, config = _fingerprint_params(model, provenance, job.spec, s.clips.frames, s.clips.fps,
-                                                s.clips.size, s.dtype, s.precision, s.clips.reduce, job.pool)
+        model, provenance = build_backbone(job, job.shard_items()[:calibration_clips], progress)
+        fp_params, config = _fingerprint_params(model, provenance, job)
         if not s.clips.audio:               # only then: caches with targets keep their fingerprint
             fp_params["targets"] = config["targets"] = TARGETS_NONE
         if job.window_stride is not None:   # only then: caches made without windows keep their fingerprint
@@ -386,7 +341,11 @@ def _finalize(out: Path) -> dict:
             "failed_by_reason": index["counts"]["failed_by_reason"], "fingerprint": index["fingerprint"]}
 
 
-def _fingerprint_params(model, provenance, spec, frames, fps, size, dtype, precision, reduce, pool="none"):
+def _fingerprint_params(model, provenance: dict, job: "_Job") -> tuple[dict, dict]:
+    """(what the cache's fingerprint hashes, the config cache.json records) for the job's model."""
+    spec, pool, s = job.spec, job.pool, job.shards
+    frames, fps, size, reduce = s.clips.frames, s.clips.fps, s.clips.size, s.clips.reduce
+    dtype, precision = s.dtype, s.precision
     weights = weights_sha256(model)
     fp_params = {"backbone": spec.name, "weights_sha256": weights, "frames": frames, "fps": fps,
                  "preprocess": preprocess_params(size, spec.mean, spec.std),

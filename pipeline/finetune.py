@@ -38,7 +38,7 @@ from pipeline.data import load_annotations, manifest_source
 from pipeline.decoding import decode_loader, load_entry
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.backbones import CALIBRATED_WEIGHTS, weights_sha256
+from pipeline.backbones import BACKBONE_PT, BACKBONE_ST, CALIBRATED_WEIGHTS, weights_sha256
 from pipeline.extract import holds_targets
 from pipeline.fsio import atomic_write_text
 from pipeline.head import Head, HeadConfig, InputTransform
@@ -57,8 +57,6 @@ STATS_CLIPS = 32               # clips whose features fit the input transform wh
 PROBE_SIZE = 32                # frame size the up-front scan for faulty videos decodes at
 DEFAULT_BACKBONE = "model3d_1"
 DEFAULT_FRAMES, DEFAULT_FPS = FRAMES, FPS      # the data contract's clip (pipeline.media)
-BACKBONE_PT = "backbone.pth.tar"
-BACKBONE_ST = "backbone.safetensors"
 FAILURES = "failures.jsonl"
 EXTRA_FILES = (BACKBONE_PT, BACKBONE_ST, FAILURES)     # a finetune run's files beyond runs.RUN_FILES
 
@@ -309,7 +307,7 @@ def _finetune(manifests: _Manifests, out: Path, init: dict, opts: FinetuneOption
                                                                                           head, transform),
                   config=config, amp=amp, seed=opts.seed, resume=ckpt, progress=progress)
     if dist.is_main:
-        export_backbone(out / CKPT_BEST, out, opts.backbone)
+        backbones.export_trained_backbone(RunCheckpoint.read(out / CKPT_BEST).model, opts.backbone, out)
     dist.barrier()
     summary["files"] = {name: str(out / name) for name in
                         (CONFIG_JSON, METRICS_JSONL, CKPT_LAST, CKPT_BEST, BACKBONE_PT, BACKBONE_ST, FAILURES)}
@@ -381,7 +379,11 @@ def _transform_and_head(init: dict, init_weights: str, opts: FinetuneOptions, ne
 
 
 def _optimizer(net: nn.Module, head: Head, opts: FinetuneOptions) -> torch.optim.Optimizer:
-    """AdamW: the head at --lr, the trainable backbone at --backbone-lr (frozen when that is 0)."""
+    """AdamW: the head at --lr, the trainable backbone at --backbone-lr (frozen when that is 0).
+
+    Every parameter decays, biases and norms included, where train-head and pretrain leave those
+    out: a finetune run's optimizer state holds exactly these two groups, so splitting them would
+    change its results and stop existing runs' checkpoints from resuming."""
     head_params = [p for p in head.parameters() if p.requires_grad]
     backbone_params = [p for p in net.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": opts.lr, "weight_decay": opts.weight_decay}]
@@ -418,11 +420,3 @@ def _fit_transform(transform, net, entries, videos, opts: FinetuneOptions, devic
         lengths.append(item["length"])
     return transform.fit((torch.cat(feats), torch.tensor(lengths)))
 
-
-def export_backbone(checkpoint: Path, out: Path, name: str):
-    """The finetuned backbone of a run checkpoint, in the published layout and as safetensors."""
-    state = RunCheckpoint.read(checkpoint).model
-    net = backbones.create_backbone(name)
-    net.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
-    backbones.save_published(net, out / BACKBONE_PT)
-    backbones.save_safetensors(net, out / BACKBONE_ST)

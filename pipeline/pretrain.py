@@ -9,19 +9,16 @@ auxiliary target (docs/pretraining.md).
 
 This is how the SSv2 baseline was trained (a classifier on the pooled final map, cross-entropy), plus
 the seed's question as an auxiliary task: does predicting the sound make the video features better?
-(`pipeline.compare` answers it over seeds.) Read top to bottom: constants, the model
-(`Pretrainer`), the data (`ClipBatches`: a uint8 frame cache decoded once per run by
-`pipeline.framecache`, augmented per clip without ever moving a sound in time), evaluation, the loop
-(`_train`, nanoGPT's train.py shape), export, and `pretrain`, what `foleycache pretrain` calls.
+(`pipeline.compare` answers it over seeds.) The model, its augmented batches and its accuracy are
+`pipeline.pretrainer`'s. Read top to bottom: constants, the loop (`_train`, nanoGPT's train.py
+shape), export, and `pretrain`, what `foleycache pretrain` calls.
 
-Run directory (train-head's): config.json, metrics.jsonl (one line per epoch: train CE / BCE, val
-top-1, top-5, per-class accuracy, aux BCE, clips/s, data_share: the share of the training pass spent
-waiting for data, i.e. frame-cache reads + augmentation not hidden behind the step by the reader thread),
-checkpoint-last.pt / checkpoint-best.pt (best val top-1; weights, optimizer, step, RNG states of
-every rank, history, config: `torch.load(weights_only=True)` reads them), failures.jsonl, the frame
-caches (frames-train.*, frames-val.*), and backbone.pth.tar (the published layout:
-`module.conv_column.*`) + backbone.safetensors from the LAST epoch (no model selection on the
-validation clips, which `pipeline.compare` scores the heads on). `--resume` continues
+Run directory (train-head's): config.json, metrics.jsonl (per epoch: train CE / BCE, val top-1, top-5,
+per-class accuracy, aux BCE, clips/s, data_share: the share of the pass spent waiting for data the
+reader thread did not hide), checkpoint-last.pt / -best.pt (best val top-1; weights, optimizer, step,
+RNG states of every rank, history, config), failures.jsonl, the frame caches (frames-{train,val}.*),
+and backbone.pth.tar (published layout) + backbone.safetensors from the LAST epoch (no selection on
+the validation clips, which `pipeline.compare` scores the heads on). `--resume` continues
 checkpoint-last.pt; a run killed with `kill -9` and resumed ends where an uninterrupted one ends.
 """
 from __future__ import annotations
@@ -30,229 +27,50 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from pipeline import backbones
-from pipeline.data import Annotation, load_annotations, manifest_source, template_key
+from pipeline.backbones import BACKBONE_PT, BACKBONE_ST
+from pipeline.data import load_annotations, manifest_source
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.framecache import FrameCache, build_frame_cache, cache_files, frame_cache_fingerprint
-from pipeline.fsio import atomic_torch_save, atomic_write_text
+from pipeline.fsio import atomic_write_text
 from pipeline.head import masked_bce
 from pipeline.runtime import (autocast, decode_workers, resolve_device, resolve_precision, rng_state, seed_everything,
                               set_rng_state, usable_cores)
-from pipeline.loader import epoch_batches
 from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, RESUME_SEED_STRIDE, get_lr
 from pipeline.options import PRETRAIN_AMP_CHOICES, PRETRAIN_DEFAULTS, default_warmup
-from pipeline.runs import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CKPT_BEST, CKPT_LAST, CONFIG_JSON,
-                           on_main, prepare_run_dir, read_checkpoint, versions, write_config, write_metrics)
+from pipeline.pretrainer import (COLOUR_JITTER, CROP_MARGIN, FLIP_P, ClipBatches, Pretrainer, class_list,
+                                 classification_metrics, clip_gradients, evaluate_pretrainer)
+from pipeline.runs import (CKPT_BEST, CKPT_LAST, CONFIG_JSON, on_main, prepare_run_dir, read_checkpoint, versions,
+                           write_checkpoint, write_config, write_metrics)
 
 log = logging.getLogger("foleycache")
 
 # ----------------------------------------------------------------------------- constants
 
-# Options and their defaults (pipeline.options.PRETRAIN_DEFAULTS; None = "the default there, or the run's
-# own value on --resume"). CPU defaults from float32 measurements (docs/pretraining.md, benchmarks/pretrain.py): a train step
-# of the width-0.25 model3d_1 (48 frames, batch 8, one torch thread, 2-core Xeon) costs 0.07 s per clip
-# at 32 px, 0.19 at 48, 0.36 at 64: from scratch, steps matter more than pixels, so 32 px and 20 epochs
-# (300 clips: ~25 s an epoch on a quiet 2-core CPU).
+# Options and their defaults: pipeline.options.PRETRAIN_DEFAULTS, from float32 measurements
+# (docs/pretraining.md): a width-0.25 model3d_1 train step (48 frames, batch 8, one thread, 2-core Xeon)
+# costs 0.07 s per clip at 32 px, 0.19 at 48, 0.36 at 64: from scratch, steps matter more than pixels,
+# so 32 px and 20 epochs (300 clips: ~25 s an epoch on a quiet 2-core CPU). The schedule, clipping and
+# AdamW betas are the training loop's (pipeline.loop, pipeline.options).
 DEFAULTS = PRETRAIN_DEFAULTS
-# Options that change the numbers: a --resume that asks for another value is refused.
-RESUME_MUST_MATCH = tuple(DEFAULTS)
-# the schedule, clipping and AdamW betas are the training loop's (pipeline.loop, pipeline.options)
-TOP_K = 5
-EVAL_BATCH = 16
-# Augmentation, one draw per clip from (seed, epoch, clip): the same for every frame, so an impact
-# stays on its frame. Train frames are cached CROP_MARGIN larger; a crop of side in [S, S*margin]
-# is resized to S (scale + translation), flipped left-right with FLIP_P, and its brightness,
-# contrast and saturation scaled by factors in COLOUR_JITTER.
-CROP_MARGIN = 1.15
-FLIP_P = 0.5
-COLOUR_JITTER = (0.8, 1.2)
-GREY = (0.299, 0.587, 0.114)    # ITU-R 601 luma weights, for contrast and saturation
+RESUME_MUST_MATCH = tuple(DEFAULTS)     # options that change the numbers: a --resume may not change them
+EVAL_BATCH = 16                 # validation clips per step
 
-BACKBONE_PT = "backbone.pth.tar"
-BACKBONE_ST = "backbone.safetensors"
 FAILURES = "failures.jsonl"
 SPLITS = ("train", "val")
 FRAME_CACHE_FILES = tuple(p.name for split in SPLITS for p in cache_files(Path(f"frames-{split}")))
 EXTRA_FILES = (BACKBONE_PT, BACKBONE_ST, FAILURES) + FRAME_CACHE_FILES
-
-
-# ----------------------------------------------------------------------------- the model
-
-class Pretrainer(nn.Module):
-    """Backbone + class head on the pooled final map + (optional) per-frame envelope head.
-
-    forward: frames [B, 3, T, S, S] (normalised) -> (class logits [B, K], envelope logits [B, T] or
-    None). The backbone's time axis is never pooled (model3d_1), so the map [B, C, T, h, w] pooled
-    over h, w gives one C-vector per frame: the envelope head reads those, the class head their mean.
-    """
-
-    def __init__(self, backbone: nn.Module, channels: int, classes: int, aux: bool, dropout: float):
-        super().__init__()
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels, classes)
-        self.aux = nn.Linear(channels, 1) if aux else None     # built after the classifier: same init either way
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        per_frame = self.backbone.feature_map(x).mean((3, 4))          # [B, C, T]
-        logits = self.classifier(self.dropout(per_frame.mean(2)))      # [B, K]
-        aux = self.aux(per_frame.transpose(1, 2)).squeeze(-1) if self.aux is not None else None   # [B, T]
-        return logits, aux
-
-
-def clip_gradients(model: Pretrainer, max_norm: float) -> Tensor:
-    """Clip the global gradient norm to max_norm; returns the norm before clipping.
-
-    The envelope head's gradients join the norm as a term of their own (hypot of the two norms), so a
-    zero aux gradient (--aux-envelope 0) leaves the clip, and the whole run, bit-identical to a run
-    without the head: one global norm over more tensors sums them in another order, and Adam turns
-    that last-bit difference in near-zero gradients into whole-lr steps."""
-    main = [p.grad for n, p in model.named_parameters() if p.grad is not None and not n.startswith("aux.")]
-    aux = [p.grad for n, p in model.named_parameters() if p.grad is not None and n.startswith("aux.")]
-    total = nn.utils.get_total_norm(main)
-    if aux:
-        total = torch.hypot(total, nn.utils.get_total_norm(aux))
-    nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, total)
-    return total
-
-
-# ----------------------------------------------------------------------------- the data
-
-def class_list(entries: list[Annotation]) -> list[str]:
-    """The classes a run learns: the train entries' templates, by the labels file's index when every
-    entry has one (SSv2), else alphabetically (by template_key)."""
-    first = {}
-    for a in entries:
-        first.setdefault(a.template, a)
-    if all(a.class_index is not None for a in first.values()):
-        return sorted(first, key=lambda t: (first[t].class_index, template_key(t)))
-    return sorted(first, key=template_key)
-
-
-def augment_params(seed: int, epoch: int, row: int, size: int, stored: int, flip: bool) -> dict:
-    """One clip's augmentation, a function of (seed, epoch, row) only (a resumed run draws the same)."""
-    rng = np.random.default_rng([seed, epoch, row])
-    side = int(rng.integers(size, stored + 1))
-    top, left = (int(v) for v in rng.integers(0, stored - side + 1, size=2))
-    return {"side": side, "top": top, "left": left, "flip": bool(flip and rng.random() < FLIP_P),
-            "brightness": float(rng.uniform(*COLOUR_JITTER)), "contrast": float(rng.uniform(*COLOUR_JITTER)),
-            "saturation": float(rng.uniform(*COLOUR_JITTER))}
-
-
-def augment_clip(frames: Tensor, p: dict, size: int) -> Tensor:
-    """uint8 [T, S', S', 3] -> float [T, 3, size, size] in 0..255: crop, resize, flip, colour (the same
-    for every frame: nothing moves in time)."""
-    x = frames[:, p["top"]:p["top"] + p["side"], p["left"]:p["left"] + p["side"]]
-    x = x.permute(0, 3, 1, 2).float()                                   # [T, 3, side, side]
-    if p["side"] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if p["flip"]:
-        x = x.flip(-1)
-    weights = torch.tensor(GREY).view(1, 3, 1, 1)
-    x = x * p["brightness"]
-    level = (x * weights).sum(1, keepdim=True).mean()                  # the clip's mean grey: one number
-    x = (x - level) * p["contrast"] + level
-    grey = (x * weights).sum(1, keepdim=True)                           # [T, 1, S, S]
-    x = grey + (x - grey) * p["saturation"]
-    return x.clamp_(0, 255)
-
-
-class ClipBatches:
-    """Batches of clips from a frame cache: {"inputs" [B, 3, T, S, S] normalised float32,
-    "label" [B] int64, "envelope" [B, T], "length" [B], "index" [B] (position in this split)}.
-
-    rows: the frame-cache rows of the split's usable clips, labels: their class indices. augment:
-    the train split's crop / flip / colour (see augment_params); else the stored frames as they
-    are (the stored size is the input size: extract-features' preprocessing).
-    """
-
-    def __init__(self, cache: FrameCache, rows: np.ndarray, labels: np.ndarray, *, size: int,
-                 mean: tuple, std: tuple, augment: bool, flip: bool, seed: int, batch_size: int, dist: Distributed):
-        self.cache, self.rows, self.labels = cache, np.asarray(rows, np.int64), np.asarray(labels, np.int64)
-        self.size, self.augment, self.flip, self.seed = size, augment, flip, seed
-        self.batch_size, self.dist = batch_size, dist
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std).view(1, 3, 1, 1, 1) * 255.0)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """This rank's batches of positions for `epoch` (shuffled for training; padded so every rank
-        gets as many: DDP needs it)."""
-        return epoch_batches([len(self.rows)], self.batch_size, shuffle=self.augment, seed=self.seed, epoch=epoch,
-                             rank=self.dist.rank, world_size=self.dist.world_size, pad=self.augment)
-
-    def load(self, positions: np.ndarray, epoch: int) -> dict:
-        rows = self.rows[positions]
-        clips = self.cache.read(rows)
-        frames = torch.from_numpy(clips["frames"])                      # [B, T, S', S', 3] uint8
-        if self.augment:
-            x = torch.stack([augment_clip(frames[j], augment_params(self.seed, epoch, int(r), self.size,
-                                                                    self.cache.size, self.flip), self.size)
-                             for j, r in enumerate(rows)])               # [B, T, 3, S, S]
-        else:
-            x = frames.permute(0, 1, 4, 2, 3).float()
-        x = x.permute(0, 2, 1, 3, 4)                                    # [B, 3, T, S, S]
-        x = (x - self.mean).mul_(self.inv_std).contiguous()
-        return {"inputs": x, "label": torch.from_numpy(self.labels[positions]),
-                "envelope": torch.from_numpy(clips["envelope"]), "length": torch.from_numpy(clips["length"]),
-                "index": torch.as_tensor(positions, dtype=torch.int64)}
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of rows whose label is among the k largest logits [N, K] (k capped at K)."""
-    if len(labels) == 0:
-        return float("nan")
-    k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(1).mean())
-
-
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    """{"top1", "top5", "per_class": {template: accuracy or None when absent}, "ce"}: logits [N, K], labels [N]."""
-    pred = logits.argmax(1)
-    per_class = {}
-    for k, name in enumerate(classes):
-        m = labels == k
-        per_class[name] = float((pred[m] == k).mean()) if m.any() else None
-    ce = float(F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels))) if len(labels) else None
-    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, TOP_K),
-            "per_class": per_class, "ce": ce}
-
-
-@torch.no_grad()
-def evaluate_pretrainer(model: Pretrainer, data: ClipBatches, device: torch.device, amp: str) -> dict:
-    """This rank's share of the validation clips: {"index", "logits" [n, K], "label", "bce_sum", "frames"}."""
-    was = model.training
-    model.eval()
-    index, logits_all, labels, bce_sum, frames = [], [], [], 0.0, 0
-    for positions in data.batches(0):
-        b = data.load(positions, 0)
-        with autocast(device, amp):
-            logits, aux = model(b["inputs"].to(device))
-        logits_all.append(logits.float().cpu())
-        labels.append(b["label"])
-        index.append(b["index"])
-        if aux is not None:
-            bce_sum += float(masked_bce(aux, b["envelope"].to(device), b["length"].to(device), reduction="sum"))
-            frames += int(b["length"].sum())
-    model.train(was)
-    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros((0,))    # noqa: E731
-    return {"index": cat(index), "logits": cat(logits_all), "label": cat(labels), "bce_sum": bce_sum,
-            "frames": frames}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -378,12 +196,11 @@ def _save_epoch(raw, optimizer, run_dir: Path, describe: dict, config: dict, rec
     """The epoch's checkpoint (atomic; best linked to the same bytes) and metrics.jsonl."""
     rngs = dist.gather(rng_state(dist.device))
     if dist.is_main:
-        ckpt = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **describe,
-                "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        ckpt = {**describe, "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "epoch": record["epoch"], "step": record["step"],
                 "metrics": record, "best_top1": best_top1, "best_epoch": best_epoch, "history": history,
                 "rng": rngs, "config": config, "world_size": dist.world_size}
-        atomic_torch_save(ckpt, run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
+        write_checkpoint(run_dir / CKPT_LAST, ckpt, also=run_dir / CKPT_BEST if improved else None)
         write_metrics(run_dir, history)
     dist.barrier()
 
@@ -398,15 +215,10 @@ def export_backbone(run_dir: str | Path, checkpoint: str = CKPT_LAST) -> dict:
     ckpt = read_checkpoint(run_dir / checkpoint)
     if ckpt.get("kind") != "pretrain":
         raise FoleyError(f"{run_dir / checkpoint} is not a pretrain run checkpoint")
-    net = backbones.create_backbone(ckpt["backbone"])
-    prefix = "backbone."
-    net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
     val_ce = (ckpt.get("metrics") or {}).get("val_ce")
-    backbones.save_published(net, run_dir / BACKBONE_PT, epoch=int(ckpt["epoch"]),
-                             best_loss=float("nan") if val_ce is None else float(val_ce))
-    backbones.save_safetensors(net, run_dir / BACKBONE_ST)
-    return {"backbone": ckpt["backbone"], "pth": str(run_dir / BACKBONE_PT),
-            "safetensors": str(run_dir / BACKBONE_ST), "epoch": int(ckpt["epoch"])}
+    paths = backbones.export_trained_backbone(ckpt["model"], ckpt["backbone"], run_dir, epoch=int(ckpt["epoch"]),
+                                              best_loss=float("nan") if val_ce is None else float(val_ce))
+    return {"backbone": ckpt["backbone"], **paths, "epoch": int(ckpt["epoch"])}
 
 
 def extract_command(run_dir: Path, config: dict, videos: str = "VIDEOS", annotations: str = "ANNOTATIONS",
@@ -419,6 +231,39 @@ def extract_command(run_dir: Path, config: dict, videos: str = "VIDEOS", annotat
 
 
 # ----------------------------------------------------------------------------- pretrain
+
+@dataclass(frozen=True)
+class ClipSource:
+    """Where a run's clips come from: the videos, the two manifests and how they are read."""
+    videos: Path
+    annotations: Path | str
+    val_annotations: Path | str
+    labels: Path | None = None
+    classes: str | None = None          # --classes as given (None: the manifest's default)
+    window_stride: float | None = None
+    frame_cache: Path | None = None     # where decoded frames are shared between runs (None: inside the run)
+    limit: int | None = None            # only the first N clips of each list
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a run trains, once resolved: autocast, decode workers and its optimizer steps."""
+    amp: str
+    workers: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+@dataclass(frozen=True)
+class DecodedClips:
+    """The frame caches of both splits (`_decode_clips`) and the rows of them that train and validate."""
+    caches: dict
+    builds: dict
+    stored: dict
+    failures: list
+    rows: dict          # split -> (rows [N] int64, class indices [N] int64)
+
 
 def _check_options(o: dict):
     """Ranges and choices of the options that are set (None = not given): a one-line FoleyError."""
@@ -500,30 +345,30 @@ def pretrain(*, videos: Path, annotations: Path | str, val_annotations: Path | s
     if opts["checkpoint"] != "none":
         opts["checkpoint"] = str(backbones.resolve_checkpoint(opts["backbone"], opts["checkpoint"])[0])
     dist = Distributed.from_env(resolve_device(device))
+    source = ClipSource(videos=videos, annotations=annotations, val_annotations=val_annotations, labels=labels,
+                        classes=classes, window_stride=window_stride, frame_cache=frame_cache, limit=limit)
     try:
-        summary = _pretrain(videos, annotations, val_annotations, out, labels, classes, window_stride, opts,
-                            frame_cache, dist, workers, limit, resume, overwrite, progress)
+        summary = _pretrain(source, out, opts, dist, workers, resume=resume, overwrite=overwrite, progress=progress)
     finally:
         dist.close()
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     return summary
 
 
-
-def _decode_clips(out: Path, splits_entries: tuple, videos: Path, opts: dict, frame_cache, workers: int,
-                  dist: Distributed, progress: bool) -> tuple[dict, dict, dict, list]:
+def _decode_clips(out: Path, source: ClipSource, entries: dict, classes: list[str], opts: dict, workers: int,
+                  dist: Distributed, progress: bool) -> DecodedClips:
     """Decode every clip once into a frame cache per split: train frames CROP_MARGIN larger (room for
-    crops), val at the input size. Returns (caches, build records, stored sizes, failure records)."""
+    crops), val at the input size; the failures go to OUT/failures.jsonl."""
     stored = {"train": int(math.ceil(opts["size"] * CROP_MARGIN)), "val": opts["size"]}
     caches, builds = {}, {}
-    for split, entries in zip(SPLITS, splits_entries):
+    for split in SPLITS:
         prefix = out / f"frames-{split}"
-        if frame_cache is not None:
-            fp = frame_cache_fingerprint(entries, opts["frames"], opts["fps"], stored[split], "max")
-            prefix = Path(frame_cache) / f"{split}-{fp[:16]}"
+        if source.frame_cache is not None:
+            fp = frame_cache_fingerprint(entries[split], opts["frames"], opts["fps"], stored[split], "max")
+            prefix = Path(source.frame_cache) / f"{split}-{fp[:16]}"
         t0 = time.perf_counter()
-        builds[split] = build_frame_cache(prefix, entries, videos, frames=opts["frames"], fps=opts["fps"],
-                                          size=stored[split], workers=workers, rank=dist.rank,
+        builds[split] = build_frame_cache(prefix, entries[split], source.videos, frames=opts["frames"],
+                                          fps=opts["fps"], size=stored[split], workers=workers, rank=dist.rank,
                                           world_size=dist.world_size, barrier=dist.barrier, gather=dist.gather,
                                           progress=progress and dist.is_main, desc=f"decoding {split} clips")
         builds[split]["seconds"] = round(time.perf_counter() - t0, 3)
@@ -531,7 +376,8 @@ def _decode_clips(out: Path, splits_entries: tuple, videos: Path, opts: dict, fr
     failures = [dict(f, split=split) for split in SPLITS for f in caches[split].failures]
     if dist.is_main:
         atomic_write_text(out / FAILURES, "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
-    return caches, builds, stored, failures
+    rows = {split: _usable_rows(caches[split], entries[split], classes) for split in SPLITS}
+    return DecodedClips(caches=caches, builds=builds, stored=stored, failures=failures, rows=rows)
 
 
 def _usable_rows(cache: FrameCache, entries: list, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -541,92 +387,104 @@ def _usable_rows(cache: FrameCache, entries: list, classes: list[str]) -> tuple[
     return np.asarray(rows, np.int64), np.asarray([index[entries[r].template] for r in rows], np.int64)
 
 
-
-def _run_config(opts, amp, dist, workers, steps_per_epoch, total_steps, warmup_steps, videos, annotations,
-                val_annotations, labels, classes_arg, window_stride, classes, caches, builds, stored,
-                n_train, n_val, n_failed, channels, spec) -> dict:
+def _run_config(opts: dict, source: ClipSource, schedule: Schedule, decoded: DecodedClips, dist: Distributed,
+                classes: list[str], channels: int) -> dict:
     """The run's resolved config (config.json and every checkpoint): what was asked and what it became."""
-    device = dist.device
+    n_train, n_val = (len(decoded.rows[split][0]) for split in SPLITS)
     return {
-        "command": "pretrain", "options": opts, "amp": amp, "device": str(device), "workers": workers,
-        "threads": torch.get_num_threads(), "world_size": dist.world_size,
-        "global_batch_size": opts["batch_size"] * dist.world_size, "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps, "warmup_steps": warmup_steps, "min_lr_ratio": MIN_LR_RATIO,
+        "command": "pretrain", "options": opts, "amp": schedule.amp, "device": str(dist.device),
+        "workers": schedule.workers, "threads": torch.get_num_threads(), "world_size": dist.world_size,
+        "global_batch_size": opts["batch_size"] * dist.world_size, "steps_per_epoch": schedule.steps_per_epoch,
+        "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps, "min_lr_ratio": MIN_LR_RATIO,
         "grad_clip": GRAD_CLIP, "adam_betas": list(ADAM_BETAS),
         "augment": {"crop_margin": CROP_MARGIN, "flip_p": FLIP_P if opts["flip"] else 0.0,
                     "colour_jitter": list(COLOUR_JITTER), "time": "never moved"},
-        "videos": str(videos.resolve()), "annotations": manifest_source(annotations),
-        "val_annotations": manifest_source(val_annotations), "labels": str(labels) if labels else None,
-        "classes_filter": None if classes_arg is None else str(classes_arg), "window_stride": window_stride,
-        "classes": classes, "train_clips": n_train, "val_clips": n_val,
-        "val_unknown_class": int(len(caches["val"].decoded) - n_val), "failed": n_failed,
-        "frame_caches": {s: {"prefix": b["prefix"], "fingerprint": b["fingerprint"], "stored_size": stored[s],
-                             "reused": b["reused"]} for s, b in builds.items()},
-        "backbone": opts["backbone"], "channels": channels, "preprocess": dict(spec.preprocess(), size=opts["size"]),
+        "videos": str(source.videos.resolve()), "annotations": manifest_source(source.annotations),
+        "val_annotations": manifest_source(source.val_annotations),
+        "labels": str(source.labels) if source.labels else None,
+        "classes_filter": None if source.classes is None else str(source.classes),
+        "window_stride": source.window_stride, "classes": classes, "train_clips": n_train, "val_clips": n_val,
+        "val_unknown_class": int(len(decoded.caches["val"].decoded) - n_val), "failed": len(decoded.failures),
+        "frame_caches": {s: {"prefix": b["prefix"], "fingerprint": b["fingerprint"],
+                             "stored_size": decoded.stored[s], "reused": b["reused"]}
+                         for s, b in decoded.builds.items()},
+        "backbone": opts["backbone"], "channels": channels,
+        "preprocess": dict(backbones.get_spec(opts["backbone"]).preprocess(), size=opts["size"]),
         "export": {"checkpoint": CKPT_LAST, "files": [BACKBONE_PT, BACKBONE_ST]},
         "versions": versions(),
     }
 
 
-def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, window_stride, opts, frame_cache,
-              dist, workers, limit, resume, overwrite, progress) -> dict:
-    device = dist.device
-    amp = opts["amp"]
-    if amp == "auto":   # bf16 only where the hardware has it: emulated bf16 on an AVX2 CPU is ~50x slower
-        amp = "bf16" if resolve_precision("auto", device) == "bf16" else "off"
-    if workers is None:     # decoding happens before training: on a CPU it may take every core
-        workers = decode_workers(device) if device.type == "cuda" else max(1, usable_cores() // dist.world_size)
-    spec = backbones.get_spec(opts["backbone"])
-    manifest = dict(classes=classes_arg, labels_path=labels, videos=videos, window_stride=window_stride,
-                    frames=opts["frames"], fps=opts["fps"])
-    train_entries = load_annotations(annotations, **manifest)[:limit]
-    val_entries = load_annotations(val_annotations, **manifest)[:limit]
-    classes = class_list(train_entries)
+def _load_entries(source: ClipSource, opts: dict) -> tuple[dict, list[str]]:
+    """Both manifests' entries (split -> list) and the classes the training list holds."""
+    manifest = dict(classes=source.classes, labels_path=source.labels, videos=source.videos,
+                    window_stride=source.window_stride, frames=opts["frames"], fps=opts["fps"])
+    entries = {split: load_annotations(path, **manifest)[:source.limit]
+               for split, path in zip(SPLITS, (source.annotations, source.val_annotations))}
+    classes = class_list(entries["train"])
     if len(classes) < 2:
         raise FoleyError(f"the training list holds {len(classes)} class; classifying needs at least 2")
+    return entries, classes
 
-    # Rank 0 checks (and with --overwrite empties) the run dir; the run's config is written before
-    # the frames are decoded, so a run killed while decoding resumes (--resume) with what is done.
-    has_ckpt = on_main(dist, lambda: prepare_run_dir(out, resume, overwrite, extra_files=EXTRA_FILES) is not None)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / CONFIG_JSON).exists():
-            write_config(out, {"command": "pretrain", "options": opts})
-    dist.barrier()
 
-    caches, builds, stored, failures = _decode_clips(out, (train_entries, val_entries), videos, opts, frame_cache,
-                                                     workers, dist, progress)
-    (train_rows, train_labels), (val_rows, val_labels) = (
-        _usable_rows(caches[split], entries, classes) for split, entries in zip(SPLITS, (train_entries, val_entries)))
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise FoleyError("no decodable clip of a trained class left in the train or validation list "
-                         f"(see {out / FAILURES})")
-    ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
-
-    # The model: a seeded init (or given weights), the heads seeded the same on every rank and run.
+def _build_model(opts: dict, n_classes: int, device: torch.device) -> tuple[Pretrainer, torch.optim.Optimizer, int]:
+    """A seeded init (or given weights), the heads seeded the same on every rank and run; AdamW with
+    no weight decay on biases and norms. Returns (model, optimizer, channels C of the last map)."""
     net = backbones.create_backbone(opts["backbone"], seed=opts["seed"])
     if not isinstance(net, backbones.Backbone):
         raise FoleyError(f"backbone {opts['backbone']} has no feature map to pretrain")
     if opts["checkpoint"] != "none":
         backbones.load_checkpoint(net, opts["checkpoint"])
     torch.manual_seed(opts["seed"])
-    channels = net.feature_map(torch.zeros(1, 3, 1, opts["size"], opts["size"])).shape[1]
-    model = Pretrainer(net, channels, len(classes), opts["aux_envelope"] is not None, opts["dropout"]).to(device)
+    channels = int(net.feature_map(torch.zeros(1, 3, 1, opts["size"], opts["size"])).shape[1])
+    model = Pretrainer(net, channels, n_classes, opts["aux_envelope"] is not None, opts["dropout"]).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]             # no weight decay on biases, BN
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts["weight_decay"]},
                                    {"params": rest, "weight_decay": 0.0}], lr=opts["lr"], betas=ADAM_BETAS)
+    return model, optimizer, channels
 
+
+def _prepare(out: Path, opts: dict, dist: Distributed, resume: bool, overwrite: bool) -> bool:
+    """Rank 0 checks (and with --overwrite empties) the run dir and writes the run's config before the
+    frames are decoded, so a run killed while decoding resumes (--resume) with what is done.
+    Returns whether the run has a checkpoint to resume from."""
+    has_ckpt = on_main(dist, lambda: prepare_run_dir(out, resume, overwrite, extra_files=EXTRA_FILES) is not None)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / CONFIG_JSON).exists():
+            write_config(out, {"command": "pretrain", "options": opts})
+    dist.barrier()
+    return has_ckpt
+
+
+def _pretrain(source: ClipSource, out: Path, opts: dict, dist: Distributed, workers: int | None, *, resume: bool,
+              overwrite: bool, progress: bool) -> dict:
+    device = dist.device
+    amp = opts["amp"]
+    if amp == "auto":   # bf16 only where the hardware has it: emulated bf16 on an AVX2 CPU is ~50x slower
+        amp = "bf16" if resolve_precision("auto", device) == "bf16" else "off"
+    if workers is None:     # decoding happens before training: on a CPU it may take every core
+        workers = decode_workers(device) if device.type == "cuda" else max(1, usable_cores() // dist.world_size)
+    entries, classes = _load_entries(source, opts)
+    has_ckpt = _prepare(out, opts, dist, resume, overwrite)
+    decoded = _decode_clips(out, source, entries, classes, opts, workers, dist, progress)
+    if any(len(decoded.rows[split][0]) == 0 for split in SPLITS):
+        raise FoleyError("no decodable clip of a trained class left in the train or validation list "
+                         f"(see {out / FAILURES})")
+    ckpt = read_checkpoint(out / CKPT_LAST) if has_ckpt else None
+    model, optimizer, channels = _build_model(opts, len(classes), device)
+
+    spec = backbones.get_spec(opts["backbone"])
     common = dict(size=opts["size"], mean=spec.mean, std=spec.std, flip=opts["flip"], seed=opts["seed"],
                   batch_size=opts["batch_size"], dist=dist)
-    train = ClipBatches(caches["train"], train_rows, train_labels, augment=True, **common)
-    val = ClipBatches(caches["val"], val_rows, val_labels, augment=False, **dict(common, batch_size=EVAL_BATCH))
+    train = ClipBatches(decoded.caches["train"], *decoded.rows["train"], augment=True, **common)
+    val = ClipBatches(decoded.caches["val"], *decoded.rows["val"], augment=False, **dict(common, batch_size=EVAL_BATCH))
     steps_per_epoch = len(train.batches(0))
     total_steps = opts["epochs"] * steps_per_epoch
     warmup_steps = opts["warmup"] if opts["warmup"] is not None else default_warmup(total_steps)
-    config = _run_config(opts, amp, dist, workers, steps_per_epoch, total_steps, warmup_steps, videos, annotations,
-                         val_annotations, labels, classes_arg, window_stride, classes, caches, builds, stored,
-                         len(train_rows), len(val_rows), len(failures), int(channels), spec)
+    schedule = Schedule(amp, workers, steps_per_epoch, total_steps, warmup_steps)
+    config = _run_config(opts, source, schedule, decoded, dist, classes, channels)
     config["extract_command"] = extract_command(out, config)
     describe = {"kind": "pretrain", "backbone": opts["backbone"], "classes": classes, "size": opts["size"],
                 "frames": opts["frames"], "fps": opts["fps"], "aux_envelope": opts["aux_envelope"],
@@ -636,5 +494,5 @@ def _pretrain(videos, annotations, val_annotations, out, labels, classes_arg, wi
                      resume=ckpt, progress=progress)
     exported = on_main(dist, lambda: export_backbone(out))
     summary.update(run_dir=str(out), config=config, backbone=exported, extract_command=config["extract_command"],
-                   frame_caches=builds)
+                   frame_caches=decoded.builds)
     return summary

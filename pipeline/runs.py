@@ -159,8 +159,7 @@ class RunCheckpoint:
     def to_dict(self) -> dict:
         """The flat dict that is saved (CPU tensors, lists for tuples)."""
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "description"}
-        return to_cpu({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-                       **self.description.to_dict(), **state})
+        return to_cpu(_with_header({**self.description.to_dict(), **state}))
 
     @classmethod
     def from_dict(cls, d: dict, path: str | Path = "checkpoint") -> "RunCheckpoint":
@@ -180,6 +179,18 @@ class RunCheckpoint:
     def write(self, path: str | Path, also: str | Path | None = None):
         """Save atomically (a kill leaves the old file or the new one); `also`: a second name, same bytes."""
         atomic_torch_save(self.to_dict(), path, also=also)
+
+
+def write_checkpoint(path: str | Path, fields: dict, also: str | Path | None = None):
+    """Save a run checkpoint of any kind atomically: this tool's format header, then `fields` (CPU
+    tensors). `RunCheckpoint.write` is this for train-head and finetune; pretrain's carry fields of
+    their own (class accuracy, the backbone's recipe)."""
+    atomic_torch_save(_with_header(fields), path, also=also)
+
+
+def _with_header(fields: dict) -> dict:
+    """What every checkpoint of this tool starts with: its format and version."""
+    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **fields}
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", hint: str = "") -> dict:

@@ -17,7 +17,8 @@ from pipeline import backbones
 from pipeline.data import SOUND12, load_annotations
 from pipeline.errors import FoleyError
 from pipeline.framecache import PENDING, FrameCache, build_frame_cache
-from pipeline.pretrain import augment_clip, augment_params, pretrain, topk_accuracy
+from pipeline.pretrain import pretrain
+from pipeline.pretrainer import augment_clip, augment_params, topk_accuracy
 from tests.mediakit import make_video, ssv2_entry
 from tests.runkit import foleycache, read_metrics
 
