@@ -76,7 +76,7 @@ class EndToEnd(nn.Module):
         return self
 
     def forward(self, frames: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.transform(self.backbone(frames)), length)
+        return self.head(self.transform(self.backbone(frames), length), length)
 
 
 class VideoClips(Dataset):

@@ -315,7 +315,9 @@ class InputTransform(nn.Module):
     state = t.state_dict()        # tensors + extra state {kind, dim, channels, h, w, cells, center, fitted}
     t2 = InputTransform.from_state_dict(state)
 
-    center (features only): subtract each clip's mean feature over its T frames before standardising.
+    center (features only): subtract each clip's mean feature over its real frames before standardising
+    (apply's `length`; without it every frame counts, as for transforms saved before lengths were used:
+    their state has no "center_frames" and keeps centring over all T frames, padding included).
     What stays the same through a clip (the room, the object's look) goes; what changes (motion,
     contact, deformation) stays. With a few hundred clips of one renderer this is what lets the
     seed's head carry over to clips that look different (docs/learning.md: measured with and without).
@@ -329,6 +331,7 @@ class InputTransform(nn.Module):
         if center and kind != "features":
             raise FoleyError("--center-clips applies to --input features only")
         self.kind, self.dim, self.center = kind, int(dim), bool(center)
+        self.center_frames = "real"         # "all": a transform saved before centring read the lengths
         self.fitted = False
         self.register_buffer("mean", torch.zeros(self.dim))     # per-dimension feature statistics [D]
         self.register_buffer("std", torch.ones(self.dim))
@@ -345,7 +348,8 @@ class InputTransform(nn.Module):
     # -- describing itself (nn.Module extra state rides in state_dict, weights_only-safe)
     def get_extra_state(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "channels": self.channels, "h": self.h, "w": self.w,
-                "cells": self.cells, "out_dim": self.out_dim, "center": self.center, "fitted": self.fitted}
+                "cells": self.cells, "out_dim": self.out_dim, "center": self.center, "fitted": self.fitted,
+                "center_frames": self.center_frames}
 
     def set_extra_state(self, state: dict):
         mine = self.get_extra_state()
@@ -353,6 +357,7 @@ class InputTransform(nn.Module):
             if state.get(key, False) != mine[key]:      # transforms saved before `center` existed: False
                 raise FoleyError(f"input transform state is for {key}={state[key]!r}, this one has {mine[key]!r}")
         self.fitted = bool(state["fitted"])
+        self.center_frames = state.get("center_frames", "all")
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "InputTransform":
@@ -376,22 +381,28 @@ class InputTransform(nn.Module):
         total = per_pos.flatten(1).mean(1, keepdim=True)        # every channel and position [BT, 1]
         return torch.log1p(torch.cat([cells, total], 1).sqrt()).view(b, t, self.out_dim)
 
-    def _centered(self, x: Tensor) -> Tensor:
-        """[B, T, D] float32, minus each clip's mean over its T frames when `center` (padding included:
-        it repeats the last real frame, the same way in every split)."""
+    def _centered(self, x: Tensor, length: Tensor | None = None) -> Tensor:
+        """[B, T, D] float32, minus each clip's mean over its real frames when `center` (so the padding
+        never changes the real frames' values; all T frames without `length` or for a transform saved
+        before lengths were used)."""
         x = x.float()
-        return x - x.mean(1, keepdim=True) if self.center else x
+        if not self.center:
+            return x
+        if length is None or self.center_frames == "all":
+            return x - x.mean(1, keepdim=True)
+        keep = frame_mask(length.to(x.device), x.shape[1]).unsqueeze(-1).to(x.dtype)     # [B, T, 1]
+        return x - (x * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
 
-    def apply(self, features: Tensor) -> Tensor:
-        """features [B, T, D] (float16/32) → [B, T, out_dim] float32."""
+    def apply(self, features: Tensor, length: Tensor | None = None) -> Tensor:
+        """features [B, T, D] (float16/32), length [B] real frames (None: all T) → [B, T, out_dim] float32."""
         if features.shape[-1] != self.dim:
             raise FoleyError(f"input transform expects D = {self.dim} features, got {features.shape[-1]}")
         if self.kind == "features":
-            return (self._centered(features) - self.mean) / self.std
+            return (self._centered(features, length) - self.mean) / self.std
         return (self._motion(features) - self.out_mean) / self.out_std
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.apply(features)
+    def forward(self, features: Tensor, length: Tensor | None = None) -> Tensor:
+        return self.apply(features, length)
 
     # -- fitting on the training data
     @torch.no_grad()
@@ -402,17 +413,18 @@ class InputTransform(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(std)
         if self.kind == "motion-energy":        # a second pass: statistics of the 17 values themselves
-            out_mean, out_std = self._moments(source, self._motion, progress, "fitting motion-energy statistics")
+            out_mean, out_std = self._moments(source, lambda x, _: self._motion(x), progress,
+                                              "fitting motion-energy statistics")
             self.out_mean.copy_(out_mean)
             self.out_std.copy_(out_std)
         self.fitted = True
         return self
 
     def _moments(self, source, values, progress: bool, desc: str) -> tuple[Tensor, Tensor]:
-        """Per-column (mean, std) of values(features chunk) [B, T, k] over the real frames of `source`."""
+        """Per-column (mean, std) of values(features chunk, length) [B, T, k] over the real frames of `source`."""
         moments = _RunningMoments()
         for x, length in self._chunks(source, progress, desc):
-            moments.update(_valid_rows(values(x), length))
+            moments.update(_valid_rows(values(x, length), length))
         return moments.result()
 
     def _chunks(self, source, progress: bool, desc: str) -> Iterable[tuple[Tensor, Tensor]]:

@@ -291,7 +291,8 @@ class CacheBatches:
         with torch.no_grad():
             for lo in range(0, len(out), TRANSFORM_CHUNK):
                 chunk = self.features[lo:lo + TRANSFORM_CHUNK].to(self.device)
-                out[lo:lo + TRANSFORM_CHUNK] = self.transform(chunk).to(out.device)
+                length = self.length[lo:lo + TRANSFORM_CHUNK].to(self.device)
+                out[lo:lo + TRANSFORM_CHUNK] = self.transform(chunk, length).to(out.device)
         self.features, self.transformed = out, True
 
     def start_workers(self):
@@ -331,12 +332,12 @@ class CacheBatches:
     def __iter__(self):
         if self.loader is not None:
             for b in self.raw_batches():
-                yield {"inputs": self.transform(b["features"].to(self.device, non_blocking=True)),
+                yield {"inputs": self.transform(b["features"].to(self.device, non_blocking=True), b["length"]),
                        "target": b["envelope"], "length": b["length"], "index": b["index"]}
             return
         for idx in self.sampler:
             i = torch.from_numpy(idx).to(self.features.device)
             x = self.features.index_select(0, i).to(self.device, non_blocking=True)
-            yield {"inputs": x if self.transformed else self.transform(x),
-                   "target": self.envelope.index_select(0, i), "length": self.length.index_select(0, i),
-                   "index": i}
+            length = self.length.index_select(0, i)
+            yield {"inputs": x if self.transformed else self.transform(x, length),
+                   "target": self.envelope.index_select(0, i), "length": length, "index": i}

@@ -128,16 +128,21 @@ class _Options:
 
 @dataclass
 class TrainOptions(_Options):
-    """train-head's options. warmup None = WARMUP_FRACTION of all optimizer steps."""
+    """train-head's options. warmup None = WARMUP_FRACTION of all optimizer steps.
+
+    The defaults are the recipe `compare-heads` measured best (pipeline.recipes.DEFAULT_RECIPE:
+    a Conv1d front and a bidirectional LSTM on centred features, with the onset term); `legacy`
+    values rebuild runs recorded before an option existed as they were trained (the seed's causal
+    LSTM, no centring, no onset term)."""
 
     COMMAND = "train-head"
 
-    epochs: int = option(30, check=lambda v: v >= 1, rule=">= 1")
-    batch_size: int = option(16, check=lambda v: v >= 1, rule=">= 1")
+    epochs: int = option(8, check=lambda v: v >= 1, rule=">= 1")
+    batch_size: int = option(8, check=lambda v: v >= 1, rule=">= 1")
     lr: float = option(1e-3, check=lambda v: v > 0, rule="> 0")
     weight_decay: float = option(0.01, check=lambda v: v >= 0, rule=">= 0")
     warmup: int | None = option(None, check=lambda v: v >= 0, rule=">= 0", shown="5% of all steps")
-    hidden: int = option(512, check=lambda v: v >= 1, rule=">= 1")
+    hidden: int = option(128, check=lambda v: v >= 1, rule=">= 1")
     layers: int = option(2, check=lambda v: v >= 1, rule=">= 1")
     fc: tuple = option((256, 64))
     dropout: float = option(0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)", shown="0")
@@ -145,10 +150,10 @@ class TrainOptions(_Options):
     seed: int = option(0)
     amp: str = option("auto", choices=AMP_CHOICES)
     early_stop: int = option(0, check=lambda v: v >= 0, rule=">= 0", must_match=False)
-    center_clips: bool = option(False, shown="off", legacy=False)
-    temporal: str = option("lstm", choices=TEMPORALS, legacy="lstm")
+    center_clips: bool = option(True, shown="on (--input features)", legacy=False)
+    temporal: str = option("conv-bilstm", choices=TEMPORALS, legacy="lstm")
     conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
-    onset_weight: float = option(0.0, check=lambda v: v >= 0, rule=">= 0", shown="0", legacy=0.0)
+    onset_weight: float = option(1.0, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
     time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
 
     def warmup_steps(self, total_steps: int) -> int:

@@ -66,8 +66,9 @@ class _InOrder:
             index = np.arange(lo, min(n, lo + self.batch_size))
             batch = self.cache.read_many(index)
             features = torch.from_numpy(batch["features"]).to(self.device)     # [B, T, D] stored dtype
-            yield {"inputs": self.run.transform(features), "target": torch.from_numpy(batch["envelope"]),
-                   "length": torch.from_numpy(batch["length"]), "index": torch.from_numpy(index)}
+            length = torch.from_numpy(batch["length"])
+            yield {"inputs": self.run.transform(features, length), "target": torch.from_numpy(batch["envelope"]),
+                   "length": length, "index": torch.from_numpy(index)}
 
 
 def predict(run: TrainedRun, cache, device: torch.device, batch_size: int = PREDICT_BATCH,

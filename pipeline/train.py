@@ -105,8 +105,10 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     opts = TrainOptions.resolve(given, read_run_config(out) if resume else None)
     # The head reads the transform's output: its width decides CPU autocast (runtime.resolve_amp).
     # Built before the run dir is touched, so a cache motion-energy cannot read costs nothing either.
+    if given.get("center_clips") and opts.input != "features":
+        raise FoleyError("--center-clips applies to --input features only")
     transform = InputTransform(opts.input, train_cache.dim, cache_config=train_cache.config,
-                               center=opts.center_clips)
+                               center=opts.center_clips and opts.input == "features")
     amp = resolve_amp(opts.amp, device, wide_input=splits_input(transform.out_dim, opts.hidden))
     workers = reader_workers(dist.world_size) if workers is None else workers
     has_ckpt = on_main(dist, lambda: prepare_run_dir(out, resume, overwrite) is not None)

@@ -11,10 +11,12 @@ from pipeline.options import FinetuneOptions, TrainOptions
 def test_defaults_are_the_documented_ones():
     o = TrainOptions()
     assert (o.epochs, o.batch_size, o.lr, o.weight_decay, o.warmup, o.hidden, o.layers, o.fc, o.dropout, o.input,
-            o.seed, o.amp, o.early_stop, o.center_clips) == (30, 16, 1e-3, 0.01, None, 512, 2, (256, 64), 0.0,
-                                                             "features", 0, "auto", 0, False)
+            o.seed, o.amp, o.early_stop, o.center_clips, o.temporal, o.conv_channels, o.onset_weight,
+            o.time_shift) == (8, 8, 1e-3, 0.01, None, 128, 2, (256, 64), 0.0, "features", 0, "auto", 0, True,
+                              "conv-bilstm", 256, 1.0, 0)
     shown = {name: TrainOptions.default_text(name) for name in ("epochs", "lr", "warmup", "dropout", "center_clips")}
-    assert shown == {"epochs": "30", "lr": "0.001", "warmup": "5% of all steps", "dropout": "0", "center_clips": "off"}
+    assert shown == {"epochs": "8", "lr": "0.001", "warmup": "5% of all steps", "dropout": "0",
+                     "center_clips": "on (--input features)"}
     assert [FinetuneOptions.default_text(n) for n in ("epochs", "batch_size", "lr", "backbone_lr")] == \
         ["5", "4", "1e-4", "1e-6"]
     assert TrainOptions().to_dict()["fc"] == [256, 64]

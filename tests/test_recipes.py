@@ -131,3 +131,10 @@ def test_compare_heads_trains_each_recipe_per_seed_and_writes_mean_and_standard_
     compare_heads(train_cache=train, val_cache=val, evals={"a": val, "b": train}, out=out,
                   recipes=["conv-bilstm"], seeds=2, progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("checkpoint-last.pt")}
+
+
+def test_train_heads_defaults_are_the_default_recipe():
+    from pipeline.recipes import DEFAULT_RECIPE, recipe_options
+
+    defaults = TrainOptions().to_dict()
+    assert {k: defaults[k] for k in recipe_options(DEFAULT_RECIPE)} == recipe_options(DEFAULT_RECIPE)

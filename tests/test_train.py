@@ -76,7 +76,7 @@ def test_train_head_improves_and_writes_a_self_describing_run(caches, tmp_path):
     head, transform, _ = load_head(run / "checkpoint-best.pt")
     x = torch.from_numpy(FeatureCache(caches["val"]).read_many([0, 1])["features"])
     assert head(transform(x)).shape == (2, 24)
-    fitted = InputTransform("features", 32).fit(FeatureCache(caches["train"]))
+    fitted = InputTransform("features", 32, center=True).fit(FeatureCache(caches["train"]))
     assert torch.allclose(transform.mean, fitted.mean) and torch.allclose(transform.std, fitted.std)
 
 
