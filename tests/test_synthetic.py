@@ -346,8 +346,19 @@ def test_looks_api_and_ids():
     with pytest.raises(FoleyError, match="unknown look"):
         S.make_specs(1, 1, 0, TINY, "disco")
     from pipeline.cli import make_synthetic_cmd
-    choices = next(p for p in make_synthetic_cmd.params if p.name == "look").type.choices
-    assert tuple(choices) == S.LOOKS
+    help_text = next(p for p in make_synthetic_cmd.params if p.name == "look").help
+    assert all(look in help_text for look in S.LOOKS)
+
+
+def test_several_looks_share_a_dataset_out_as_their_own_datasets_would_draw_them():
+    mixed = S.make_specs(5, 2, 0, TINY, "home,night")
+    home, night = S.make_specs(3, 1, 0, TINY, "home"), S.make_specs(2, 1, 0, TINY, "night")
+    assert [s["id"] for s in mixed] == ([s["id"] for s in home + night if s["split"] == "train"]
+                                        + [s["id"] for s in home + night if s["split"] == "validation"])
+    assert {s["look"] for s in mixed} == {"home", "night"}
+    for bad in ("home,home", "home,disco", ","):
+        with pytest.raises(FoleyError):
+            S.make_specs(2, 1, 0, TINY, bad)
 
 
 def test_two_looks_differ_while_timing_stays_alike():
