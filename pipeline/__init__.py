@@ -12,6 +12,7 @@ file to a row of the report visits each module once, top to bottom:
   architectures        the networks: model3d_1's 3D CNN, MobileNetV2 per frame, pooling to [B, T, D]
   backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; weights, checkpoints
   shards, cache        ShardWriter (zarr / hdf5) -> cache.json index -> FeatureCache
+  cache_config         CacheConfig: how a cache's features were made, typed (cache.json's config)
   extract              stage 1: clips through a backbone into a cache (extract-features)
   head                 the LSTM+FC head (the seed's causal LSTM, bidirectional, Conv1d front), its
                        input transforms, masked BCE and the onset term

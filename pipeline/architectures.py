@@ -5,7 +5,7 @@
 `Backbone` is what they share: the last map, optionally averaged to a k x k grid, flattened
 channel-major per frame (the seed's reshape), and 5 stages (`blocks`) that can be frozen.
 `Model3D1` is the 11-layer 3D CNN of the Something-Something v2 baseline (TwentyBN), key for key with
-its published checkpoints (docs/design.md, "Backbones"); `MobileNetV2` is torchvision's ImageNet
+its published checkpoints (docs/model3d_1.md); `MobileNetV2` is torchvision's ImageNet
 network in its key layout, run on every frame. Registration, preprocessing, weights and
 calibration live in pipeline.backbones.
 """

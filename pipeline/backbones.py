@@ -10,7 +10,7 @@ Both end in a map [B, C, T', h, w]; `pool` ("none", "global" or "KxK") averages 
 before the channel-major flatten, so D = C * h * w (none) or C * k * k.
 
 `model3d_1` is the 11-layer 3D CNN of the Something-Something v2 baseline (TwentyBN), written
-from `model3d_1-checkpoint-layout.md`; its published checkpoints (`model_best.pth.tar`) load key
+from `docs/model3d_1.md`; its published checkpoints (`model_best.pth.tar`) load key
 for key. Loading never unpickles code: `torch.load(..., weights_only=True)` or safetensors only.
 
 A random init has degenerate BatchNorm statistics (docs/learning.md: 44% dead feature dims, 98.6% of

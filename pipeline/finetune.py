@@ -40,6 +40,7 @@ from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.backbones import BACKBONE_PT, BACKBONE_ST, CALIBRATED_WEIGHTS, weights_sha256
 from pipeline.extract import holds_targets
+from pipeline.cache_config import CacheConfig
 from pipeline.fsio import atomic_write_text
 from pipeline.head import Head, HeadConfig, InputTransform
 from pipeline.loader import epoch_batches
@@ -165,19 +166,16 @@ def _init_head_defaults(init_head: Path | None) -> dict:
     if init_head is None:
         return {}
     head, transform, ckpt = load_head(init_head)
-    cache_config = ckpt.description.cache_config or {}
-    if not holds_targets(cache_config):
+    if not holds_targets(ckpt.description.cache_config or {}):
         raise FoleyError(f"--init-head {init_head} was trained on a cache that holds no targets (extracted "
                          "without audio): start from a head trained on videos with their sound")
-    prov = cache_config.get("backbone_provenance", {})
-    weights = prov.get("weights_name") or prov.get("checkpoint")    # a name is found again on this machine
+    cfg = CacheConfig.from_dict(ckpt.description.cache_config)
+    weights = cfg.weights_name or cfg.checkpoint    # a name is found again on this machine
     if weights == "none":          # a calibrated random init: the cache keeps the calibrated weights
         weights = str(Path(ckpt.config["train_cache"]["path"]) / CALIBRATED_WEIGHTS)
     return {"path": str(init_head), "head": head, "transform": transform, "ckpt": ckpt, "checkpoint": weights,
-            "size": cache_config.get("preprocess", {}).get("size"), "backbone": cache_config.get("backbone"),
-            "pool": cache_config.get("pool", "none") if cache_config else None,
-            "frames": cache_config.get("frames"), "fps": cache_config.get("fps"),
-            "weights_sha256": cache_config.get("weights_sha256")}
+            "size": cfg.size, "backbone": cfg.backbone, "pool": cfg.pool if cfg.raw else None,
+            "frames": cfg.frames, "fps": cfg.fps, "weights_sha256": cfg.weights_sha256}
 
 
 @dataclass

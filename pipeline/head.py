@@ -375,7 +375,7 @@ class InputTransform(nn.Module):
         diff = torch.zeros_like(z)
         diff[:, 1:] = z[:, 1:] - z[:, :-1]                      # frame 0 has no predecessor: no motion
         b, t = diff.shape[:2]
-        sq = diff.view(b * t, self.channels, self.h, self.w).square()
+        sq = diff.reshape(b * t, self.channels, self.h, self.w).square()   # reshape: a backbone map may be strided
         per_pos = sq.mean(1, keepdim=True)                      # mean over channels [BT, 1, h, w]
         cells = F.adaptive_avg_pool2d(per_pos, self.cells).flatten(1)       # [BT, cells^2]
         total = per_pos.flatten(1).mean(1, keepdim=True)        # every channel and position [BT, 1]

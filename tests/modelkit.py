@@ -1,5 +1,5 @@
 """Model helpers shared by the tests: model3d_1's published checkpoint layout written from
-model3d_1-checkpoint-layout.md, random checkpoints in that layout, an independent functional
+docs/model3d_1.md, random checkpoints in that layout, an independent functional
 reference of the network, toy clips, and a pickle payload that proves whether a loader runs code.
 
 A library, not a test module: tests import from here, never from each other.

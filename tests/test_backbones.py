@@ -1,7 +1,7 @@
 """Tests for pipeline/backbones.py: registry, model3d_1 layout, checkpoint loading, BN calibration.
 
 Small inputs only (T 4-8, 32-64 px; one 224 shape check with T=2): the full 48x224x224 clip
-costs ~974 GFLOP. The reference (tests/modelkit.py) is written from model3d_1-checkpoint-layout.md with
+costs ~974 GFLOP. The reference (tests/modelkit.py) is written from docs/model3d_1.md with
 plain functional ops, independently of the nn.Module under test.
 """
 from __future__ import annotations

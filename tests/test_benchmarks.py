@@ -201,7 +201,7 @@ def test_missing_train_head_module_is_reported_not_fatal(tmp_path, monkeypatch):
 def test_flops_per_clip_match_the_layout_document():
     from benchmarks.gpu import clip_flops
 
-    assert clip_flops(224) / 1e9 == pytest.approx(974.2, abs=0.5)     # model3d_1-checkpoint-layout.md
+    assert clip_flops(224) / 1e9 == pytest.approx(974.2, abs=0.5)     # docs/model3d_1.md
     assert clip_flops(112) / 1e9 == pytest.approx(246.1, abs=0.5)
 
 
