@@ -19,7 +19,7 @@ from pipeline.errors import FoleyError
 INPUTS = ("features", "motion-energy")          # the head's input transforms (pipeline.head)
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")     # training's --amp (pipeline.runtime.resolve_amp)
 PRECISIONS = ("auto", "bf16", "fp32")             # extraction's --precision (pipeline.runtime.resolve_precision)
-PRELOADS = ("none", "ram", "gpu")               # train-head's --preload (pipeline.loader)
+PRELOADS = ("auto", "none", "ram", "gpu")       # train-head's --preload (pipeline.loader resolves auto)
 WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
 
 
@@ -113,6 +113,8 @@ class TrainOptions(_Options):
     amp: str = option("auto", choices=AMP_CHOICES)
     early_stop: int = option(0, check=lambda v: v >= 0, rule=">= 0", must_match=False)
     center_clips: bool = option(False, shown="off")
+    # where the cache is read from; changes no number (the same batches either way), so a resume may change it
+    preload: str = option("auto", choices=PRELOADS, must_match=False)
 
     def warmup_steps(self, total_steps: int) -> int:
         """--warmup, else WARMUP_FRACTION of all optimizer steps (at least 1)."""
