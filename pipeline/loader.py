@@ -158,6 +158,24 @@ class _ShardReader(Dataset):
                 "length": torch.from_numpy(r["length"].astype(np.int64))}
 
 
+class _PreloadedShards:
+    """A preloaded cache seen as its shards (`n_shards`, `read_shard(k)`), what InputTransform.fit
+    reads from a FeatureCache: fitting from memory then sums in the same chunks as fitting from the
+    files, so the statistics, and the training after them, are the same bit for bit."""
+
+    def __init__(self, features: Tensor, length: Tensor, shard_sizes: list[int]):
+        self.features, self.length = features, length
+        self.offsets = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.offsets) - 1
+
+    def read_shard(self, k: int) -> dict:
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        return {"features": self.features[lo:hi].cpu().numpy(), "length": self.length[lo:hi].cpu().numpy()}
+
+
 class _EpochSampler:
     """Yields the current epoch's batches of indices (DataLoader sampler with batch_size=None)."""
 
@@ -201,6 +219,7 @@ class CacheBatches:
         self._workers_started = False
         self.preload_bytes = 0          # memory the preloaded cache takes (before a shrinking transform)
         self.preload_reason = f"--preload {preload}"    # why this mode (auto: what fitted where)
+        self.shard_sizes = list(shard_sizes)
         self.sampler = _EpochSampler(lambda epoch: epoch_batches(
             shard_sizes, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=dist.rank,
             world_size=dist.world_size, pad=shuffle))
@@ -312,6 +331,13 @@ class CacheBatches:
         if self.features is None or self.transformed:
             return None
         return self.features, self.length
+
+    @property
+    def fit_source(self) -> _PreloadedShards | None:
+        """The preloaded cache as shards, for `InputTransform.fit` (same sums as from the files);
+        None without preload."""
+        raw = self.preloaded
+        return None if raw is None else _PreloadedShards(raw[0], raw[1], self.shard_sizes)
 
     def prepare(self):
         """After transform.fit: transform preloaded features once when that makes them smaller."""

@@ -138,7 +138,7 @@ def _prepare_data(train_cache, val_cache, transform: InputTransform, ckpt: RunCh
     for b in (train_batches, val_batches):
         b.start_workers()                   # before anything big is allocated (see start_workers)
     if ckpt is None:
-        source = train_batches.preloaded or train_cache
+        source = train_batches.fit_source or train_cache
         state = on_main(dist, lambda: to_cpu(transform.fit(source, progress=progress).state_dict()))
         transform.load_state_dict(state)
     train_batches.prepare()
