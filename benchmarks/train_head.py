@@ -30,15 +30,16 @@ Both are measured in one child process that runs with OMP_WAIT_POLICY=PASSIVE (u
 policy the `foleycache train-head` CLI sets: on a shared CPU, spinning OpenMP threads slow the
 LSTM's many small steps 2-3x. Frozen and cached sides get the same policy and thread count.
 
-The loader (`loader_efficiency`, see its docstring), on a cache of the real features tiled to
-LOADER_CLIPS clips, warm, median of interleaved passes, clips delivered per second:
-  loader_efficiency       train-head's loader (`CacheBatches.raw_batches`, preload none: shuffled
-                          batches from pools of shards, DataLoader workers, reused shared-memory
-                          buffers) / a plain sequential read of the same shard files (read_shard)
-  loader_vs_npy_float32   the same loader / one float32 .npy per video, memory-mapped, copied into
-                          batches in order (issue 16's honest reference: the usual layout)
-  and, to show what would close that gap: the loader on an uncompressed copy of the cache, a flat
-  float16 array per shard read through a memory map (a prototype layout), --preload ram's gather.
+The loader (`loader_efficiency`, see its docstring), on caches of the real features tiled to
+LOADER_CLIPS clips (one per --compression codec), warm, median of interleaved passes, float32
+batches delivered per second, against one float32 .npy per video, memory-mapped, copied into
+batches in order (the usual layout; the honest reference):
+  loader_vs_npy_float32     train-head's default path (--preload auto: RAM when the cache fits)
+  streaming_vs_npy_float32  --preload none on the default codec (reader workers, a batch read per
+                            shard straight into reused shared-memory buffers); and per codec
+  loader_efficiency         that streaming loader / a plain sequential read of the same shard files
+  plus --preload ram, disk / float32 per codec, and cold reads of the streaming loader per codec and
+  of the .npy files (each dropped from the page cache first, where the OS allows).
 """
 from __future__ import annotations
 
