@@ -17,9 +17,9 @@ one. Reading: `FeatureCache` (picklable, lazily opened files), `cache_info`.
 This module owns the fingerprint, the index and the directory's life cycle; what is inside one
 shard (formats, names, digests) belongs to `pipeline.shards`, decoding videos and running models
 to `pipeline.extract`. It must not import from stages after it (extract, training, export).
-It is longer than most modules (~640 lines) for one reason: cache.json's fields are written by
+It is longer than most modules (~710 lines) for one reason: cache.json's fields are written by
 `finalize_cache` and checked by `FeatureCache`, and keeping the index's writer and reader side by
-side is what keeps them in step.
+side is what keeps them in step (decoding a shard's chunks is `pipeline.chunks`'s).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pipeline.fsio import atomic_write_text, fsync_dir, read_json
 from pipeline.chunks import LostChunk, clip_reader
 from pipeline.shards import (FORMATS, LEGACY_COMPRESSION, SCHEMA_VERSION, SHARD_RE, TEMP_RE, ShardWriter,
                              canonical_json, check_compression, check_dtype, check_fmt, close_shard, disk_bytes, fmt_of,
-                             open_shard, read_clips, read_shard_attrs, read_shard_meta, remove_path, shard_name,
+                             open_shard, read_shard_attrs, read_shard_meta, remove_path, shard_name,
                              shard_sha256)
 
 CACHE_JSON = "cache.json"
@@ -477,10 +477,6 @@ class FeatureCache:
             close_shard(old)
         return self._handles[k]
 
-    def _features_array(self, k: int):
-        """Shard k's `features` array (zarr Array or h5py Dataset)."""
-        return self._open(k)[1]
-
     def _shard_meta(self, k: int) -> dict:
         if k not in self._meta:
             meta = read_shard_meta(self.shard_path(k))
@@ -495,21 +491,31 @@ class FeatureCache:
             self._meta[k] = meta
         return self._meta[k]
 
-    def _read_features(self, k: int, local) -> np.ndarray:
-        """features [len(local), T, D] for sorted unique local indices (or a slice) of shard k."""
+    def _read_rows(self, k: int, local: np.ndarray, out, rows: np.ndarray):
+        """out[rows[j]] = features of shard k's clip local[j] ([T, D], cast to out's dtype): one
+        ascending pass over the chunks (`pipeline.chunks`); any failure is a FoleyError naming the shard."""
+        import torch
+
         try:
-            arr = self._features_array(k)
-            out = read_clips(arr, local)
-            lost = np.isnan(out.reshape(out.shape[0], -1)[:, 0]) if out.size else np.zeros(0, bool)
-            if lost.any():                      # one clip per chunk: a lost chunk is a NaN clip
-                raise FoleyError(f"shard {self.shard_path(k)} has lost the features of {int(lost.sum())} clip(s) "
-                                 "(chunk files missing); run `foleycache cache-info --verify`")
-            return out
+            self._open(k)[2].read_into(local, out, rows)
         except FoleyError:
             raise
         except Exception as e:
             raise FoleyError(f"cannot read features from shard {self.shard_path(k)}: "
                              f"{type(e).__name__}: {e}") from e
+        # one clip per chunk: a chunk a library reads as missing is a NaN clip (the fill value)
+        if len(rows) and torch.isnan(out[torch.from_numpy(np.asarray(rows)), 0, 0]).any():
+            raise LostChunk(f"shard {self.shard_path(k)} has lost the features of some clips "
+                            "(chunk files missing); run `foleycache cache-info --verify`")
+
+    def _read_features(self, k: int, local) -> np.ndarray:
+        """features [len(local), T, D] (stored dtype) of shard k's clips at local indices (or a slice)."""
+        import torch
+
+        local = np.arange(len(self.shard_slice(k)))[local] if isinstance(local, slice) else np.asarray(local)
+        out = torch.empty((len(local), self.frames, self.dim), dtype=getattr(torch, self.dtype))
+        self._read_rows(k, local, out, np.arange(len(local)))
+        return out.numpy()
 
     # -- public reading API
     def __getitem__(self, i) -> dict:
@@ -527,13 +533,8 @@ class FeatureCache:
         """Everything in shard k: features [n, T, D], envelope [n, T], length [n], id, label (lists)."""
         if not 0 <= k < self.n_shards:
             raise IndexError(f"shard {k} out of range (cache has {self.n_shards})")
-        import torch
-
         meta = self._shard_meta(k)
-        rows = self.shard_slice(k)
-        features = torch.empty((len(rows), self.frames, self.dim), dtype=getattr(torch, self.dtype))
-        self.read_into(np.arange(rows.start, rows.stop), features)
-        return {"features": features.numpy(), "envelope": meta["envelope"].copy(),
+        return {"features": self._read_features(k, slice(None)), "envelope": meta["envelope"].copy(),
                 "length": meta["length"].copy(), "id": list(meta["id"]), "label": list(meta["label"])}
 
     def read_into(self, indices, features, envelope=None, length=None):
@@ -549,16 +550,7 @@ class FeatureCache:
             pos = np.nonzero(shard_of == k)[0]
             local = idx[pos] - self._offsets[k]
             meta = self._shard_meta(k)
-            try:
-                self._open(k)[2].read_into(local, features, pos)
-            except FoleyError:
-                raise
-            except Exception as e:
-                raise FoleyError(f"cannot read features from shard {self.shard_path(k)}: "
-                                 f"{type(e).__name__}: {e}") from e
-            if len(pos) and torch.isnan(features[torch.from_numpy(pos), 0, 0]).any():
-                raise LostChunk(f"shard {self.shard_path(k)} has lost the features of some clips "
-                                "(chunk files missing); run `foleycache cache-info --verify`")
+            self._read_rows(k, local, features, pos)
             if envelope is not None:
                 envelope[pos] = torch.from_numpy(meta["envelope"][local])
             if length is not None:
@@ -582,9 +574,8 @@ class FeatureCache:
         shard_of = np.searchsorted(self._offsets, idx, side="right") - 1
         for k in np.unique(shard_of):
             pos = np.nonzero(shard_of == k)[0]
-            local, inverse = np.unique(idx[pos] - self._offsets[k], return_inverse=True)
             meta = self._shard_meta(int(k))
-            out["features"][pos] = self._read_features(int(k), local)[inverse]
+            out["features"][pos] = self._read_features(int(k), idx[pos] - self._offsets[k])
             out["envelope"][pos] = meta["envelope"][idx[pos] - self._offsets[k]]
             out["length"][pos] = meta["length"][idx[pos] - self._offsets[k]]
             for p, j in zip(pos, idx[pos] - self._offsets[k]):

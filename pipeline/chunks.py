@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,7 +48,7 @@ def _crc32c_checked(data: np.ndarray) -> np.ndarray:
 
 
 def _zarr_decoder(meta: dict, dtype: np.dtype):
-    """decode(chunk bytes, target uint8 [nbytes]) that fills target exactly, for a codec chain this
+    """decode(chunk uint8 [size], target uint8 [nbytes]) that fills target exactly, for a codec chain this
     module reads directly; None for any other chain (the caller then reads through zarr); "raw"
     for chunks stored as plain bytes (read straight into the target)."""
     import numcodecs

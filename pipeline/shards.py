@@ -7,8 +7,9 @@ finished shard is self-contained. Writing follows mosaicml/streaming: a `ShardWr
 shard under a temporary name (`fsio.temp_name`) and renames it when complete. Identical calls give
 byte-identical shards (no timestamps; failures sorted).
 
-This module owns the shard: its names, its two storage formats (`_ZarrFormat`, `_Hdf5Format`), its
-digest (`shard_sha256`) and reading its small metadata and its clips. It must not know about the
+This module owns the shard: its names, its two storage formats (`_ZarrFormat`, `_Hdf5Format`) and
+their codecs (`--compression`), its digest (`shard_sha256`) and reading its small metadata (its
+clips are read by `pipeline.chunks`, straight into training's batches). It must not know about the
 cache index (cache.json), fingerprints or extraction (`pipeline.cache` and `pipeline.extract` do);
 it imports only `pipeline.fsio` and `pipeline.errors`.
 """
@@ -473,34 +474,3 @@ def read_shard_meta(path: Path) -> dict:
         raise FoleyError(f"cannot read shard {path}: {type(e).__name__}: {e}") from e
     finally:
         close_shard(store)
-
-
-def read_clips(arr, local) -> np.ndarray:
-    """features [len(local), T, D] of a shard's `features` array (zarr Array or h5py Dataset) at
-    sorted unique local indices, or at a slice."""
-    if isinstance(local, slice):
-        return np.asarray(arr[local])
-    if hasattr(arr, "async_array"):     # zarr
-        return _zarr_read_clips(arr, local)
-    out = np.empty((len(local), *arr.shape[1:]), dtype=arr.dtype)
-    for j, i in enumerate(local):       # one chunk per clip: read each straight into place
-        arr.read_direct(out, source_sel=np.s_[int(i)], dest_sel=np.s_[j])
-    return out
-
-
-def _zarr_read_clips(arr, local) -> np.ndarray:
-    """arr[local] for a zarr array chunked one clip per chunk, fetching and decoding the chunks
-    concurrently: faster than a loop of arr[i] and than arr.oindex[local], whose orthogonal-indexing
-    path is slower here (training's loader reads this way; `benchmarks/train_head.py` times it)."""
-    try:
-        import asyncio
-        from zarr.core.sync import sync      # zarr's own event loop (zarr 3.x)
-    except ImportError:
-        return np.stack([np.asarray(arr[int(i)]) for i in local])
-    aarr = arr.async_array
-
-    async def gather():
-        return await asyncio.gather(*(aarr.getitem(slice(int(i), int(i) + 1)) for i in local))
-    parts = sync(gather())
-    return np.concatenate([np.asarray(p) for p in parts]) if parts else \
-        np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
