@@ -9,7 +9,9 @@ file to a row of the report visits each module once, top to bottom:
   media                load_clip: a video file -> frames [3, T, S, S] + loudness envelope [T]
   data                 manifests (SSv2 JSON, CSV / JSON Lines, folders, windows) -> Annotations
   backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; checkpoints
-  shards, cache        ShardWriter (zarr / hdf5) -> cache.json index -> FeatureCache
+  shards, chunks, cache
+                       ShardWriter (zarr / hdf5, --compression) -> cache.json index -> FeatureCache;
+                       chunks: a shard's clips decoded straight into a training batch
   extract              stage 1: clips through a backbone into a cache (extract-features)
   head                 the seed's LSTM+FC head, its input transforms, masked BCE
   loader               a cache as training batches (lease ring, preload)
