@@ -292,7 +292,7 @@ def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER
     Ratios are of clips delivered per second; storage ratios are bytes on disk / float32 (cache_info).
     """
     from benchmarks.storage import drop_from_page_cache
-    from pipeline.cache import FeatureCache, cache_info, write_cache
+    from pipeline.cache import FeatureCache
     from pipeline.distributed import Distributed
     from pipeline.head import InputTransform
     from pipeline.loader import CacheBatches
@@ -300,22 +300,11 @@ def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER
     from pipeline.runtime import reader_workers, resolve_device
     from pipeline.shards import DEFAULT_COMPRESSION
 
-    t = _tiled(alt, clips)
-    caches = {codec: write_cache(workdir / f"loader-cache-{codec}", t["ids"], t["labels"], t["features"],
-                                 t["envelopes"], t["lengths"], fmt="zarr", dtype="float16", shard_size=SHARD_SIZE,
-                                 config={"benchmark": "loader"}, overwrite=True, compression=codec)
-              for codec in CODECS}
+    caches, npy_files = _loader_inputs(_tiled(alt, clips), workdir)
     default_codec = DEFAULT_COMPRESSION["zarr"]
-    npy_dir = workdir / "loader-npy-float32"
-    npy_dir.mkdir(parents=True, exist_ok=True)
-    npy_files = []
-    for clip_id, f in zip(t["ids"], t["features"]):
-        npy_files.append(npy_dir / f"{clip_id}.npy")
-        np.save(npy_files[-1], f.astype(np.float32))
     cache = caches[default_codec]
     n, frames, dim = len(cache), cache.frames, cache.dim
     bs = TrainOptions.batch_size
-    del t
     buf = np.empty((bs, frames, dim), dtype=np.float32)
 
     def npy_memmap(epoch: int) -> int:
@@ -343,37 +332,71 @@ def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER
     batches.update({f"stream_{codec}": make(caches[codec], "none") for codec in CODECS})
     readers = {name: (lambda e, b=b: _delivered(b, e, dev)) for name, b in batches.items()}
     readers.update(shard_files=shard_files, npy_float32_memmap=npy_memmap)
-    for read in readers.values():               # starts the persistent workers, warms the page cache
+    cps = _interleaved(readers)
+    cold = _cold_passes(caches, npy_files, {c: readers[f"stream_{c}"] for c in CODECS}, npy_memmap, n,
+                        drop_from_page_cache, workdir)
+    out = _loader_summary(cps, caches, npy_files, default, default_codec, cold)
+    out.update(workers=workers, batch_size=bs)
+    del batches, default, readers
+    import shutil
+    for path in [npy_files[0].parent] + [c.path for c in caches.values()]:
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def _interleaved(readers: dict) -> dict:
+    """{name: median clips/s} of LOADER_PASSES passes per reader, interleaved pass by pass so all
+    see the same machine load (after one warm-up pass each: workers started, page cache warm)."""
+    for read in readers.values():
         read(0)
     times = {k: [] for k in readers}
-    for p in range(LOADER_PASSES):              # interleaved: all see the same machine load
+    for p in range(LOADER_PASSES):
         for k, read in readers.items():
             t0 = time.perf_counter()
             got = read(p + 1)
-            times[k].append(got / (time.perf_counter() - t0))      # clips/s
-    cps = {k: statistics.median(v) for k, v in times.items()}
-    cold = _cold_passes(caches, npy_files, {c: readers[f"stream_{c}"] for c in CODECS}, npy_memmap, n,
-                        drop_from_page_cache, workdir)
+            times[k].append(got / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _loader_summary(cps: dict, caches: dict, npy_files: list, default, default_codec: str, cold: dict) -> dict:
+    """loader_efficiency's result: the ratios against the .npy reference, disk per codec, clips/s."""
+    from pipeline.cache import cache_info
+
+    cache = caches[default_codec]
+    n, frames, dim = len(cache), cache.frames, cache.dim
     ratio = lambda a, b: round(cps[a] / cps[b], 3)  # noqa: E731
-    out = {"loader_vs_npy_float32": ratio("default", "npy_float32_memmap"),
-           "default_preload": default.preload, "default_preload_reason": default.preload_reason,
-           "default_codec": default_codec,
-           "streaming_vs_npy_float32": ratio(f"stream_{default_codec}", "npy_float32_memmap"),
-           "stream_vs_npy_float32": {c: ratio(f"stream_{c}", "npy_float32_memmap") for c in CODECS},
-           "preload_ram_vs_npy_float32": ratio("preload_ram", "npy_float32_memmap"),
-           "loader_efficiency": ratio(f"stream_{default_codec}", "shard_files"),
-           "storage_ratio": {c: cache_info(caches[c].path)["storage_ratio"] for c in CODECS},
-           "cold": cold,
-           "clips_per_s": {k: round(v, 1) for k, v in cps.items()},
-           "npy_float32_memmap_MBps": round(cps["npy_float32_memmap"] * frames * dim * 4 / 1e6, 1),
-           "clips": n, "features": [frames, dim], "shards": cache.n_shards, "workers": workers, "batch_size": bs,
-           "disk_bytes_per_clip": {**{c: round(_disk_bytes(caches[c].path / "shards") / n, 1) for c in CODECS},
-                                   "npy_float32": round(_disk_bytes(npy_dir) / n, 1)}}
-    del batches, default, readers
-    import shutil
-    for path in [npy_dir] + [c.path for c in caches.values()]:
-        shutil.rmtree(path, ignore_errors=True)
-    return out
+    return {"loader_vs_npy_float32": ratio("default", "npy_float32_memmap"),
+            "default_preload": default.preload, "default_preload_reason": default.preload_reason,
+            "default_codec": default_codec,
+            "streaming_vs_npy_float32": ratio(f"stream_{default_codec}", "npy_float32_memmap"),
+            "stream_vs_npy_float32": {c: ratio(f"stream_{c}", "npy_float32_memmap") for c in CODECS},
+            "preload_ram_vs_npy_float32": ratio("preload_ram", "npy_float32_memmap"),
+            "loader_efficiency": ratio(f"stream_{default_codec}", "shard_files"),
+            "storage_ratio": {c: cache_info(caches[c].path)["storage_ratio"] for c in CODECS},
+            "cold": cold,
+            "clips_per_s": {k: round(v, 1) for k, v in cps.items()},
+            "npy_float32_memmap_MBps": round(cps["npy_float32_memmap"] * frames * dim * 4 / 1e6, 1),
+            "clips": n, "features": [frames, dim], "shards": cache.n_shards,
+            "disk_bytes_per_clip": {**{c: round(_disk_bytes(caches[c].path / "shards") / n, 1) for c in CODECS},
+                                    "npy_float32": round(_disk_bytes(npy_files[0].parent) / n, 1)}}
+
+
+def _loader_inputs(t: dict, workdir: Path) -> tuple[dict, list[Path]]:
+    """The tiled clips `t` as one cache per codec ({codec: FeatureCache}) and as one float32 .npy
+    per video (their paths, in cache order)."""
+    from pipeline.cache import write_cache
+
+    caches = {codec: write_cache(workdir / f"loader-cache-{codec}", t["ids"], t["labels"], t["features"],
+                                 t["envelopes"], t["lengths"], fmt="zarr", dtype="float16", shard_size=SHARD_SIZE,
+                                 config={"benchmark": "loader"}, overwrite=True, compression=codec)
+              for codec in CODECS}
+    npy_dir = workdir / "loader-npy-float32"
+    npy_dir.mkdir(parents=True, exist_ok=True)
+    npy_files = []
+    for clip_id, f in zip(t["ids"], t["features"]):
+        npy_files.append(npy_dir / f"{clip_id}.npy")
+        np.save(npy_files[-1], f.astype(np.float32))
+    return caches, npy_files
 
 
 def _cold_passes(caches: dict, npy_files: list, streams: dict, npy_memmap, n: int, drop, workdir: Path) -> dict:

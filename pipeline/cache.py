@@ -177,6 +177,23 @@ def resolve_compression(cache_dir, fmt: str, compression: str | None, overwrite:
     return check_compression(fmt, compression or recorded)
 
 
+def _resume_problem(record: dict, fingerprint: str, config: dict, n_shards: int, fmt: str | None,
+                    compression: str | None) -> str | None:
+    """Why an existing cache's record cannot be resumed by this run (None: it can)."""
+    old_n = len(record["shards"]) if record["_source"] == CACHE_JSON else record.get("n_shards")
+    old_fmt, old_codec = record.get("format"), _recorded_compression(record)
+    if record["fingerprint"] != fingerprint:
+        keys = _diff_keys(record.get("config", {}), config) or ["(fingerprint only)"]
+        return f"was built with another configuration (differs in: {', '.join(keys)})"
+    if old_n != n_shards:
+        return f"has {old_n} shards, this run needs {n_shards} (the annotation list or --shard-size changed)"
+    if fmt is not None and old_fmt is not None and old_fmt != fmt:
+        return f"was started with --format {old_fmt}, this run asks for {fmt}"
+    if compression is not None and old_codec not in (None, compression):
+        return f"was started with --compression {old_codec}, this run asks for {compression}"
+    return None
+
+
 def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwrite: bool = False,
                 *, fmt: str | None = None, compression: str | None = None) -> list[int]:
     """Create or resume a cache; returns the shard indices still to write.
@@ -206,22 +223,11 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
             raise
         record = None          # a corrupt record of our own cache: --overwrite may replace it
 
-    if record is not None and not overwrite:
-        old_n = len(record["shards"]) if record["_source"] == CACHE_JSON else record.get("n_shards")
-        old_fmt = record.get("format")
-        problem = None
-        if record["fingerprint"] != fingerprint:
-            keys = _diff_keys(record.get("config", {}), config) or ["(fingerprint only)"]
-            problem = f"was built with another configuration (differs in: {', '.join(keys)})"
-        elif old_n != n_shards:
-            problem = f"has {old_n} shards, this run needs {n_shards} (the annotation list or --shard-size changed)"
-        elif fmt is not None and old_fmt is not None and old_fmt != fmt:
-            problem = f"was started with --format {old_fmt}, this run asks for {fmt}"
-        elif compression is not None and _recorded_compression(record) not in (None, compression):
-            problem = f"was started with --compression {_recorded_compression(record)}, this run asks for {compression}"
-        if problem:
-            raise FoleyError(f"the cache in {cache_dir} {problem}; pass --overwrite to replace it, "
-                             "or choose another output directory")
+    problem = _resume_problem(record, fingerprint, config, n_shards, fmt, compression) \
+        if record is not None and not overwrite else None
+    if problem:
+        raise FoleyError(f"the cache in {cache_dir} {problem}; pass --overwrite to replace it, "
+                         "or choose another output directory")
     if overwrite and cache_dir.is_dir():
         for p in cache_dir.iterdir():
             remove_path(p)

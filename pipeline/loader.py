@@ -378,8 +378,16 @@ class CacheBatches:
         if self._gathered is None or self._gathered.shape[0] < len(i):
             self._gathered = torch.empty((len(i), *f.shape[1:]), dtype=torch.float32)
         out = self._gathered[:len(i)]
-        for j, k in enumerate(i.tolist()):
-            out[j].copy_(f[k])
+        # One thread: a memory-bound copy gains little from a second one, and on a shared CPU its
+        # parallel regions wait for a descheduled thread (1.4x slower at load 6 on 2 cores,
+        # `benchmarks/train_head.py`'s default path).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for j, k in enumerate(i.tolist()):
+                out[j].copy_(f[k])
+        finally:
+            torch.set_num_threads(threads)
         return out
 
     def raw_batches(self):
