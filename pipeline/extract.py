@@ -309,7 +309,8 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
                manifest_record=_manifest_record(manifest, annotations, clips.videos, classes, window_stride,
                                                 labels, limit),
                shards=ShardSettings(out=Path(out), fmt=fmt, dtype=dtype,
-                                    compression=cache.resolve_compression(out, fmt, compression, overwrite), dim=dim, shard_size=shard_size,
+                                    compression=cache.resolve_compression(out, fmt, compression, overwrite),
+                                    dim=dim, shard_size=shard_size,
                                     n_candidates=len(manifest), clips=clips, batch_size=batch_size,
                                     workers=workers, device=dist.device, precision=precision, mean=spec.mean,
                                     std=spec.std, progress=progress and dist.is_main))

@@ -392,8 +392,9 @@ class CacheBatches:
 
     def raw_batches(self):
         """preload none: the loader's batches as read ({"features" [B, T, D] (float32 on a CPU
-        device, as stored for CUDA), "envelope", "length", "index"}). A batch's features live in a worker's reusable buffer, handed back
-        when the next batch is asked for: use (or copy) them before that."""
+        device, as stored for CUDA), "envelope", "length", "index"}). A batch's features live in a
+        worker's reusable buffer, handed back when the next batch is asked for: use (or copy) them
+        before that."""
         for b in self.loader:
             worker, slot = (int(v) for v in b.pop("lease"))
             yield b

@@ -116,8 +116,9 @@ def test_training_is_bit_identical_streaming_or_preloaded(tmp_path, compression)
     from tests.cachekit import signal_data
 
     features, envelopes, lengths = signal_data(24, 7, 16, 12)
-    make = lambda name: write_cache(tmp_path / name, [f"{name}{i}" for i in range(24)], ["x"] * 24, features,  # noqa: E731
-                                    envelopes, lengths, shard_size=8, compression=compression, config={"t": 1})
+    make = lambda name: write_cache(  # noqa: E731
+        tmp_path / name, [f"{name}{i}" for i in range(24)], ["x"] * 24, features, envelopes, lengths, shard_size=8,
+        compression=compression, config={"t": 1})
     train, val = make("train"), make("val")
     runs = {}
     for preload, workers in (("none", 0), ("none", 1), ("ram", 0), ("auto", 0)):
