@@ -71,6 +71,7 @@ CALIBRATION_CLIPS = 4           # clips that set the benchmark backbone's BatchN
 LOADER_CLIPS = 384              # clips in the loader-efficiency cache (real features, tiled): 24 batches,
                                 # so filling the pipeline at the start of an epoch is not a tenth of it
 LOADER_PASSES = 5               # passes per reader; the median is reported
+COLD_PASSES = 3                 # cold passes per reader (files dropped from the page cache first); the median
 CODECS = ("lz4", "zstd", "none")  # extract-features --compression choices, each read by the loader
 SHARD_SIZE = 64                 # extract-features' default
 SEED_TRAIN_CLIPS = 12991        # the seed's train set after removing faulty videos (issue 4's GPU target)
@@ -400,20 +401,23 @@ def _loader_inputs(t: dict, workdir: Path) -> tuple[dict, list[Path]]:
 
 
 def _cold_passes(caches: dict, npy_files: list, streams: dict, npy_memmap, n: int, drop, workdir: Path) -> dict:
-    """One pass of each streaming reader and of the .npy reference right after dropping its files
-    from the page cache: clips/s, and each codec against the cold .npy."""
+    """COLD_PASSES rounds of one pass of each streaming reader and of the .npy reference, each right
+    after dropping its files from the page cache (median clips/s; rounds interleaved like the warm
+    passes), and each codec against the cold .npy."""
     possible, how = _cold_reads_possible(workdir)
     if not possible:
         return {"possible": False, "how": how}
     files = {c: [f for f in (caches[c].path / "shards").rglob("*") if f.is_file()] for c in caches}
-    cps = {}
-    for name, read, paths in [(f"stream_{c}", streams[c], files[c]) for c in caches] + \
-                             [("npy_float32_memmap", npy_memmap, npy_files)]:
-        drop(paths)
-        t0 = time.perf_counter()
-        got = read(LOADER_PASSES + 1)
-        cps[name] = round(got / (time.perf_counter() - t0), 1)
-    return {"possible": True, "how": how, "clips_per_s": cps,
+    readers = [(f"stream_{c}", streams[c], files[c]) for c in caches] + [("npy_float32_memmap", npy_memmap, npy_files)]
+    times = {name: [] for name, _, _ in readers}
+    for r in range(COLD_PASSES):
+        for name, read, paths in readers:
+            drop(paths)
+            t0 = time.perf_counter()
+            got = read(LOADER_PASSES + 1 + r)
+            times[name].append(got / (time.perf_counter() - t0))
+    cps = {k: round(statistics.median(v), 1) for k, v in times.items()}
+    return {"possible": True, "how": how, "passes": COLD_PASSES, "clips_per_s": cps,
             "vs_npy_float32_cold": {c: round(cps[f"stream_{c}"] / cps["npy_float32_memmap"], 3) for c in caches}}
 
 
