@@ -7,8 +7,8 @@ a BatchNorm-calibrated model3d_1), so the compression measured here is what real
 (pretrained weights may be more or less sparse; the zero fraction is reported).
 
 Variants, all holding the same float16 features [N, T, D] (the npy float32 one: the same values):
-  cache (zarr, zstd-1)    the extracted cache itself: what extract-features writes
-  zarr float16 raw        same chunks (one clip each), no compressor: what compression adds
+  cache (zarr, lz4)       the extracted cache itself: what extract-features writes (its --compression)
+  cache (zarr, <codec>)   the same features written with each other --compression (zstd, none, ...)
   hdf5 (gzip-1)           the cache written with --format hdf5 (same writer)
   npy float16 per video   np.save(f"{id}.npy", features) for each clip (features only)
   npy float32 per video   the same in float32, the most common practice
@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline import cache as cachemod
 from pipeline.cache import FeatureCache, cache_info, write_cache
-from pipeline.shards import ZSTD_LEVEL
+from pipeline.shards import COMPRESSIONS
 
 REPEATS = 3          # warm full passes; the median is reported
 
@@ -62,16 +62,6 @@ def _read_cache(path: Path) -> int:
     for k in range(c.n_shards):
         n += len(c.read_shard(k)["features"])
     c.close()
-    return n
-
-
-def _read_zarr_raw(path: Path) -> int:
-    import zarr
-    arr = zarr.open_array(path, mode="r")
-    n = 0
-    for i in range(arr.shape[0]):   # one chunk (clip) at a time, like the per-clip .npy reads
-        arr[i]
-        n += 1
     return n
 
 
@@ -117,22 +107,22 @@ def run(cache_dir: Path, workdir: Path) -> dict:
     variants = []
     shards = sorted(p for p in (cache_dir / cachemod.SHARDS_DIR).iterdir())
     shard_files = [f for s in shards for f in _files(s)]
-    variants.append(_measure(f"cache ({info['format']}, {info['dtype']}, "
-                             f"{'zstd-%d' % ZSTD_LEVEL if info['format'] == 'zarr' else 'gzip'})",
+    shard_size = int(info["config"].get("shard_size", 64))
+    variants.append(_measure(f"cache ({info['format']}, {info['dtype']}, {info['compression']})",
                              shard_files, lambda: _read_cache(cache_dir), n, f32_clip))
-
-    import zarr
-    raw = workdir / "features-raw.zarr"
-    shutil.rmtree(raw, ignore_errors=True)
-    arr = zarr.create_array(raw, shape=feats.shape, chunks=(1, frames, dim), dtype="float16",
-                            compressors=None, fill_value=0, zarr_format=3)
-    arr[:] = feats
-    variants.append(_measure("zarr float16 raw (no compressor)", _files(raw), lambda: _read_zarr_raw(raw),
-                             n, f32_clip))
+    ratio_by_codec = {info["compression"]: info["storage_ratio"]}
+    for codec in (c for c in COMPRESSIONS if info["format"] != "zarr" or c != info["compression"]):
+        path = workdir / f"cache-{codec}"
+        write_cache(path, data["id"], data["label"], feats, data["envelope"], data["length"], fmt="zarr",
+                    dtype="float16", shard_size=shard_size, overwrite=True, compression=codec)
+        files = [f for s in sorted((path / cachemod.SHARDS_DIR).iterdir()) for f in _files(s)]
+        variants.append(_measure(f"cache (zarr, float16, {codec})", files, lambda p=path: _read_cache(p), n, f32_clip))
+        ratio_by_codec[codec] = cache_info(path)["storage_ratio"]
+        shutil.rmtree(path, ignore_errors=True)
 
     other = workdir / "cache-hdf5"
     write_cache(other, data["id"], data["label"], feats, data["envelope"], data["length"], fmt="hdf5",
-                dtype="float16", shard_size=int(info["config"].get("shard_size", 64)), overwrite=True)
+                dtype="float16", shard_size=shard_size, overwrite=True)
     hdf5_files = [f for s in sorted((other / cachemod.SHARDS_DIR).iterdir()) for f in _files(s)]
     variants.append(_measure("cache (hdf5, float16, gzip-1)", hdf5_files, lambda: _read_cache(other), n, f32_clip))
 
@@ -147,14 +137,16 @@ def run(cache_dir: Path, workdir: Path) -> dict:
             files.append(path)
         variants.append(_measure(f"npy {dtype}, one file per video (features only)", files,
                                  lambda files=files: _read_npy(files), n, f32_clip))
-    for folder in (raw, other, workdir / "npy-float16", workdir / "npy-float32"):
+    for folder in (other, workdir / "npy-float16", workdir / "npy-float32"):
         shutil.rmtree(folder, ignore_errors=True)
 
-    ours, raw_v, npy16, npy32 = variants[0], variants[1], variants[3], variants[4]
+    ours, npy16, npy32 = variants[0], variants[-2], variants[-1]
+    raw_v = next(v for v in variants if v["variant"].endswith(", none)"))
     return {
         "clips": n, "frames": frames, "dim": dim, "format": info["format"], "dtype": info["dtype"],
+        "compression": info["compression"],
         "bytes_per_clip": info["bytes_per_clip"], "float32_bytes_per_clip": f32_clip,
-        "storage_ratio": info["storage_ratio"],
+        "storage_ratio": info["storage_ratio"], "storage_ratio_by_codec": ratio_by_codec,
         "float32_feature_bytes_per_clip": f32_feats,
         "zero_fraction": round(float(np.count_nonzero(feats == 0)) / feats.size, 4),
         "compression_gain": round(raw_v["bytes"] / ours["bytes"], 3),   # float16 raw / float16 compressed

@@ -30,15 +30,16 @@ Both are measured in one child process that runs with OMP_WAIT_POLICY=PASSIVE (u
 policy the `foleycache train-head` CLI sets: on a shared CPU, spinning OpenMP threads slow the
 LSTM's many small steps 2-3x. Frozen and cached sides get the same policy and thread count.
 
-The loader (`loader_efficiency`, see its docstring), on a cache of the real features tiled to
-LOADER_CLIPS clips, warm, median of interleaved passes, clips delivered per second:
-  loader_efficiency       train-head's loader (`CacheBatches.raw_batches`, preload none: shuffled
-                          batches from pools of shards, DataLoader workers, reused shared-memory
-                          buffers) / a plain sequential read of the same shard files (read_shard)
-  loader_vs_npy_float32   the same loader / one float32 .npy per video, memory-mapped, copied into
-                          batches in order (the honest reference: the usual layout)
-  and, to show what would close that gap: the loader on an uncompressed copy of the cache, a flat
-  float16 array per shard read through a memory map (a prototype layout), --preload ram's gather.
+The loader (`loader_efficiency`, see its docstring), on caches of the real features tiled to
+LOADER_CLIPS clips (one per --compression codec), warm, median of interleaved passes, float32
+batches delivered per second, against one float32 .npy per video, memory-mapped, copied into
+batches in order (the usual layout; the honest reference):
+  loader_vs_npy_float32     train-head's default path (--preload auto: RAM when the cache fits)
+  streaming_vs_npy_float32  --preload none on the default codec (reader workers, a batch read per
+                            shard straight into reused shared-memory buffers); and per codec
+  loader_efficiency         that streaming loader / a plain sequential read of the same shard files
+  plus --preload ram, disk / float32 per codec, and cold reads of the streaming loader per codec and
+  of the .npy files (each dropped from the page cache first, where the OS allows).
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ CALIBRATION_CLIPS = 4           # clips that set the benchmark backbone's BatchN
 LOADER_CLIPS = 384              # clips in the loader-efficiency cache (real features, tiled): 24 batches,
                                 # so filling the pipeline at the start of an epoch is not a tenth of it
 LOADER_PASSES = 5               # passes per reader; the median is reported
+COLD_PASSES = 3                 # cold passes per reader (files dropped from the page cache first); the median
+CODECS = ("lz4", "zstd", "none")  # extract-features --compression choices, each read by the loader
 SHARD_SIZE = 64                 # extract-features' default
 SEED_TRAIN_CLIPS = 12991        # the seed's train set after removing faulty videos (the GPU target)
 GPU_EPOCH_TARGET_S = 5.0        # one epoch over those clips at [48, 25088] on one H100, --preload gpu
@@ -237,179 +240,187 @@ def _tiled(alt: dict, n: int) -> dict:
             "features": take(alt["features"]), "envelopes": take(alt["envelopes"]), "lengths": take(alt["lengths"])}
 
 
-def uncompressed_copy(cache_dir: Path, out: Path) -> Path:
-    """A copy of a zarr cache whose features are stored without a compressor (same one-clip chunks,
-    same float16 values): what an uncompressed-float16 option would read. Benchmark only."""
-    import shutil
+def _delivered(batches, epoch: int, dev: torch.device) -> int:
+    """One shuffled epoch of `batches` (a CacheBatches) as the trainer receives it, before the
+    transform: float32 [B, T, D] on `dev`. Streaming: the reader workers' batches (float32 on a CPU
+    device, cast on the GPU for CUDA); preloaded: each batch gathered from memory, then cast.
+    Returns the clips delivered."""
+    batches.set_epoch(epoch)
+    got = 0
+    if batches.loader is not None:
+        for b in batches.raw_batches():
+            got += len(b["features"].to(dev, non_blocking=True).float())
+    else:
+        for idx in batches.sampler:
+            i = torch.from_numpy(idx).to(batches.features.device)
+            got += len(batches.gather(i).to(dev, non_blocking=True).float())
+    _sync(dev)
+    return got
 
-    import zarr
-    from pipeline.cache import SHARDS_DIR
-    from pipeline.shards import MISSING_FILL
 
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(cache_dir, out)
-    for shard in sorted((out / SHARDS_DIR).iterdir()):
-        group = zarr.open_group(shard, mode="r+", zarr_format=3)
-        old = group["features"]
-        data, chunks, dtype = old[:], old.chunks, old.dtype
-        del group["features"]
-        arr = group.create_array("features", shape=data.shape, chunks=chunks, dtype=dtype, compressors=None,
-                                 fill_value=MISSING_FILL)
-        arr[:] = data
-    return out
+def _cold_reads_possible(path: Path) -> tuple[bool, str]:
+    """Whether dropping files from the page cache makes their next read come from storage."""
+    import os
+
+    if not hasattr(os, "posix_fadvise"):
+        return False, "this OS has no posix_fadvise: the page cache cannot be dropped per file"
+    best, fstype = "", ""
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, kind = line.split()[:3]
+            if str(Path(path).resolve()).startswith(mount) and len(mount) >= len(best):
+                best, fstype = mount, kind
+    except OSError:
+        pass
+    if fstype in ("tmpfs", "ramfs"):
+        return False, f"the scratch directory is on {fstype}: its files live in RAM, there is no cold read"
+    return True, (f"files dropped from the page cache with posix_fadvise(DONTNEED) before each cold pass "
+                  f"({fstype or 'unknown'} filesystem; a virtual disk may still be cached by its host)")
 
 
 def loader_efficiency(alt: dict, workdir: Path, device: str, clips: int = LOADER_CLIPS) -> dict:
-    """train-head's loader against plain reads of the same clips (see the module docstring).
+    """train-head's cache reads against one float32 .npy per video (see the module docstring).
 
-    Readers, each over the same LOADER_CLIPS clips, warm, interleaved pass by pass (median of
-    LOADER_PASSES): the loader on the cache (zarr, float16, zstd-1); a sequential read of its shard
-    files; a clip-by-clip read of them; one float32 .npy per video, memory-mapped, copied in order
-    into a reused [B, T, D] batch (the layout most users would otherwise keep: the honest reference);
-    and, to show what would close the gap, the loader on the same cache stored without a compressor,
-    and train-head's --preload ram gather (its per-epoch cost once the cache is in RAM).
-    Ratios are of clips (features) delivered per second: the cache holds float16, the .npy float32,
-    and the trainer computes in float32 from either, so bytes are counted as float32 on both sides.
+    The same LOADER_CLIPS real clips (tiled) stored once per codec (`CODECS`) and as one float32 .npy
+    per video. Readers, warm, interleaved pass by pass (median of LOADER_PASSES), each delivering
+    float32 [B, T, D] batches as the trainer takes them (`_delivered`):
+      default             train-head's default path: --preload auto on the default codec's cache
+                          (RAM when it fits AUTO_PRELOAD_SHARE of the free memory, else streaming)
+      preload_ram         --preload ram (the same when auto chose RAM)
+      stream_<codec>      --preload none: reader workers, a batch read per shard into reused buffers
+      shard_files         a plain sequential read of the default codec's shard files (read_shard)
+      npy_float32_memmap  one float32 .npy per video, memory-mapped, copied in order into [B, T, D]
+    then one cold pass of each streaming reader and of the .npy reference, their files dropped from
+    the page cache first (where the OS allows; `cold` says how or why not).
+    Ratios are of clips delivered per second; storage ratios are bytes on disk / float32 (cache_info).
     """
-    from pipeline.cache import FeatureCache, write_cache
+    from benchmarks.storage import drop_from_page_cache
+    from pipeline.cache import FeatureCache
     from pipeline.distributed import Distributed
     from pipeline.head import InputTransform
     from pipeline.loader import CacheBatches
     from pipeline.options import TrainOptions
     from pipeline.runtime import reader_workers, resolve_device
+    from pipeline.shards import DEFAULT_COMPRESSION
 
-    t = _tiled(alt, clips)
-    cache = write_cache(workdir / "loader-cache", t["ids"], t["labels"], t["features"], t["envelopes"], t["lengths"],
-                        fmt="zarr", dtype="float16", shard_size=SHARD_SIZE, config={"benchmark": "loader"},
-                        overwrite=True)
-    raw = uncompressed_copy(cache.path, workdir / "loader-cache-uncompressed")
+    caches, npy_files = _loader_inputs(_tiled(alt, clips), workdir)
+    default_codec = DEFAULT_COMPRESSION["zarr"]
+    cache = caches[default_codec]
+    n, frames, dim = len(cache), cache.frames, cache.dim
+    bs = TrainOptions.batch_size
+    buf = np.empty((bs, frames, dim), dtype=np.float32)
+
+    def npy_memmap(epoch: int) -> int:
+        """One float32 .npy per video, memory-mapped, in order, copied into [B, T, D] batches."""
+        for lo in range(0, len(npy_files), bs):
+            chunk = npy_files[lo:lo + bs]
+            for j, path in enumerate(chunk):
+                buf[j] = np.load(path, mmap_mode="r")
+            torch.from_numpy(buf[:len(chunk)])
+        return len(npy_files)
+
+    def shard_files(epoch: int) -> int:
+        """The plain sequential read of the cache: each shard file's features, first to last."""
+        c = FeatureCache(cache.path)
+        return sum(len(torch.from_numpy(c.read_shard(k)["features"])) for k in range(c.n_shards))
+
+    dev = resolve_device(device)
+    workers = reader_workers(1)
+    dist = Distributed(device=dev)
+    make = lambda c, preload: CacheBatches.from_cache(  # noqa: E731
+        FeatureCache(c.path), InputTransform("features", dim), bs, shuffle=True, seed=SEED, preload=preload,
+        device=dev, workers=workers, dist=dist)
+    default = make(cache, "auto")
+    batches = {"default": default, "preload_ram": default if default.preload == "ram" else make(cache, "ram")}
+    batches.update({f"stream_{codec}": make(caches[codec], "none") for codec in CODECS})
+    readers = {name: (lambda e, b=b: _delivered(b, e, dev)) for name, b in batches.items()}
+    readers.update(shard_files=shard_files, npy_float32_memmap=npy_memmap)
+    cps = _interleaved(readers)
+    cold = _cold_passes(caches, npy_files, {c: readers[f"stream_{c}"] for c in CODECS}, npy_memmap, n,
+                        drop_from_page_cache, workdir)
+    out = _loader_summary(cps, caches, npy_files, default, default_codec, cold)
+    out.update(workers=workers, batch_size=bs)
+    del batches, default, readers
+    import shutil
+    for path in [npy_files[0].parent] + [c.path for c in caches.values()]:
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def _interleaved(readers: dict) -> dict:
+    """{name: median clips/s} of LOADER_PASSES passes per reader, interleaved pass by pass so all
+    see the same machine load (after one warm-up pass each: workers started, page cache warm)."""
+    for read in readers.values():
+        read(0)
+    times = {k: [] for k in readers}
+    for p in range(LOADER_PASSES):
+        for k, read in readers.items():
+            t0 = time.perf_counter()
+            got = read(p + 1)
+            times[k].append(got / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _loader_summary(cps: dict, caches: dict, npy_files: list, default, default_codec: str, cold: dict) -> dict:
+    """loader_efficiency's result: the ratios against the .npy reference, disk per codec, clips/s."""
+    from pipeline.cache import cache_info
+
+    cache = caches[default_codec]
+    n, frames, dim = len(cache), cache.frames, cache.dim
+    ratio = lambda a, b: round(cps[a] / cps[b], 3)  # noqa: E731
+    return {"loader_vs_npy_float32": ratio("default", "npy_float32_memmap"),
+            "default_preload": default.preload, "default_preload_reason": default.preload_reason,
+            "default_codec": default_codec,
+            "streaming_vs_npy_float32": ratio(f"stream_{default_codec}", "npy_float32_memmap"),
+            "stream_vs_npy_float32": {c: ratio(f"stream_{c}", "npy_float32_memmap") for c in CODECS},
+            "preload_ram_vs_npy_float32": ratio("preload_ram", "npy_float32_memmap"),
+            "loader_efficiency": ratio(f"stream_{default_codec}", "shard_files"),
+            "storage_ratio": {c: cache_info(caches[c].path)["storage_ratio"] for c in CODECS},
+            "cold": cold,
+            "clips_per_s": {k: round(v, 1) for k, v in cps.items()},
+            "npy_float32_memmap_MBps": round(cps["npy_float32_memmap"] * frames * dim * 4 / 1e6, 1),
+            "clips": n, "features": [frames, dim], "shards": cache.n_shards,
+            "disk_bytes_per_clip": {**{c: round(_disk_bytes(caches[c].path / "shards") / n, 1) for c in CODECS},
+                                    "npy_float32": round(_disk_bytes(npy_files[0].parent) / n, 1)}}
+
+
+def _loader_inputs(t: dict, workdir: Path) -> tuple[dict, list[Path]]:
+    """The tiled clips `t` as one cache per codec ({codec: FeatureCache}) and as one float32 .npy
+    per video (their paths, in cache order)."""
+    from pipeline.cache import write_cache
+
+    caches = {codec: write_cache(workdir / f"loader-cache-{codec}", t["ids"], t["labels"], t["features"],
+                                 t["envelopes"], t["lengths"], fmt="zarr", dtype="float16", shard_size=SHARD_SIZE,
+                                 config={"benchmark": "loader"}, overwrite=True, compression=codec)
+              for codec in CODECS}
     npy_dir = workdir / "loader-npy-float32"
     npy_dir.mkdir(parents=True, exist_ok=True)
     npy_files = []
     for clip_id, f in zip(t["ids"], t["features"]):
         npy_files.append(npy_dir / f"{clip_id}.npy")
         np.save(npy_files[-1], f.astype(np.float32))
-    n, frames, dim = len(cache), cache.frames, cache.dim
-    bs = TrainOptions.batch_size
-    del t
-    # A prototype layout (not in train-head): each shard's float16 features as one contiguous .npy,
-    # memory-mapped, a batch gathered clip by clip in the loader's shuffled order.
-    flat_dir = workdir / "loader-flat-float16"
-    flat_dir.mkdir(parents=True, exist_ok=True)
-    flat_files = [flat_dir / f"shard-{k:05d}.npy" for k in range(cache.n_shards)]
-    for k, path in enumerate(flat_files):
-        np.save(path, cache.read_shard(k)["features"])
-    starts = np.array([cache.shard_slice(k).start for k in range(cache.n_shards)])
+    return caches, npy_files
 
-    def shard_files() -> tuple[float, int]:
-        """The plain sequential read of the cache: each shard file's features, first to last."""
-        c = FeatureCache(cache.path)
-        t0 = time.perf_counter()
-        got = sum(len(torch.from_numpy(c.read_shard(k)["features"])) for k in range(c.n_shards))
-        return time.perf_counter() - t0, got
 
-    def clip_by_clip() -> tuple[float, int]:
-        """The same files in the same order, one chunk (clip) per call, in one thread."""
-        c = FeatureCache(cache.path)
-        t0 = time.perf_counter()
-        for i in range(len(c)):
-            torch.from_numpy(c[i]["features"])
-        return time.perf_counter() - t0, len(c)
-
-    buf = np.empty((bs, frames, dim), dtype=np.float32)
-
-    def npy_memmap() -> tuple[float, int]:
-        """One float32 .npy per video, memory-mapped, in order, copied into [B, T, D] batches."""
-        t0 = time.perf_counter()
-        for lo in range(0, len(npy_files), bs):
-            chunk = npy_files[lo:lo + bs]
-            for j, path in enumerate(chunk):
-                buf[j] = np.load(path, mmap_mode="r")
-            torch.from_numpy(buf[:len(chunk)])
-        return time.perf_counter() - t0, len(npy_files)
-
-    dev = resolve_device(device)
-    workers = reader_workers(1)
-    dist = Distributed(device=dev)
-    make = lambda path, preload: CacheBatches.from_cache(  # noqa: E731
-        FeatureCache(path), InputTransform("features", dim), bs, shuffle=True, seed=SEED, preload=preload,
-        device=dev, workers=workers, dist=dist)
-    loaders = {"zstd": make(cache.path, "none"), "uncompressed": make(raw, "none")}
-    in_ram = make(cache.path, "ram")
-    buf16 = np.empty((bs, frames, dim), dtype=np.float16)
-
-    def flat_memmap(epoch: int) -> tuple[float, int]:
-        """The prototype layout above, one process, the loader's order for this epoch."""
-        in_ram.set_epoch(epoch)
-        got = 0
-        t0 = time.perf_counter()
-        maps = [np.load(path, mmap_mode="r") for path in flat_files]
-        for idx in in_ram.sampler:
-            shard = np.searchsorted(starts, idx, side="right") - 1
-            for j, (k, i) in enumerate(zip(shard, idx)):
-                buf16[j] = maps[k][i - starts[k]]
-            got += len(torch.from_numpy(buf16[:len(idx)]).to(dev, non_blocking=True))
-        _sync(dev)
-        return time.perf_counter() - t0, got
-
-    def loader(which: str, epoch: int) -> tuple[float, int]:
-        """train-head's DataLoader batches (tensors, before the model), one shuffled epoch."""
-        batches, got = loaders[which], 0
-        batches.set_epoch(epoch)
-        t0 = time.perf_counter()
-        for b in batches.raw_batches():
-            got += len(b["features"].to(dev, non_blocking=True))
-        _sync(dev)
-        return time.perf_counter() - t0, got
-
-    def preload_ram(epoch: int) -> tuple[float, int]:
-        """--preload ram: each batch gathered from the float16 tensor in RAM (CacheBatches.__iter__
-        without the transform)."""
-        in_ram.set_epoch(epoch)
-        got = 0
-        t0 = time.perf_counter()
-        for idx in in_ram.sampler:
-            got += len(in_ram.features.index_select(0, torch.from_numpy(idx)).to(dev, non_blocking=True))
-        _sync(dev)
-        return time.perf_counter() - t0, got
-
-    readers = {"loader": lambda p: loader("zstd", p), "shard_files": lambda p: shard_files(),
-               "clip_reads": lambda p: clip_by_clip(), "npy_float32_memmap": lambda p: npy_memmap(),
-               "loader_uncompressed": lambda p: loader("uncompressed", p), "preload_ram": preload_ram,
-               "flat_float16_shards_memmap": flat_memmap}
-    for read in readers.values():               # starts the persistent workers, warms the page cache
-        read(0)
-    times = {k: [] for k in readers}
-    for p in range(LOADER_PASSES):              # interleaved: all see the same machine load
-        for k, read in readers.items():
-            seconds, got = read(p + 1)
-            times[k].append(got / seconds)      # clips/s
-    cps = {k: statistics.median(v) for k, v in times.items()}
-    f32_clip, f16_clip = frames * dim * 4, frames * dim * 2
-    ratio = lambda a, b: round(cps[a] / cps[b], 3)  # noqa: E731
-    out = {"loader_efficiency": ratio("loader", "shard_files"),
-           "loader_efficiency_vs_clip_reads": ratio("loader", "clip_reads"),
-           "loader_vs_npy_float32": ratio("loader", "npy_float32_memmap"),
-           "loader_uncompressed_vs_npy_float32": ratio("loader_uncompressed", "npy_float32_memmap"),
-           "preload_ram_vs_npy_float32": ratio("preload_ram", "npy_float32_memmap"),
-           "flat_float16_shards_vs_npy_float32": ratio("flat_float16_shards_memmap", "npy_float32_memmap"),
-           "clips_per_s": {k: round(v, 1) for k, v in cps.items()},
-           # MB/s of the bytes each reader handles: float16 for the cache readers, float32 for the .npy
-           "MBps_as_stored": {k: round(v * (f32_clip if k.startswith("npy") else f16_clip) / 1e6, 1)
-                              for k, v in cps.items()},
-           "loader_MBps": round(cps["loader"] * f16_clip / 1e6, 1),
-           "npy_float32_memmap_MBps": round(cps["npy_float32_memmap"] * f32_clip / 1e6, 1),
-           "clips": n, "features": [frames, dim], "shards": cache.n_shards, "workers": workers, "batch_size": bs,
-           "disk_bytes_per_clip": {"cache_zstd": _disk_bytes(cache.path / "shards") / n,
-                                   "uncompressed_float16": _disk_bytes(raw / "shards") / n,
-                                   "flat_float16_shards": _disk_bytes(flat_dir) / n,
-                                   "npy_float32": _disk_bytes(npy_dir) / n}}
-    for k in ("zstd", "uncompressed"):
-        del loaders[k]
-    import shutil
-    for path in (raw, npy_dir, flat_dir):
-        shutil.rmtree(path, ignore_errors=True)
-    return out
+def _cold_passes(caches: dict, npy_files: list, streams: dict, npy_memmap, n: int, drop, workdir: Path) -> dict:
+    """COLD_PASSES rounds of one pass of each streaming reader and of the .npy reference, each right
+    after dropping its files from the page cache (median clips/s; rounds interleaved like the warm
+    passes), and each codec against the cold .npy."""
+    possible, how = _cold_reads_possible(workdir)
+    if not possible:
+        return {"possible": False, "how": how}
+    files = {c: [f for f in (caches[c].path / "shards").rglob("*") if f.is_file()] for c in caches}
+    readers = [(f"stream_{c}", streams[c], files[c]) for c in caches] + [("npy_float32_memmap", npy_memmap, npy_files)]
+    times = {name: [] for name, _, _ in readers}
+    for r in range(COLD_PASSES):
+        for name, read, paths in readers:
+            drop(paths)
+            t0 = time.perf_counter()
+            got = read(LOADER_PASSES + 1 + r)
+            times[name].append(got / (time.perf_counter() - t0))
+    cps = {k: round(statistics.median(v), 1) for k, v in times.items()}
+    return {"possible": True, "how": how, "passes": COLD_PASSES, "clips_per_s": cps,
+            "vs_npy_float32_cold": {c: round(cps[f"stream_{c}"] / cps["npy_float32_memmap"], 3) for c in caches}}
 
 
 def _disk_bytes(path: Path) -> int:
@@ -558,7 +569,7 @@ def measure(quick: bool, device: str, workdir: Path, sizes: list[int] | None = N
         result["gpu_epoch_s"] = result["preloaded_epoch"]["epoch_s"]
     result["loader_size"] = sizes[0]
     result["loader"] = loader_efficiency(alt_at_first, workdir, device, loader_clips)
-    for key in ("loader_efficiency", "loader_vs_npy_float32"):
+    for key in ("loader_efficiency", "loader_vs_npy_float32", "streaming_vs_npy_float32"):
         result[key] = result["loader"][key]
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -10,8 +10,10 @@ file to a row of the report visits each module once, top to bottom:
   data                 manifests (SSv2 JSON, CSV / JSON Lines, folders, windows) -> Annotations
   decoding             clips of manifest entries decoded in DataLoader workers; failure records
   architectures        the networks: model3d_1's 3D CNN, MobileNetV2 per frame, pooling to [B, T, D]
-  backbones            the registry: model3d_1 (+ width variants), mobilenet_v2; weights, checkpoints
-  shards, cache        ShardWriter (zarr / hdf5) -> cache.json index -> FeatureCache
+  backbones            the registry: model3d_1 (+ width variants), mobilenet_v2 (+ spacetime); weights, checkpoints
+  shards, chunks, cache
+                       ShardWriter (zarr / hdf5, --compression) -> cache.json index -> FeatureCache;
+                       chunks: a shard's clips decoded straight into a training batch
   cache_config         CacheConfig: how a cache's features were made, typed (cache.json's config)
   extract              stage 1: clips through a backbone into a cache (extract-features)
   head                 the LSTM+FC head (the seed's causal LSTM, bidirectional, Conv1d front), its

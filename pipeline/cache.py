@@ -17,9 +17,9 @@ one. Reading: `FeatureCache` (picklable, lazily opened files), `cache_info`.
 This module owns the fingerprint, the index and the directory's life cycle; what is inside one
 shard (formats, names, digests) belongs to `pipeline.shards`, decoding videos and running models
 to `pipeline.extract`. It must not import from stages after it (extract, training, export).
-It is longer than most modules (~640 lines) for one reason: cache.json's fields are written by
+It is longer than most modules (~710 lines) for one reason: cache.json's fields are written by
 `finalize_cache` and checked by `FeatureCache`, and keeping the index's writer and reader side by
-side is what keeps them in step.
+side is what keeps them in step (decoding a shard's chunks is `pipeline.chunks`'s).
 """
 from __future__ import annotations
 
@@ -35,9 +35,11 @@ import numpy as np
 
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_text, fsync_dir, read_json
-from pipeline.shards import (FORMATS, SCHEMA_VERSION, SHARD_RE, TEMP_RE, ShardWriter, canonical_json, check_dtype,
-                             check_fmt, close_shard, disk_bytes, fmt_of, open_shard, read_clips, read_shard_attrs,
-                             read_shard_meta, remove_path, shard_name, shard_sha256)
+from pipeline.chunks import LostChunk, clip_reader
+from pipeline.shards import (FORMATS, LEGACY_COMPRESSION, SCHEMA_VERSION, SHARD_RE, TEMP_RE, ShardWriter,
+                             canonical_json, check_compression, check_dtype, check_fmt, close_shard, disk_bytes, fmt_of,
+                             open_shard, read_shard_attrs, read_shard_meta, remove_path, shard_name,
+                             shard_sha256)
 
 CACHE_JSON = "cache.json"
 FAILURES_JSONL = "failures.jsonl"
@@ -150,11 +152,55 @@ def remove_stale_temps(cache_dir) -> list[Path]:
     return removed
 
 
+def _recorded_compression(record: dict) -> str | None:
+    """The features' codec a cache record names; caches from before the choice existed: the
+    format's codec of that time (LEGACY_COMPRESSION)."""
+    if record.get("compression"):
+        return record["compression"]
+    return LEGACY_COMPRESSION.get(record.get("format")) if record.get("format") else None
+
+
+def resolve_compression(cache_dir, fmt: str, compression: str | None, overwrite: bool = False) -> str:
+    """--compression for an extraction into `cache_dir` (read-only): the one given, else the one the
+    unfinished or finished cache there was started with (so a resumed cache never mixes codecs),
+    else the format's default. A resume that asks for another codec is refused."""
+    record = None
+    if not overwrite and Path(cache_dir).is_dir():
+        try:
+            record = _existing_record(Path(cache_dir))
+        except FoleyError:
+            record = None               # begin_cache says what is wrong with it
+    recorded = _recorded_compression(record) if record and record.get("format") in (None, fmt) else None
+    if recorded is not None and compression is not None and compression != recorded:
+        raise FoleyError(f"the cache in {cache_dir} was started with --compression {recorded}, this run asks for "
+                         f"{compression}; pass --overwrite to replace it, or choose another output directory")
+    return check_compression(fmt, compression or recorded)
+
+
+def _resume_problem(record: dict, fingerprint: str, config: dict, n_shards: int, fmt: str | None,
+                    compression: str | None) -> str | None:
+    """Why an existing cache's record cannot be resumed by this run (None: it can)."""
+    old_n = len(record["shards"]) if record["_source"] == CACHE_JSON else record.get("n_shards")
+    old_fmt, old_codec = record.get("format"), _recorded_compression(record)
+    if record["fingerprint"] != fingerprint:
+        keys = _diff_keys(record.get("config", {}), config) or ["(fingerprint only)"]
+        return f"was built with another configuration (differs in: {', '.join(keys)})"
+    if old_n != n_shards:
+        return f"has {old_n} shards, this run needs {n_shards} (the annotation list or --shard-size changed)"
+    if fmt is not None and old_fmt is not None and old_fmt != fmt:
+        return f"was started with --format {old_fmt}, this run asks for {fmt}"
+    if compression is not None and old_codec not in (None, compression):
+        return f"was started with --compression {old_codec}, this run asks for {compression}"
+    return None
+
+
 def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwrite: bool = False,
-                *, fmt: str | None = None) -> list[int]:
+                *, fmt: str | None = None, compression: str | None = None) -> list[int]:
     """Create or resume a cache; returns the shard indices still to write.
 
-    Records {fingerprint, config, n_shards, format} in CACHE_DIR/progress.json (atomically).
+    Records {fingerprint, config, n_shards, format, compression} in CACHE_DIR/progress.json
+    (atomically). The compression is lossless, so it is not in the fingerprint; a resume with
+    another one is refused like one with another format.
     An existing cache with another fingerprint (or shard count, or format) is refused unless
     `overwrite`, which first empties the directory; a non-empty directory that is not a foleycache
     cache is never wiped. Stale temporaries of killed writers are removed. Call it from one process
@@ -177,20 +223,11 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
             raise
         record = None          # a corrupt record of our own cache: --overwrite may replace it
 
-    if record is not None and not overwrite:
-        old_n = len(record["shards"]) if record["_source"] == CACHE_JSON else record.get("n_shards")
-        old_fmt = record.get("format")
-        problem = None
-        if record["fingerprint"] != fingerprint:
-            keys = _diff_keys(record.get("config", {}), config) or ["(fingerprint only)"]
-            problem = f"was built with another configuration (differs in: {', '.join(keys)})"
-        elif old_n != n_shards:
-            problem = f"has {old_n} shards, this run needs {n_shards} (the annotation list or --shard-size changed)"
-        elif fmt is not None and old_fmt is not None and old_fmt != fmt:
-            problem = f"was started with --format {old_fmt}, this run asks for {fmt}"
-        if problem:
-            raise FoleyError(f"the cache in {cache_dir} {problem}; pass --overwrite to replace it, "
-                             "or choose another output directory")
+    problem = _resume_problem(record, fingerprint, config, n_shards, fmt, compression) \
+        if record is not None and not overwrite else None
+    if problem:
+        raise FoleyError(f"the cache in {cache_dir} {problem}; pass --overwrite to replace it, "
+                         "or choose another output directory")
     if overwrite and cache_dir.is_dir():
         for p in cache_dir.iterdir():
             remove_path(p)
@@ -213,6 +250,8 @@ def begin_cache(cache_dir, fingerprint: str, config: dict, n_shards: int, overwr
     progress = {"schema_version": SCHEMA_VERSION, "fingerprint": fingerprint,
                 "config": record["config"] if record else config, "n_shards": n_shards,
                 "format": fmt or (record or {}).get("format")}
+    if compression is not None or (record and record.get("compression")):
+        progress["compression"] = compression or record["compression"]
     atomic_write_text(cache_dir / PROGRESS_JSON, json.dumps(progress, indent=2, sort_keys=True) + "\n")
     if (cache_dir / CACHE_JSON).exists():
         (cache_dir / CACHE_JSON).unlink()
@@ -228,7 +267,7 @@ def finalize_cache(cache_dir, progress: bool = False) -> dict:
     """Hash every shard, gather their failures into failures.jsonl, then write cache.json last
     (atomically) and drop progress.json. Returns the cache.json dict. All shards must exist.
 
-    cache.json: {schema_version, fingerprint, config, format, dtype, frames, dim,
+    cache.json: {schema_version, fingerprint, config, format, compression, dtype, frames, dim,
                  shards: [{name, count, n_failed, sha256}],
                  counts: {candidates, cached, failed, failed_by_reason}, checksum}
     No timestamps: the same work gives the same file.
@@ -272,6 +311,7 @@ def finalize_cache(cache_dir, progress: bool = False) -> dict:
         "fingerprint": record["fingerprint"],
         "config": record.get("config", {}),
         "format": formats[0],
+        "compression": _recorded_compression(dict(record, format=formats[0])),
         "dtype": layout[2], "frames": layout[0], "dim": layout[1],
         "shards": shards,
         "counts": {"candidates": cached + len(failures), "cached": cached, "failed": len(failures),
@@ -290,10 +330,11 @@ def finalize_cache(cache_dir, progress: bool = False) -> dict:
 def write_cache(cache_dir, ids: Sequence[str], labels: Sequence[str], features: np.ndarray,
                 envelopes: np.ndarray, lengths: Sequence[int], *, fmt: str = "zarr", dtype: str = "float16",
                 shard_size: int = 64, config: dict | None = None, failures: Iterable[dict] = (),
-                overwrite: bool = False) -> "FeatureCache":
+                overwrite: bool = False, compression: str | None = None) -> "FeatureCache":
     """Build a complete cache from arrays through the normal writer path (tests, benchmarks).
 
     features [N, T, D], envelopes [N, T], lengths [N]; `failures` go into the first shard.
+    compression: the features' codec (None: the format's default).
     """
     features = np.asarray(features)
     envelopes = np.asarray(envelopes, dtype=np.float32)
@@ -301,13 +342,14 @@ def write_cache(cache_dir, ids: Sequence[str], labels: Sequence[str], features: 
     config = dict(config or {})
     fp = fingerprint({"config": config, "dtype": check_dtype(dtype), "frames": frames, "dim": dim})
     n_shards = max(1, -(-n // shard_size))
-    todo = begin_cache(cache_dir, fp, config, n_shards, overwrite=overwrite, fmt=fmt)
+    compression = resolve_compression(cache_dir, fmt, compression, overwrite)
+    todo = begin_cache(cache_dir, fp, config, n_shards, overwrite=overwrite, fmt=fmt, compression=compression)
     failures = list(failures)
     shards_dir = Path(cache_dir) / SHARDS_DIR
     for k in todo:
         lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
         with ShardWriter(shards_dir / shard_name(k, fmt), fmt, capacity=hi - lo, frames=frames,
-                         dim=dim, dtype=dtype) as w:
+                         dim=dim, dtype=dtype, compression=compression) as w:
             for i in range(lo, hi):
                 w.append(ids[i], labels[i], features[i], envelopes[i], int(lengths[i]))
             if k == 0:
@@ -327,6 +369,7 @@ class FeatureCache:
     c[i] -> {"id", "label", "features" [T, D] (stored dtype), "envelope" [T] float32, "length" int}
     c.read_shard(k), c.read_many(indices) -> {"features" [n, T, D], "envelope" [n, T] float32,
                                               "length" [n] int32, "id" list[str], "label" list[str]}
+    c.read_into(indices, features [n, T, D], envelope [n, T], length [n])   (training's batch read)
     Any read problem raises FoleyError naming the shard file.
     """
 
@@ -353,6 +396,8 @@ class FeatureCache:
             self.fingerprint: str = index["fingerprint"]
             self.config: dict = index["config"]
             self.format: str = check_fmt(index["format"])
+            # lossless, so not in the fingerprint; caches from before the choice: their format's codec then
+            self.compression: str = index.get("compression") or LEGACY_COMPRESSION[self.format]
             self.dtype: str = check_dtype(index["dtype"])
             self.frames: int = int(index["frames"])
             self.dim: int = int(index["dim"])
@@ -385,7 +430,7 @@ class FeatureCache:
 
     def close(self):
         """Close the shard files this process opened (they reopen on the next read)."""
-        for store, _ in self._handles.values():
+        for store, _, _ in self._handles.values():
             close_shard(store)
         self._handles.clear()
 
@@ -420,20 +465,23 @@ class FeatureCache:
         return k, i - int(self._offsets[k])
 
     # -- lazily opened files, per process
-    def _features_array(self, k: int):
-        """Shard k's `features` array (zarr Array or h5py Dataset), opened once per process."""
+    def _open(self, k: int) -> tuple:
+        """(store, `features` array (zarr Array or h5py Dataset), its pipeline.chunks reader) of
+        shard k, opened once per process."""
         if self._pid != os.getpid():            # forked: the parent's handles are not ours
             self._handles = OrderedDict()
             self._pid = os.getpid()
         if k in self._handles:
             self._handles.move_to_end(k)
-            return self._handles[k][1]
+            return self._handles[k]
         store = open_shard(self.shard_path(k))
-        self._handles[k] = (store, store["features"])
+        arr = store["features"]
+        self._handles[k] = (store, arr, clip_reader(arr, self.shard_path(k) / "features"
+                                                    if self.format == "zarr" else None))
         if len(self._handles) > MAX_OPEN_SHARDS:
-            _, (old, _) = self._handles.popitem(last=False)
+            _, (old, _, _) = self._handles.popitem(last=False)
             close_shard(old)
-        return self._handles[k][1]
+        return self._handles[k]
 
     def _shard_meta(self, k: int) -> dict:
         if k not in self._meta:
@@ -449,21 +497,31 @@ class FeatureCache:
             self._meta[k] = meta
         return self._meta[k]
 
-    def _read_features(self, k: int, local) -> np.ndarray:
-        """features [len(local), T, D] for sorted unique local indices (or a slice) of shard k."""
+    def _read_rows(self, k: int, local: np.ndarray, out, rows: np.ndarray):
+        """out[rows[j]] = features of shard k's clip local[j] ([T, D], cast to out's dtype): one
+        ascending pass over the chunks (`pipeline.chunks`); any failure is a FoleyError naming the shard."""
+        import torch
+
         try:
-            arr = self._features_array(k)
-            out = read_clips(arr, local)
-            lost = np.isnan(out.reshape(out.shape[0], -1)[:, 0]) if out.size else np.zeros(0, bool)
-            if lost.any():                      # one clip per chunk: a lost chunk is a NaN clip
-                raise FoleyError(f"shard {self.shard_path(k)} has lost the features of {int(lost.sum())} clip(s) "
-                                 "(chunk files missing); run `foleycache cache-info --verify`")
-            return out
+            self._open(k)[2].read_into(local, out, rows)
         except FoleyError:
             raise
         except Exception as e:
             raise FoleyError(f"cannot read features from shard {self.shard_path(k)}: "
                              f"{type(e).__name__}: {e}") from e
+        # one clip per chunk: a chunk a library reads as missing is a NaN clip (the fill value)
+        if len(rows) and torch.isnan(out[torch.from_numpy(np.asarray(rows)), 0, 0]).any():
+            raise LostChunk(f"shard {self.shard_path(k)} has lost the features of some clips "
+                            "(chunk files missing); run `foleycache cache-info --verify`")
+
+    def _read_features(self, k: int, local) -> np.ndarray:
+        """features [len(local), T, D] (stored dtype) of shard k's clips at local indices (or a slice)."""
+        import torch
+
+        local = np.arange(len(self.shard_slice(k)))[local] if isinstance(local, slice) else np.asarray(local)
+        out = torch.empty((len(local), self.frames, self.dim), dtype=getattr(torch, self.dtype))
+        self._read_rows(k, local, out, np.arange(len(local)))
+        return out.numpy()
 
     # -- public reading API
     def __getitem__(self, i) -> dict:
@@ -485,14 +543,36 @@ class FeatureCache:
         return {"features": self._read_features(k, slice(None)), "envelope": meta["envelope"].copy(),
                 "length": meta["length"].copy(), "id": list(meta["id"]), "label": list(meta["label"])}
 
-    def read_many(self, indices) -> dict:
-        """Clips at arbitrary global indices (any order, repeats allowed), read shard by shard.
-        Returns the read_shard dict in the order of `indices`."""
+    def read_into(self, indices, features, envelope=None, length=None):
+        """Clips at global `indices` [n] (any order) written into the caller's tensors: features
+        [n, T, D] (float16 or float32: the cast happens in the copy), envelope [n, T] float32,
+        length [n] (both optional). Read shard by shard, each in one ascending pass over the chunk
+        files the batch needs (`pipeline.chunks`): training's batch read."""
+        import torch
+
+        idx = self._global_indices(indices)
+        shard_of = np.searchsorted(self._offsets, idx, side="right") - 1
+        for k in np.unique(shard_of).tolist():
+            pos = np.nonzero(shard_of == k)[0]
+            local = idx[pos] - self._offsets[k]
+            meta = self._shard_meta(k)
+            self._read_rows(k, local, features, pos)
+            if envelope is not None:
+                envelope[pos] = torch.from_numpy(meta["envelope"][local])
+            if length is not None:
+                length[pos] = torch.from_numpy(meta["length"][local].astype(np.int64))
+
+    def _global_indices(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"clip indices out of range for a cache of {n} clips")
-        idx = idx % n if n else idx
+        return idx % n if n else idx
+
+    def read_many(self, indices) -> dict:
+        """Clips at arbitrary global indices (any order, repeats allowed), read shard by shard.
+        Returns the read_shard dict in the order of `indices`."""
+        idx = self._global_indices(indices)
         out = {"features": np.empty((idx.size, self.frames, self.dim), dtype=self.dtype),
                "envelope": np.empty((idx.size, self.frames), dtype=np.float32),
                "length": np.empty(idx.size, dtype=np.int32),
@@ -500,9 +580,8 @@ class FeatureCache:
         shard_of = np.searchsorted(self._offsets, idx, side="right") - 1
         for k in np.unique(shard_of):
             pos = np.nonzero(shard_of == k)[0]
-            local, inverse = np.unique(idx[pos] - self._offsets[k], return_inverse=True)
             meta = self._shard_meta(int(k))
-            out["features"][pos] = self._read_features(int(k), local)[inverse]
+            out["features"][pos] = self._read_features(int(k), idx[pos] - self._offsets[k])
             out["envelope"][pos] = meta["envelope"][idx[pos] - self._offsets[k]]
             out["length"][pos] = meta["length"][idx[pos] - self._offsets[k]]
             for p, j in zip(pos, idx[pos] - self._offsets[k]):
@@ -588,7 +667,7 @@ def cache_info(path, verify: bool = False, progress: bool = False) -> dict:
     per_clip = shard_bytes / n if n else 0.0
     info = {
         "path": str(cache.path), "schema_version": SCHEMA_VERSION, "fingerprint": cache.fingerprint,
-        "format": cache.format, "dtype": cache.dtype, "clips": n, "shards": cache.n_shards,
+        "format": cache.format, "compression": cache.compression, "dtype": cache.dtype, "clips": n, "shards": cache.n_shards,
         "frames": cache.frames, "dim": cache.dim,
         "shapes": {"features": [n, cache.frames, cache.dim], "envelope": [n, cache.frames], "length": [n]},
         "size_bytes": size, "shard_bytes": shard_bytes, "bytes_per_clip": round(per_clip, 1), "float32_bytes_per_clip": f32,
@@ -617,7 +696,7 @@ def format_cache_info(info: dict) -> str:
         f"cache        {info['path']}",
         f"fingerprint  {info['fingerprint']}",
         f"clips        {info['clips']} cached of {info['candidates']} candidates in {info['shards']} "
-        f"{info['format']} shards",
+        f"{info['format']} shards ({info.get('compression')})",
         f"features     [{info['frames']}, {info['dim']}] {info['dtype']} per clip; envelope [{info['frames']}] float32",
         f"size         {_human_bytes(info['shard_bytes'])} of shards ({_human_bytes(info['size_bytes'])} with the rest "
         f"of the directory), {_human_bytes(info['bytes_per_clip'])} per clip "

@@ -132,6 +132,10 @@ def checkpoint_arg(value: str):
 @click.option("--pool", default=None, help="Pooling of the backbone's last map: none, global or KxK (e.g. 2x2).  "
               "[default: the backbone's: none for model3d_1, 2x2 for mobilenet_v2]")
 @click.option("--format", "fmt", default="zarr", type=click.Choice(["zarr", "hdf5"]), help="Shard format.")
+@click.option("--compression", default=None, type=click.Choice(["lz4", "zstd", "none", "gzip"]),
+              help="Features' codec, lossless: lz4 (Blosc lz4hc + shuffle: ~1/3 of float32, fast reads), zstd "
+                   "(as small, reads ~3x slower), none; HDF5: gzip or none.  [default: lz4; hdf5: gzip; a "
+                   "resumed cache: its own]")
 @click.option("--dtype", default="float16", type=click.Choice(["float16", "float32"]), help="Stored feature dtype.")
 @click.option("--shard-size", default=64, type=click.IntRange(1), help="Candidates per shard.")
 @click.option("--batch-size", default=4, type=click.IntRange(1), help="Clips per backbone forward.")
@@ -147,7 +151,7 @@ def checkpoint_arg(value: str):
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache built with other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_features_cmd(videos, annotations, out, labels, classes, window_stride, backbone, checkpoint, frames,
-                         fps, size, pool, fmt, dtype, shard_size, batch_size, workers, device, precision,
+                         fps, size, pool, fmt, compression, dtype, shard_size, batch_size, workers, device, precision,
                          envelope_reduce, limit, seed,
                          calibration_clips, overwrite, quiet):
     """Run the backbone once per video; cache features + audio envelope in HDF5/Zarr shards."""
@@ -156,7 +160,8 @@ def extract_features_cmd(videos, annotations, out, labels, classes, window_strid
     summary = extract_features(
         videos=videos, annotations=annotations, out=out, labels=labels, classes=classes,
         window_stride=window_stride, backbone=backbone,
-        checkpoint=checkpoint_arg(checkpoint), frames=frames, fps=fps, size=size, pool=pool, fmt=fmt, dtype=dtype,
+        checkpoint=checkpoint_arg(checkpoint), frames=frames, fps=fps, size=size, pool=pool, fmt=fmt,
+        compression=compression, dtype=dtype,
         shard_size=shard_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
         limit=limit, overwrite=overwrite, envelope_reduce=envelope_reduce, seed=seed,
         calibration_clips=calibration_clips, progress=not quiet)
@@ -206,8 +211,9 @@ def train_default(name: str) -> str:
               "(17-d change signal, docs/learning.md; generalises from small data).  " + train_default("input"))
 @click.option("--seed", type=int, help=f"Random seed (init, data order, dropout).  {train_default('seed')}")
 @click.option("--device", default="auto", help="auto | cpu | cuda.")
-@click.option("--preload", default="none", help="none (read shards every epoch) | ram | gpu (whole cache in memory; "
-              "refused with its size if it does not fit).")
+@click.option("--preload", type=str, help="auto (in GPU memory / RAM when a cache fits half of what is free, else "
+              "read from the shards every epoch; the choice is logged and in config.json) | none | ram | gpu (whole "
+              "cache in memory; refused with its size if it does not fit).  " + train_default("preload"))
 @click.option("--workers", type=int, help="Reader processes per training process (0 = read in it).  "
               "[default: its share of the cores, 1 to 4]")
 @click.option("--amp", type=str, help="auto | bf16 | fp16 | off (autocast; auto = bf16 on CUDA; on a CPU with native "
@@ -251,7 +257,8 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
         return
     stop = " (stopped early)" if s["stopped_early"] else ""
     held = sum(s["config"]["preload_bytes"].values())
-    held = f", caches held in {preload.upper()}: {held / 1e9:.2f} GB" if preload != "none" else ""
+    used = sorted(set(s["config"]["preload_used"].values()) - {"none"})
+    held = f", caches held in {'/'.join(u.upper() for u in used)}: {held / 1e9:.2f} GB" if used else ""
     echo(f"trained {last['epoch']} epochs{stop}, {last['samples_per_s']} clips/s in the last one{held}", quiet)
     echo(f"best epoch {best['epoch']}: val loss {best['val_loss']:.4f}, MAE {best['val_mae']:.4f}, "
          f"Pearson r {best['val_pearson']:.3f}, peak within ±1 frame {best['val_peak_within_1']:.3f}", quiet)

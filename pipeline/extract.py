@@ -170,6 +170,7 @@ class ShardSettings:
     out: Path
     fmt: str
     dtype: str
+    compression: str            # the features' codec (pipeline.shards.COMPRESSIONS), lossless
     dim: int
     shard_size: int
     n_candidates: int
@@ -214,7 +215,7 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
                      classes: str | None = None, window_stride: float | None = None,
                      backbone: str = "model3d_1", checkpoint: str | Path = "none",
                      frames: int = FRAMES, fps: float = FPS, size: int | None = None, pool: str | None = None,
-                     fmt: str = "zarr",
+                     fmt: str = "zarr", compression: str | None = None,
                      dtype: str = "float16", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 4,
                      workers: int | None = None, device: str = "auto", precision: str = "auto",
                      limit: int | None = None, overwrite: bool = False, envelope_reduce: str = "max",
@@ -227,7 +228,9 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
     CSV / JSON Lines, a folder or "none"; windows of frames / fps s every window_stride s).
     size: frame side (default: the backbone's, 224 for model3d_1, 112 for mobilenet_v2). pool: the
     last map's pooling ("none", "global", "KxK"; default: the backbone's). checkpoint: "none", a
-    weights file or the backbone's named weights ("imagenet" for mobilenet_v2).
+    weights file or the backbone's named weights ("imagenet" for mobilenet_v2). compression: the
+    features' codec ("lz4", "zstd", "none"; HDF5: "gzip", "none"; default: the format's, or the one
+    a resumed cache was started with); lossless, so the fingerprint does not depend on it.
     targets: False reads no audio (videos without an audio stream or with silent audio are fine):
     envelopes are 0 and the cache records `targets: "none"`, so no trainer takes it (`holds_targets`).
 
@@ -249,7 +252,9 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
                window_stride=window_stride, manifest=manifest,
                manifest_record=_manifest_record(manifest, annotations, clips.videos, classes, window_stride,
                                                 labels, limit),
-               shards=ShardSettings(out=Path(out), fmt=fmt, dtype=dtype, dim=dim, shard_size=shard_size,
+               shards=ShardSettings(out=Path(out), fmt=fmt, dtype=dtype,
+                                    compression=cache.resolve_compression(out, fmt, compression, overwrite),
+                                    dim=dim, shard_size=shard_size,
                                     n_candidates=len(manifest), clips=clips, batch_size=batch_size,
                                     workers=workers, device=dist.device, precision=precision, mean=spec.mean,
                                     std=spec.std, progress=progress and dist.is_main))
@@ -319,9 +324,9 @@ def _build_and_claim(job: _Job, calibration_clips: int, progress: bool):
         if job.window_stride is not None:   # only then: caches made without windows keep their fingerprint
             fp_params["windows"] = config["windows"] = {"stride_s": float(job.window_stride),
                                                         "seconds": s.clips.frames / s.clips.fps}
-        config.update(manifest=job.manifest_record, shard_size=s.shard_size, format=s.fmt)
+        config.update(manifest=job.manifest_record, shard_size=s.shard_size, format=s.fmt, compression=s.compression)
         cache.begin_cache(s.out, cache.fingerprint(fp_params), config, job.n_shards, overwrite=job.overwrite,
-                          fmt=s.fmt)
+                          fmt=s.fmt, compression=s.compression)
         save_calibrated(model, s.out, provenance)
         return model, None
     except FoleyError as e:
@@ -400,7 +405,7 @@ def _write_shards(model, items: list[tuple[int, Annotation]], s: ShardSettings) 
             k = item["shard"]
             if k not in writers:
                 writers[k] = ShardWriter(s.out / cache.SHARDS_DIR / shard_name(k, s.fmt), s.fmt, s.capacity(k),
-                                         s.clips.frames, s.dim, s.dtype).open()
+                                         s.clips.frames, s.dim, s.dtype, s.compression).open()
                 buffers[k] = []
             if "failure" in item:
                 background.submit(writers[k].add_failure, item["failure"])

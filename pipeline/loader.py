@@ -11,11 +11,13 @@ run reads what the uninterrupted one read. `CacheBatches.from_tensors` wraps ten
 memory (benchmarks, tests) with the same order and iteration.
 
 This module reads caches and hands over batches; it must not train, write files or choose
-options (pipeline.train decides the preload mode and the worker count, runtime.reader_workers
-gives the default).
+options (pipeline.train passes the preload mode and the worker count, runtime.reader_workers
+gives the default). It resolves `preload="auto"` itself, because what decides it is what a preload
+needs (memory) against what is free, which it already checks for "ram" and "gpu".
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -34,7 +36,11 @@ LOADER_PREFETCH = 4             # batches each loader worker reads ahead
 LOADER_RING = LOADER_PREFETCH + 2   # reusable batch buffers per worker (read ahead + consumed + in the pin queue)
 POOL_SHARDS = 4                 # shuffling mixes clips of this many shards (reads stay on few files)
 PRELOAD_HEADROOM = 0.8          # preload only if it needs <= 80% of the free RAM / GPU memory
+AUTO_PRELOAD_SHARE = 0.5        # --preload auto holds a cache only within half of it: the head, its
+                                # optimizer, the other split's cache and the rest of the machine need room
 TRANSFORM_CHUNK = 64            # clips transformed per step when preloaded features shrink once (prepare)
+
+log = logging.getLogger("foleycache")
 
 
 def epoch_batches(shard_sizes: list[int], batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
@@ -81,8 +87,11 @@ class _ClipReader(Dataset):
     """dataset[indices] → one batch read from the cache (runs in DataLoader workers, which open the
     shard files lazily: FeatureCache is picklable and opens per process).
 
-    Clips are read one chunk each (`cache[i]`) straight into the batch tensor, which a worker keeps
-    in shared memory, so handing it to the training process copies nothing. A worker reuses its
+    A batch is read with `cache.read_into`: its clips grouped by shard, each shard's chunk files
+    read in one ascending pass and decoded straight into the batch tensor, cast to `dtype` in the
+    same copy (float32 where the trainer computes on the CPU; the stored float16 for a GPU, which
+    casts faster and receives half the bytes). The batch tensor lives in shared memory, so handing
+    it to the training process copies nothing. A worker reuses its
     batch buffers (a ring of LOADER_RING per worker): a fresh shared-memory batch costs its page
     faults and zeroing on every batch, a fifth of the loader's time at [16, 48, 25088] float16
     (`benchmarks/train_head.py`'s loader_efficiency measures the loader). `leases[worker, slot]`
@@ -91,8 +100,9 @@ class _ClipReader(Dataset):
     allocates a fresh buffer, so reuse never waits and never overwrites a batch still in use.
     """
 
-    def __init__(self, cache, leases: Tensor | None = None):
+    def __init__(self, cache, leases: Tensor | None = None, dtype: torch.dtype | None = None):
         self.cache, self.leases = cache, leases
+        self.dtype = dtype or getattr(torch, cache.dtype)
         self._ring: list[Tensor | None] | None = None          # this worker's buffers (per process)
 
     def __len__(self):
@@ -119,16 +129,11 @@ class _ClipReader(Dataset):
 
     def __getitem__(self, indices) -> dict:
         c, n = self.cache, len(indices)
-        features, worker, slot = self._features_buffer((n, c.frames, c.dim), getattr(torch, c.dtype))
+        features, worker, slot = self._features_buffer((n, c.frames, c.dim), self.dtype)
         envelope = torch.empty((n, c.frames), dtype=torch.float32)
         length = torch.empty(n, dtype=torch.int64)
-        out = features.numpy()
         try:
-            for j, i in enumerate(indices):
-                clip = c[int(i)]
-                out[j] = clip["features"]
-                envelope[j] = torch.from_numpy(clip["envelope"])
-                length[j] = clip["length"]
+            c.read_into(indices, features, envelope, length)
         except BaseException:
             if slot >= 0:
                 self.leases[worker, slot] = 0
@@ -151,6 +156,24 @@ class _ShardReader(Dataset):
         r = self.cache.read_shard(int(k))
         return {"features": torch.from_numpy(r["features"]), "envelope": torch.from_numpy(r["envelope"]),
                 "length": torch.from_numpy(r["length"].astype(np.int64))}
+
+
+class _PreloadedShards:
+    """A preloaded cache seen as its shards (`n_shards`, `read_shard(k)`), what InputTransform.fit
+    reads from a FeatureCache: fitting from memory then sums in the same chunks as fitting from the
+    files, so the statistics, and the training after them, are the same bit for bit."""
+
+    def __init__(self, features: Tensor, length: Tensor, shard_sizes: list[int]):
+        self.features, self.length = features, length
+        self.offsets = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.offsets) - 1
+
+    def read_shard(self, k: int) -> dict:
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        return {"features": self.features[lo:hi].cpu().numpy(), "length": self.length[lo:hi].cpu().numpy()}
 
 
 class _EpochSampler:
@@ -191,9 +214,12 @@ class CacheBatches:
         self.dist, self.name = dist, name
         self.features = self.envelope = self.length = None
         self.transformed = False
+        self._gathered: Tensor | None = None     # `gather`'s reused float32 batch
         self.loader = self.leases = None
         self._workers_started = False
         self.preload_bytes = 0          # memory the preloaded cache takes (before a shrinking transform)
+        self.preload_reason = f"--preload {preload}"    # why this mode (auto: what fitted where)
+        self.shard_sizes = list(shard_sizes)
         self.sampler = _EpochSampler(lambda epoch: epoch_batches(
             shard_sizes, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=dist.rank,
             world_size=dist.world_size, pad=shuffle))
@@ -203,7 +229,9 @@ class CacheBatches:
                    preload: str, device: torch.device, workers: int, dist: Distributed, progress: bool = False,
                    name: str = "cache") -> "CacheBatches":
         """Batches of a FeatureCache: read by `workers` reader processes (preload "none"), or
-        preloaded into RAM / GPU memory ("ram" / "gpu", FoleyError when it does not fit)."""
+        preloaded into RAM / GPU memory ("ram" / "gpu", FoleyError when it does not fit); "auto":
+        the GPU (on CUDA) or RAM when the cache fits AUTO_PRELOAD_SHARE of what is free, else "none"
+        (the choice and its reason: `.preload`, `.preload_reason`, and the log)."""
         if preload not in PRELOADS:
             raise FoleyError(f"unknown --preload {preload!r}; choose one of: {', '.join(PRELOADS)}")
         if preload == "gpu" and device.type != "cuda":
@@ -211,11 +239,16 @@ class CacheBatches:
         self = cls(transform, batch_size, shard_sizes=[len(cache.shard_slice(k)) for k in range(cache.n_shards)],
                    shuffle=shuffle, seed=seed, preload=preload, device=device, dist=dist, name=name)
         self.cache = cache
-        if preload == "none":
+        if preload == "auto":
+            self.preload, self.preload_reason = self._choose_preload()
+            log.info("%s cache: %s", name, self.preload_reason)
+        if self.preload == "none":
             # created before the workers fork, so that they and this process share it
             self.leases = torch.zeros((workers, LOADER_RING), dtype=torch.uint8).share_memory_() if workers else None
+            # float32 where the trainer computes on the CPU (cast during the read), as stored for a GPU
+            dtype = getattr(torch, cache.dtype) if device.type == "cuda" else torch.float32
             self.loader = DataLoader(
-                _ClipReader(cache, self.leases), sampler=self.sampler, batch_size=None, num_workers=workers,
+                _ClipReader(cache, self.leases, dtype), sampler=self.sampler, batch_size=None, num_workers=workers,
                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                 prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
                 # Own generator: the workers' base seed must not consume the global RNG (resume).
@@ -238,17 +271,34 @@ class CacheBatches:
         return self
 
     # -- preloading
+    def _preload_need(self) -> int:
+        """Bytes the whole cache takes in memory: features as stored, envelope float32, length int64."""
+        c = self.cache
+        return len(c) * c.frames * (c.dim * np.dtype(c.dtype).itemsize + 4) + len(c) * 8
+
+    def _free(self, where: str) -> tuple[int, int, str]:
+        """(free bytes, processes on this machine that each preload, its name) of "ram" or "gpu"."""
+        if where == "ram":
+            return available_ram_bytes(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")), "RAM"
+        return torch.cuda.mem_get_info(self.device)[0], 1, f"free GPU memory on {self.device}"   # one process per GPU
+
+    def _choose_preload(self) -> tuple[str, str]:
+        """--preload auto: (mode, reason). The GPU (CUDA) or RAM when the cache needs at most
+        AUTO_PRELOAD_SHARE of what is free there (per process on this machine), else streaming."""
+        need = self._preload_need()
+        what = f"{len(self.cache)} clips, {_gb(need)}"
+        for where in (["gpu"] if self.device.type == "cuda" else []) + ["ram"]:
+            free, local, name = self._free(where)
+            if need * local <= AUTO_PRELOAD_SHARE * free:
+                return where, (f"--preload auto: held in {where.upper()} ({what}; {_gb(free)} of {name} free)")
+        free, _, name = self._free("ram")
+        return "none", (f"--preload auto: read from the shard files every epoch ({what} is more than "
+                        f"{AUTO_PRELOAD_SHARE:.0%} of the {_gb(free)} of {name} free)")
+
     def _check_fits(self, need: int):
         """FoleyError unless `need` bytes (per process) fit PRELOAD_HEADROOM of the free RAM / GPU memory."""
         c = self.cache
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if self.preload == "ram":
-            free = available_ram_bytes()
-            where = "RAM"
-        else:
-            free = torch.cuda.mem_get_info(self.device)[0]
-            where = f"free GPU memory on {self.device}"
-            local = 1           # one process per GPU
+        free, local, where = self._free(self.preload)
         if need * local > PRELOAD_HEADROOM * free:
             per = f" per process x {local} processes" if local > 1 else ""
             raise FoleyError(f"--preload {self.preload}: the {self.name} cache ({len(c)} clips of [{c.frames}, {c.dim}] "
@@ -259,8 +309,7 @@ class CacheBatches:
         from tqdm import tqdm
 
         c = self.cache
-        item = np.dtype(c.dtype).itemsize
-        need = len(c) * c.frames * (c.dim * item + 4 + 0) + len(c) * 8
+        need = self._preload_need()
         self._check_fits(need)
         self.preload_bytes = need
         target = self.device if self.preload == "gpu" else torch.device("cpu")
@@ -282,6 +331,13 @@ class CacheBatches:
         if self.features is None or self.transformed:
             return None
         return self.features, self.length
+
+    @property
+    def fit_source(self) -> _PreloadedShards | None:
+        """The preloaded cache as shards, for `InputTransform.fit` (same sums as from the files);
+        None without preload."""
+        raw = self.preloaded
+        return None if raw is None else _PreloadedShards(raw[0], raw[1], self.shard_sizes)
 
     def prepare(self):
         """After transform.fit: transform preloaded features once when that makes them smaller."""
@@ -312,10 +368,34 @@ class CacheBatches:
         self._workers_started = True
 
     # -- iteration
+    def gather(self, i: Tensor) -> Tensor:
+        """Preloaded features of clips i [B] → [B, T, D]. In RAM, float16 is cast to float32 row by
+        row into one reused buffer: one pass, where index_select + .float() makes two and a fresh
+        [B, T, D] float32 tensor per batch (about twice the time). The buffer is valid until the
+        next call (the transform reads it into a new tensor at once). Elsewhere: index_select."""
+        f = self.features
+        if f.device.type != "cpu" or f.dtype == torch.float32 or self.transformed:
+            return f.index_select(0, i)
+        if self._gathered is None or self._gathered.shape[0] < len(i):
+            self._gathered = torch.empty((len(i), *f.shape[1:]), dtype=torch.float32)
+        out = self._gathered[:len(i)]
+        # One thread: a memory-bound copy gains little from a second one, and on a shared CPU its
+        # parallel regions wait for a descheduled thread (1.4x slower at load 6 on 2 cores,
+        # `benchmarks/train_head.py`'s default path).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for j, k in enumerate(i.tolist()):
+                out[j].copy_(f[k])
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
     def raw_batches(self):
-        """preload none: the loader's batches as read ({"features" [B, T, D] as stored, "envelope",
-        "length", "index"}). A batch's features live in a worker's reusable buffer, handed back
-        when the next batch is asked for: use (or copy) them before that."""
+        """preload none: the loader's batches as read ({"features" [B, T, D] (float32 on a CPU
+        device, as stored for CUDA), "envelope", "length", "index"}). A batch's features live in a
+        worker's reusable buffer, handed back when the next batch is asked for: use (or copy) them
+        before that."""
         for b in self.loader:
             worker, slot = (int(v) for v in b.pop("lease"))
             yield b
@@ -337,7 +417,7 @@ class CacheBatches:
             return
         for idx in self.sampler:
             i = torch.from_numpy(idx).to(self.features.device)
-            x = self.features.index_select(0, i).to(self.device, non_blocking=True)
+            x = self.gather(i).to(self.device, non_blocking=True)
             length = self.length.index_select(0, i)
             yield {"inputs": x if self.transformed else self.transform(x, length),
                    "target": self.envelope.index_select(0, i), "length": length, "index": i}

@@ -23,7 +23,7 @@ INPUTS = ("features", "motion-energy")          # the head's input transforms (p
 TEMPORALS = ("lstm", "bilstm", "conv-bilstm")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")     # training's --amp (pipeline.runtime.resolve_amp)
 PRECISIONS = ("auto", "bf16", "fp32")             # extraction's --precision (pipeline.runtime.resolve_precision)
-PRELOADS = ("none", "ram", "gpu")               # train-head's --preload (pipeline.loader)
+PRELOADS = ("auto", "none", "ram", "gpu")       # train-head's --preload (pipeline.loader resolves auto)
 # pretrain's --amp: no fp16, which needs loss scaling that pretrain's step does not do
 PRETRAIN_AMP_CHOICES = tuple(a for a in AMP_CHOICES if a != "fp16")
 WARMUP_FRACTION = 0.05          # default warmup: 5% of all optimizer steps (at least 1)
@@ -155,6 +155,8 @@ class TrainOptions(_Options):
     conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
     onset_weight: float = option(1.0, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
     time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
+    # where the cache is read from; changes no number (the same batches either way), so a resume may change it
+    preload: str = option("auto", choices=PRELOADS, must_match=False)
 
     def warmup_steps(self, total_steps: int) -> int:
         """--warmup, else WARMUP_FRACTION of all optimizer steps (at least 1)."""

@@ -36,6 +36,7 @@ RECIPES = {
     "bilstm": {"temporal": "bilstm", "hidden": 256},
     "conv-bilstm": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256},
     "conv-bilstm+onset": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "onset_weight": 1.0},
+    "conv-bilstm+onset0.3": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "onset_weight": 0.3},
     "conv-bilstm+shift": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "time_shift": 6},
     "conv-bilstm+onset+shift": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256,
                                 "onset_weight": 1.0, "time_shift": 6},

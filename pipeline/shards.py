@@ -7,8 +7,9 @@ finished shard is self-contained. Writing follows mosaicml/streaming: a `ShardWr
 shard under a temporary name (`fsio.temp_name`) and renames it when complete. Identical calls give
 byte-identical shards (no timestamps; failures sorted).
 
-This module owns the shard: its names, its two storage formats (`_ZarrFormat`, `_Hdf5Format`), its
-digest (`shard_sha256`) and reading its small metadata and its clips. It must not know about the
+This module owns the shard: its names, its two storage formats (`_ZarrFormat`, `_Hdf5Format`) and
+their codecs (`--compression`), its digest (`shard_sha256`) and reading its small metadata (its
+clips are read by `pipeline.chunks`, straight into training's batches). It must not know about the
 cache index (cache.json), fingerprints or extraction (`pipeline.cache` and `pipeline.extract` do);
 it imports only `pipeline.fsio` and `pipeline.errors`.
 """
@@ -35,13 +36,20 @@ DTYPES = ("float16", "float32")                 # feature storage dtypes
 # with a 0 fill would make an all-zero clip indistinguishable from a lost one).
 MISSING_FILL = float("nan")
 
-# Compression of ReLU-sparse float16 features [48, 25088] (~50% exact zeros), one clip per chunk
-# (ratio = stored bytes / float32 bytes; `benchmarks/storage.py` measures ratio and read speed):
-#   zarr  zstd-1   0.30x   (zstd-3: 0.29x and reads no faster; blosc-lz4+shuffle: 0.46x)
-#   hdf5  gzip-1   0.31x   (lzf: 0.39x, reads faster; uncompressed: 0.50x)
-# HDF5 uses gzip because every HDF5 reader has it (lzf is h5py-only, zstd would need hdf5plugin).
+# Compression of the features (`--compression`; ratio = stored bytes / float32 bytes, decode speed;
+# `benchmarks/run.py` measures both per codec on real features, README "Storage and read speed"):
+#   lz4   Blosc lz4hc + byte shuffle + crc32c  ~0.3x, decodes ~2-2.5 GB/s (the default: reads keep up
+#         with one float32 .npy per video while taking about a third of its disk)
+#   zstd  zstd-1 with its frame checksum       ~0.3x, decodes ~0.6 GB/s (every Zarr reader has it)
+#   none  raw float16                           0.5x, no decoding
+# HDF5 uses gzip (every HDF5 reader has it; lz4/zstd would need hdf5plugin) or none.
+COMPRESSIONS = ("lz4", "zstd", "none")          # --compression choices for Zarr shards
+HDF5_COMPRESSIONS = ("gzip", "none")
+DEFAULT_COMPRESSION = {"zarr": "lz4", "hdf5": "gzip"}
+LEGACY_COMPRESSION = {"zarr": "zstd", "hdf5": "gzip"}  # caches whose cache.json has no "compression"
 ZSTD_LEVEL = 1
 ZSTD_CHECKSUM = True        # a damaged chunk fails to decode instead of reading back wrong numbers
+LZ4HC_LEVEL = 5             # lz4hc 3: larger; 9: a few % smaller, encodes ~5x slower (extraction)
 HDF5_GZIP_LEVEL = 1
 
 SHARD_RE = re.compile(r"^shard-(\d{5})(\.zarr|\.h5)$")
@@ -74,6 +82,17 @@ def check_dtype(dtype) -> str:
     if name not in DTYPES:
         raise FoleyError(f"unsupported feature dtype {name!r}; choose one of: {', '.join(DTYPES)}")
     return name
+
+
+def check_compression(fmt: str, compression: str | None) -> str:
+    """The features' codec of a shard of format `fmt`: `compression`, or the format's default (None)."""
+    allowed = HDF5_COMPRESSIONS if check_fmt(fmt) == "hdf5" else COMPRESSIONS
+    if compression is None:
+        return DEFAULT_COMPRESSION[fmt]
+    if compression not in allowed:
+        raise FoleyError(f"--compression {compression!r} does not apply to --format {fmt}; "
+                         f"choose one of: {', '.join(allowed)}")
+    return compression
 
 
 def shard_name(index: int, fmt: str) -> str:
@@ -160,15 +179,23 @@ class _ZarrFormat:
         from zarr.codecs import ZstdCodec
         return ZstdCodec(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM)
 
-    def create(self, tmp: Path, rows: int, frames: int, dim: int, dtype: str):
+    @classmethod
+    def _features_codecs(cls, compression: str, dtype: str) -> list:
+        from zarr.codecs import BloscCodec, Crc32cCodec
+        if compression == "lz4":        # Blosc has no checksum of its own: crc32c after it
+            return [BloscCodec(cname="lz4hc", clevel=LZ4HC_LEVEL, shuffle="shuffle",
+                               typesize=np.dtype(dtype).itemsize), Crc32cCodec()]
+        return [cls._zstd()] if compression == "zstd" else []
+
+    def create(self, tmp: Path, rows: int, frames: int, dim: int, dtype: str, compression: str):
         """(store, features [rows, T, D], envelope [rows, T]) of a new shard at `tmp`."""
         import zarr
-        zstd = self._zstd()
         store = zarr.open_group(tmp, mode="w", zarr_format=3)
         features = store.create_array("features", shape=(rows, frames, dim), chunks=(1, frames, dim),
-                                      dtype=dtype, compressors=zstd, fill_value=MISSING_FILL)
+                                      dtype=dtype, compressors=self._features_codecs(compression, dtype),
+                                      fill_value=MISSING_FILL)
         envelope = store.create_array("envelope", shape=(rows, frames), chunks=(1, frames),
-                                      dtype="float32", compressors=zstd, fill_value=MISSING_FILL)
+                                      dtype="float32", compressors=self._zstd(), fill_value=MISSING_FILL)
         return store, features, envelope
 
     def finish(self, store, n: int, lengths: np.ndarray, ids: np.ndarray, labels: np.ndarray, attrs: dict):
@@ -192,13 +219,15 @@ class _ZarrFormat:
 class _Hdf5Format:
     """One HDF5 file, gzip-compressed chunks; no timestamps, so identical calls give identical bytes."""
 
-    def create(self, tmp: Path, rows: int, frames: int, dim: int, dtype: str):
+    def create(self, tmp: Path, rows: int, frames: int, dim: int, dtype: str, compression: str):
         import h5py
         store = h5py.File(tmp, "w")
         gzip = {"compression": "gzip", "compression_opts": HDF5_GZIP_LEVEL, "track_times": False,
                 "fillvalue": MISSING_FILL}
+        plain = {"track_times": False, "fillvalue": MISSING_FILL}
         features = store.create_dataset("features", shape=(rows, frames, dim), maxshape=(rows, frames, dim),
-                                        chunks=(1, frames, dim), dtype=dtype, **gzip)
+                                        chunks=(1, frames, dim), dtype=dtype,
+                                        **(gzip if compression == "gzip" else plain))
         envelope = store.create_dataset("envelope", shape=(rows, frames), maxshape=(rows, frames),
                                         chunks=(1, frames), dtype="float32", **gzip)
         return store, features, envelope
@@ -238,7 +267,7 @@ _BACKENDS = {"zarr": _ZarrFormat(), "hdf5": _Hdf5Format()}
 class ShardWriter:
     """Writes one shard. One process writes one shard.
 
-    w = ShardWriter(path, "zarr", capacity=64, frames=48, dim=25088, dtype="float16").open()
+    w = ShardWriter(path, "zarr", capacity=64, frames=48, dim=25088, dtype="float16", compression="lz4").open()
     w.append(id, label, features [T, D], envelope [T], length)
     w.add_failure({"id": ..., "path": ..., "reason": ..., "detail": ...})
     w.commit()          # or w.abort()
@@ -252,10 +281,13 @@ class ShardWriter:
     appears at `path` (aborting a committed writer does nothing).
     """
 
-    def __init__(self, path: Path, fmt: str, capacity: int, frames: int, dim: int, dtype: str = "float16"):
+    def __init__(self, path: Path, fmt: str, capacity: int, frames: int, dim: int, dtype: str = "float16",
+                 compression: str | None = None):
+        """compression: the features' codec (COMPRESSIONS; HDF5: gzip or none); None = the format's default."""
         self.path = Path(path)
         self.fmt = check_fmt(fmt)
         self.dtype = check_dtype(dtype)
+        self.compression = check_compression(self.fmt, compression)
         if capacity < 0 or frames < 1 or dim < 1:
             raise ValueError(f"need capacity >= 0, frames >= 1, dim >= 1; got {capacity}, {frames}, {dim}")
         self.capacity, self.frames, self.dim = int(capacity), int(frames), int(dim)
@@ -276,7 +308,7 @@ class ShardWriter:
         remove_path(self.tmp)
         rows = max(self.capacity, 1)     # zarr/hdf5 chunks need a non-empty shape to start from
         self._store, self._features, self._envelope = self._backend.create(
-            self.tmp, rows, self.frames, self.dim, self.dtype)
+            self.tmp, rows, self.frames, self.dim, self.dtype, self.compression)
         return self
 
     def __enter__(self) -> "ShardWriter":
@@ -442,34 +474,3 @@ def read_shard_meta(path: Path) -> dict:
         raise FoleyError(f"cannot read shard {path}: {type(e).__name__}: {e}") from e
     finally:
         close_shard(store)
-
-
-def read_clips(arr, local) -> np.ndarray:
-    """features [len(local), T, D] of a shard's `features` array (zarr Array or h5py Dataset) at
-    sorted unique local indices, or at a slice."""
-    if isinstance(local, slice):
-        return np.asarray(arr[local])
-    if hasattr(arr, "async_array"):     # zarr
-        return _zarr_read_clips(arr, local)
-    out = np.empty((len(local), *arr.shape[1:]), dtype=arr.dtype)
-    for j, i in enumerate(local):       # one chunk per clip: read each straight into place
-        arr.read_direct(out, source_sel=np.s_[int(i)], dest_sel=np.s_[j])
-    return out
-
-
-def _zarr_read_clips(arr, local) -> np.ndarray:
-    """arr[local] for a zarr array chunked one clip per chunk, fetching and decoding the chunks
-    concurrently: faster than a loop of arr[i] and than arr.oindex[local], whose orthogonal-indexing
-    path is slower here (training's loader reads this way; `benchmarks/train_head.py` times it)."""
-    try:
-        import asyncio
-        from zarr.core.sync import sync      # zarr's own event loop (zarr 3.x)
-    except ImportError:
-        return np.stack([np.asarray(arr[int(i)]) for i in local])
-    aarr = arr.async_array
-
-    async def gather():
-        return await asyncio.gather(*(aarr.getitem(slice(int(i), int(i) + 1)) for i in local))
-    parts = sync(gather())
-    return np.concatenate([np.asarray(p) for p in parts]) if parts else \
-        np.empty((0, *arr.shape[1:]), dtype=arr.dtype)

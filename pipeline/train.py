@@ -23,7 +23,7 @@ from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
 from pipeline.extract import holds_targets
 from pipeline.head import Head, HeadConfig, HeadLoss, InputTransform, splits_input
-from pipeline.loader import PRELOADS, CacheBatches
+from pipeline.loader import CacheBatches
 from pipeline.media import MIN_FRAMES
 from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, fit
 from pipeline.options import TrainOptions
@@ -50,7 +50,7 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
                early_stop: int | None = None, center_clips: bool | None = None, temporal: str | None = None,
                conv_channels: int | None = None, onset_weight: float | None = None, time_shift: int | None = None,
                device: str = "auto",
-               preload: str = "none", workers: int | None = None, resume: bool = False, overwrite: bool = False,
+               preload: str | None = None, workers: int | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = True) -> dict:
     """Train the head on `train_cache`, validate on `val_cache`, write the run to `out`.
 
@@ -63,15 +63,13 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                  hidden=hidden, layers=layers, dropout=dropout, input=input, seed=seed, amp=amp, early_stop=early_stop,
                  center_clips=center_clips, temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight,
-                 time_shift=time_shift)
+                 time_shift=time_shift, preload=preload)
     TrainOptions.check_given(given)         # before anything touches --out
-    if preload not in PRELOADS:
-        raise FoleyError(f"unknown --preload {preload!r}; choose one of: {', '.join(PRELOADS)}")
     if workers is not None and workers < 0:
         raise FoleyError(f"--workers must be >= 0, got {workers}")
     dist = Distributed.from_env(resolve_device(device))
     try:
-        return _train_head(train_cache, val_cache, out, dist, given, preload, workers, resume, overwrite, progress)
+        return _train_head(train_cache, val_cache, out, dist, given, workers, resume, overwrite, progress)
     finally:
         dist.close()
 
@@ -95,8 +93,7 @@ def _open_caches(train_path, val_path) -> tuple[FeatureCache, FeatureCache]:
     return train_cache, val_cache
 
 
-def _train_head(train_path, val_path, out, dist, given, preload, workers, resume, overwrite,
-                progress) -> dict:
+def _train_head(train_path, val_path, out, dist, given, workers, resume, overwrite, progress) -> dict:
     device = dist.device
     train_cache, val_cache = _open_caches(train_path, val_path)
 
@@ -117,7 +114,7 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
         raise FoleyError(f"--resume: the run was trained on a cache with fingerprint "
                          f"{ckpt.description.fingerprint[:12]}…, --train-cache has {train_cache.fingerprint[:12]}…")
     seed_everything(opts.seed)
-    data = _prepare_data(train_cache, val_cache, transform, ckpt, opts, preload, workers, dist, progress)
+    data = _prepare_data(train_cache, val_cache, transform, ckpt, opts, opts.preload, workers, dist, progress)
 
     head_config = HeadConfig(input_dim=data.transform.out_dim, hidden=opts.hidden, layers=opts.layers,
                              fc=tuple(opts.fc), dropout=opts.dropout, input=opts.input, temporal=opts.temporal,
@@ -125,7 +122,7 @@ def _train_head(train_path, val_path, out, dist, given, preload, workers, resume
     torch.manual_seed(opts.seed)            # same initial weights on every rank and every run
     head = Head(head_config).to(device)
     optimizer = _adamw(head, opts)
-    config = _run_config(opts, amp, preload, workers, dist, data, head_config)
+    config = _run_config(opts, amp, opts.preload, workers, dist, data, head_config)
     description = RunDescription(kind="train-head", head_config=head_config.to_dict(),
                                  transform=data.transform.state_dict(), fingerprint=train_cache.fingerprint,
                                  cache_config=train_cache.config, val_fingerprint=val_cache.fingerprint)
@@ -154,7 +151,7 @@ def _prepare_data(train_cache, val_cache, transform: InputTransform, ckpt: RunCh
     for b in (train_batches, val_batches):
         b.start_workers()                   # before anything big is allocated (see start_workers)
     if ckpt is None:
-        source = train_batches.preloaded or train_cache
+        source = train_batches.fit_source or train_cache
         state = on_main(dist, lambda: to_cpu(transform.fit(source, progress=progress).state_dict()))
         transform.load_state_dict(state)
     train_batches.prepare()
@@ -204,7 +201,9 @@ def _run_config(opts: TrainOptions, amp: str, preload: str, workers: int, dist: 
     transform = data.transform
     return {
         "command": "train-head", "options": opts.to_dict(), "amp": amp, "device": str(dist.device),
-        "preload": preload,
+        "preload": preload,         # as asked; what each cache got and why (--preload auto decides per cache):
+        "preload_used": {"train": data.train_batches.preload, "val": data.val_batches.preload},
+        "preload_reason": {"train": data.train_batches.preload_reason, "val": data.val_batches.preload_reason},
         "preload_bytes": {"train": data.train_batches.preload_bytes, "val": data.val_batches.preload_bytes},
         "workers": workers, "world_size": dist.world_size, "global_batch_size": opts.batch_size * dist.world_size,
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": opts.warmup_steps(total_steps),

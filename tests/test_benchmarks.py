@@ -61,14 +61,16 @@ def test_storage_benchmark_compares_layouts_on_the_real_cache(extract_result, tm
     info = cache_info(extract_result["cache_dir"])
     assert s["storage_ratio"] == info["storage_ratio"] and 0 < s["storage_ratio"] < 1
     names = [v["variant"] for v in s["variants"]]
-    assert len(names) == 5 and names[0].startswith("cache (zarr")
+    assert len(names) == 6 and names[0] == f"cache (zarr, float16, {info['compression']})"
+    assert set(s["storage_ratio_by_codec"]) == {"lz4", "zstd", "none"}
+    assert s["storage_ratio_by_codec"][info["compression"]] == s["storage_ratio"]
     by = {v["variant"]: v for v in s["variants"]}
     npy16 = next(v for n, v in by.items() if n.startswith("npy float16"))
     npy32 = next(v for n, v in by.items() if n.startswith("npy float32"))
     assert npy16["files"] == npy32["files"] == s["clips"]
     assert npy32["bytes"] > npy16["bytes"]                          # same values, twice the bytes
     assert s["npy_comparison"]["files_npy_per_video"] == s["clips"]
-    assert s["compression_gain"] == pytest.approx(by["zarr float16 raw (no compressor)"]["bytes"]
+    assert s["compression_gain"] == pytest.approx(by["cache (zarr, float16, none)"]["bytes"]
                                                   / s["variants"][0]["bytes"], rel=1e-2)
     assert 0 <= s["zero_fraction"] <= 1
     assert not any(p.name.startswith("npy-") for p in tmp_path.iterdir())   # scratch copies removed
@@ -80,6 +82,7 @@ def test_run_writes_one_json_with_every_ratio_the_cpu_and_the_precision(tmp_path
     def fake_train_head(quick, device, workdir, **kwargs):      # the real one: test_train_head_benchmark_...
         calls.update(quick=quick, device=device, **kwargs)
         return {"cache_speedup": 25.0, "loader_efficiency": 0.9, "loader_vs_npy_float32": 0.5,
+                "streaming_vs_npy_float32": 0.85,
                 "backbone_precision": "fp32", "head_amp": "off", "cached_amp": "off"}
 
     monkeypatch.setattr(bench_run, "train_head_benchmark", fake_train_head)
@@ -143,26 +146,18 @@ def test_train_head_benchmark_measures_both_sides_and_every_loader_reader(clips,
     assert s["cache_speedup"] == pytest.approx(s["frozen_backbone_s_per_clip"] / s["cached_s_per_clip"], rel=0.02)
     loader = r["loader"]
     cps = loader["clips_per_s"]
-    assert set(cps) == {"loader", "shard_files", "clip_reads", "npy_float32_memmap", "loader_uncompressed",
-                        "preload_ram", "flat_float16_shards_memmap"}
-    assert r["loader_vs_npy_float32"] == pytest.approx(cps["loader"] / cps["npy_float32_memmap"], rel=0.01)
-    assert r["loader_efficiency"] == pytest.approx(cps["loader"] / cps["shard_files"], rel=0.01)
-    assert loader["clips"] == 40
+    assert set(cps) == {"default", "preload_ram", "stream_lz4", "stream_zstd", "stream_none", "shard_files",
+                        "npy_float32_memmap"}
+    assert loader["default_preload"] == "ram" and loader["default_codec"] == "lz4"    # a small cache fits
+    assert r["loader_vs_npy_float32"] == pytest.approx(cps["default"] / cps["npy_float32_memmap"], rel=0.01)
+    assert r["streaming_vs_npy_float32"] == pytest.approx(cps["stream_lz4"] / cps["npy_float32_memmap"], rel=0.01)
+    assert r["loader_efficiency"] == pytest.approx(cps["stream_lz4"] / cps["shard_files"], rel=0.01)
+    assert loader["clips"] == 40 and set(loader["storage_ratio"]) == {"lz4", "zstd", "none"}
     disk = loader["disk_bytes_per_clip"]
-    assert disk["cache_zstd"] < disk["uncompressed_float16"] < disk["npy_float32"]
+    assert disk["lz4"] < disk["none"] < disk["npy_float32"] and disk["zstd"] < disk["none"]
+    cold = loader["cold"]
+    assert cold["possible"] is False or set(cold["vs_npy_float32_cold"]) == {"lz4", "zstd", "none"}
     assert not (tmp_path / "loader-npy-float32").exists()           # scratch copies removed
-
-
-def test_uncompressed_copy_reads_back_the_same_features(clips, tmp_path):
-    import numpy as np
-    from pipeline.cache import FeatureCache, write_cache
-
-    rng = np.random.default_rng(0)
-    feats = np.maximum(rng.standard_normal((5, 4, 16)), 0).astype(np.float16)
-    c = write_cache(tmp_path / "c", [str(i) for i in range(5)], ["a"] * 5, feats, np.zeros((5, 4), np.float32),
-                    np.full(5, 4), fmt="zarr", dtype="float16", shard_size=2, config={}, overwrite=True)
-    raw = FeatureCache(bench_train_head.uncompressed_copy(c.path, tmp_path / "raw"))
-    assert (raw.read_many(range(5))["features"] == feats).all()
 
 
 def test_metrics_benchmark_times_evaluate_without_a_threshold():

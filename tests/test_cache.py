@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.cache import (
     CACHE_JSON, FAILURES_JSONL, PROGRESS_JSON, SHARDS_DIR, FeatureCache, begin_cache, cache_info, finalize_cache,
-    fingerprint, pending_shards, write_cache,
+    fingerprint, format_cache_info, pending_shards, write_cache,
 )
 from pipeline.fsio import sha256_file
 from pipeline.shards import SCHEMA_VERSION, ShardWriter, shard_name, shard_sha256
@@ -394,3 +394,84 @@ def test_reads_in_worker_processes(tmp_path, fmt, start):
         assert got_id == ids[i]
         np.testing.assert_array_equal(got, features[i].astype(np.float16))
     assert cache[5]["id"] == ids[5]          # the parent's handles still work
+
+
+# ----------------------------------------------------------------------------- compression
+
+@pytest.mark.parametrize("fmt,codecs", [("zarr", ("lz4", "zstd", "none")), ("hdf5", ("gzip", "none"))])
+def test_compression_is_recorded_lossless_and_outside_the_fingerprint(tmp_path, fmt, codecs):
+    import torch
+
+    features, envelopes, lengths = relu_data()
+    ids, labels = ids_labels()
+    prints = set()
+    for codec in codecs:
+        c = write_cache(tmp_path / codec, ids, labels, features, envelopes, lengths, fmt=fmt, shard_size=4,
+                        compression=codec)
+        assert c.compression == codec == json.loads((c.path / CACHE_JSON).read_text())["compression"]
+        assert c.config.get("compression") is None          # write_cache keeps the caller's config
+        info = cache_info(c.path)
+        assert info["compression"] == codec and f"({codec})" in format_cache_info(info)
+        prints.add(c.fingerprint)
+        out = torch.empty((N, T, D))
+        idx = np.random.default_rng(1).permutation(N)
+        c.read_into(idx, out)
+        assert np.array_equal(out.numpy(), features[idx].astype(np.float16).astype(np.float32))
+    assert len(prints) == 1                                 # lossless: the same numbers, the same fingerprint
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_a_damaged_or_lost_chunk_never_reads_back_as_numbers(tmp_path, codec):
+    import torch
+
+    features, envelopes, lengths = relu_data()
+    ids, labels = ids_labels()
+    c = write_cache(tmp_path / "c", ids, labels, features, envelopes, lengths, shard_size=4, compression=codec)
+    chunk = c.shard_path(0) / "features" / "c" / "1" / "0" / "0"
+    flip_byte(chunk)                                        # checksum (crc32c after Blosc, zstd's own)
+    out = torch.empty((2, T, D))
+    with pytest.raises(FoleyError, match="shard-00000"):
+        FeatureCache(c.path).read_into([0, 1], out)
+    chunk.unlink()                                          # a lost chunk: never NaN or zeros handed on
+    with pytest.raises(FoleyError, match="lost the features"):
+        FeatureCache(c.path).read_into([1], out[:1])
+    with pytest.raises(FoleyError, match="lost the features"):
+        FeatureCache(c.path).read_shard(0)
+
+
+def test_caches_without_a_compression_record_read_as_before(tmp_path):
+    from pipeline.cache import _index_checksum
+
+    cache, (_, _, features, _, _) = make_cache(tmp_path / "c", "zarr")
+    index = json.loads((cache.path / CACHE_JSON).read_text())
+    assert index["compression"] == "lz4"
+    old = write_cache(tmp_path / "old", *ids_labels(), features, relu_data()[1], relu_data()[2], shard_size=4,
+                      compression="zstd")
+    index = json.loads((old.path / CACHE_JSON).read_text())
+    del index["compression"]                                # as written before the choice existed
+    index["checksum"] = _index_checksum(index)
+    (old.path / CACHE_JSON).write_text(json.dumps(index, indent=2) + "\n")
+    again = FeatureCache(old.path)
+    assert again.compression == "zstd"
+    assert np.array_equal(again.read_shard(1)["features"], features[4:8].astype(np.float16))
+
+
+def test_resume_keeps_the_cache_s_compression_and_refuses_another(tmp_path):
+    from pipeline.cache import resolve_compression
+
+    out = tmp_path / "c"
+    begin_cache(out, "f" * 64, {"a": 1}, 2, fmt="zarr", compression="zstd")
+    assert resolve_compression(out, "zarr", None) == "zstd"             # a resume keeps its codec
+    with pytest.raises(FoleyError, match="started with --compression zstd"):
+        resolve_compression(out, "zarr", "lz4")
+    with pytest.raises(FoleyError, match="started with --compression zstd"):
+        begin_cache(out, "f" * 64, {"a": 1}, 2, fmt="zarr", compression="none")
+    assert resolve_compression(out, "zarr", "lz4", overwrite=True) == "lz4"
+    progress = json.loads((out / PROGRESS_JSON).read_text())
+    del progress["compression"]                             # started before the choice existed
+    (out / PROGRESS_JSON).write_text(json.dumps(progress))
+    assert resolve_compression(out, "zarr", None) == "zstd"
+    assert resolve_compression(tmp_path / "new", "zarr", None) == "lz4"
+    assert resolve_compression(tmp_path / "new", "hdf5", None) == "gzip"
+    with pytest.raises(FoleyError, match="does not apply to --format hdf5"):
+        resolve_compression(tmp_path / "new", "hdf5", "lz4")

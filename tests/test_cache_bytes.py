@@ -11,6 +11,10 @@ The bytes of a shard also depend on the storage libraries (zarr / zstd, h5py / l
 recorded digests are valid for the versions in REFERENCE_VERSIONS, and the byte comparison is
 skipped, saying so, under other versions (the determinism test still runs). To re-record after a
 deliberate format change, run this file with FOLEY_RECORD_CACHE_BYTES=1 and paste what it prints.
+
+The caches are written with each format's original codec (zstd-1 for Zarr, gzip-1 for HDF5; the
+Zarr default is now lz4, `--compression`), whose shard bytes are the recorded ones; cache.json's
+digests include the "compression" field every cache.json now carries.
 """
 from __future__ import annotations
 
@@ -38,16 +42,17 @@ FAILURES = [{"id": "bad002", "path": "videos/bad002.webm", "reason": "no_audio",
             {"id": "bad003", "path": "videos/bad003.webm", "reason": "too_short", "detail": "2 frames"}]
 CONFIG = {"backbone": "reference", "frames": T, "size": 32, "manifest": {"path": "ann.json", "n": N + 2}}
 CASES = [("zarr", "float16"), ("zarr", "float32"), ("hdf5", "float16"), ("hdf5", "float32")]
+CODEC = {"zarr": "zstd", "hdf5": "gzip"}        # the codec each format's reference bytes were written with
 
 REFERENCE_VERSIONS = {"zarr": "3.1.6", "numcodecs": "0.16.6", "h5py": "3.16.0", "hdf5": "2.0.0", "numpy_major": "2"}
-EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
+EXPECTED = {   # (writer, fmt, dtype) -> digests; shards recorded at e3cabbd
     ("by_hand", "zarr", "float16"): {
         "shards": {
             "shard-00000.zarr": "f55373fdcb8b84709be01d2f8743476c999ce1351321cf780092f14deb828a17",
             "shard-00001.zarr": "ec0d9d1b86cd742e70a16ff5e7d4cbe8eb5d126b30c46c9050cf92a60f742a78",
             "shard-00002.zarr": "cacdb4961b4ec951abaa62cebe2c94c574812788a1ded3df689ba6e8556b3f5a",
         },
-        "cache.json": "9786dc3125ff46929182d69d56e19f12389c61ef530c49aad8bef70470597448",
+        "cache.json": "6bd684cb8fde3a3ef0542f9b42e9ac47962de275d2489130703604e37c8525d3",
         "failures.jsonl": "9278fe850dbeaf2771869d0d8816c18c11e7ea809ee0619c418b5f50ecaab4c2",
     },
     ("write_cache", "zarr", "float16"): {
@@ -56,7 +61,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.zarr": "318508ba1ace7e8600e3ea876264aa1d704e5dbd637dd8a07796d4b2bef79a79",
             "shard-00002.zarr": "682da6068e22a1372ede1accc122ab981c91da9a58d987f9efa1c09faa9d5e73",
         },
-        "cache.json": "74767fe106fd112ddda7c0404c53fec27099602c1d63b876a514087bb3d993dc",
+        "cache.json": "6a070a4ab6855e8de509136cad380ebf9e3ae717d0fc0a2792c60d0e49841c92",
         "failures.jsonl": "bd8ad4e02bae5c50583173ab0f1e591c46dfffd3b290575a46f2e28f94b14e27",
     },
     ("by_hand", "zarr", "float32"): {
@@ -65,7 +70,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.zarr": "7e32005de7f0bea207448dd8228d2ea91397ab143e0de9ae5c56f1f0ba81cfab",
             "shard-00002.zarr": "45ee36eaf933866fdfdd111d165668c1fb92a38766ad219943e38e0a937fb990",
         },
-        "cache.json": "616e879ce297df9091cc4a9f7f9f710e0c60521661f784b999ceb96c966279d8",
+        "cache.json": "88ab51920ce3b59eb41cb6e29c9f8d0b7502f2022c6edf591f99864fc8bceed5",
         "failures.jsonl": "9278fe850dbeaf2771869d0d8816c18c11e7ea809ee0619c418b5f50ecaab4c2",
     },
     ("write_cache", "zarr", "float32"): {
@@ -74,7 +79,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.zarr": "4cbd4a50b24addc61cd372dbf0f1b8ef78af5c339ae76853aef8a93d7faa9a0b",
             "shard-00002.zarr": "f0126d0293ff660ced2f2121dbebd19f5af54ac88b52e3f85dfa483cf9cf4db5",
         },
-        "cache.json": "81fb14e7f7398d1444e06e8b5b8ac2660496cf4847efe29789c970ccb780028f",
+        "cache.json": "53e6fa3824cd7beb8851e61a5d6c1a6190b40e6e8b3d79549ccb3ff9bb23f79c",
         "failures.jsonl": "bd8ad4e02bae5c50583173ab0f1e591c46dfffd3b290575a46f2e28f94b14e27",
     },
     ("by_hand", "hdf5", "float16"): {
@@ -83,7 +88,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.h5": "263f56552b05998e2446f93be8d11a4226f291c8d8efb36a6ef9eeedbbbf7b75",
             "shard-00002.h5": "9a43b6b8ced1016baead6fe0d537f174763502f98f956efbe73538d73ff25117",
         },
-        "cache.json": "93e169be046d83912eca2136345486dcc35063b2347397c72f852d7c8cc0f880",
+        "cache.json": "05c0b6ac26c9000b543a3819d6d07cabc478ca8223d6b15596a0c6375c913930",
         "failures.jsonl": "9278fe850dbeaf2771869d0d8816c18c11e7ea809ee0619c418b5f50ecaab4c2",
     },
     ("write_cache", "hdf5", "float16"): {
@@ -92,7 +97,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.h5": "b13484c5fe72f410e4cdd3396fc5e07ccf73f8e8402bfacc9ac0cede77eb23c3",
             "shard-00002.h5": "68e5649a13f3ea5757ab864ce41160253ee467526bded55c351b3b5a628168b2",
         },
-        "cache.json": "b1d0585617b058ee64802871dacdc276ba7414e5681e2328412ab90f2922e7a2",
+        "cache.json": "cf13c6e30cbf0d3dcab623d413dafff16ad7c8988298080b8fb595ac9948bb3a",
         "failures.jsonl": "bd8ad4e02bae5c50583173ab0f1e591c46dfffd3b290575a46f2e28f94b14e27",
     },
     ("by_hand", "hdf5", "float32"): {
@@ -101,7 +106,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.h5": "1c98e512b1b6893df1d56999f3c7de813a688253a44931f40c1ab94a80a78f4b",
             "shard-00002.h5": "0643592a7f82d8bf9bfd6bccd21d88f830d08bccb1fcce75f5d5c21d53c3fa51",
         },
-        "cache.json": "039266dbf5cca0c3d516772a017068421db19383c150c0bba88020368a0a3fa7",
+        "cache.json": "779324fb3fe53c9f13b5f791e2b92e58113a780eac6d43dcfda5229d85c675ab",
         "failures.jsonl": "9278fe850dbeaf2771869d0d8816c18c11e7ea809ee0619c418b5f50ecaab4c2",
     },
     ("write_cache", "hdf5", "float32"): {
@@ -110,7 +115,7 @@ EXPECTED = {   # (writer, fmt, dtype) -> digests, recorded at e3cabbd
             "shard-00001.h5": "4db97c0d9b767ded408ebe3872fa27ee55dd04e052d2f633ec368c17a70fc77d",
             "shard-00002.h5": "bc129e40dcc7fe03b1cca0aaa5aff9df7d9b1f16c59cb0d99ed0adefee47b33c",
         },
-        "cache.json": "3992e26c499df9de778d00a541c4d878f25dcce0cb43f9e3927e455a3de237a2",
+        "cache.json": "42a484037071bb775acd8e57eae10dfbd31dade695e352822964788ed106f260",
         "failures.jsonl": "bd8ad4e02bae5c50583173ab0f1e591c46dfffd3b290575a46f2e28f94b14e27",
     },
 }
@@ -142,11 +147,11 @@ def _write_by_hand(cache_dir: Path, fmt: str, dtype: str):
     features, envelopes = _inputs()
     fp = fingerprint({"config": CONFIG, "dtype": dtype, "frames": T, "dim": D})
     plan = [(range(0, 4), [FAILURES[2]]), (range(4, 4), [FAILURES[1], FAILURES[0]]), (range(4, 7), [])]
-    todo = begin_cache(cache_dir, fp, CONFIG, len(plan), fmt=fmt)
+    todo = begin_cache(cache_dir, fp, CONFIG, len(plan), fmt=fmt, compression=CODEC[fmt])
     assert todo == [0, 1, 2]
     for k, (rows, failures) in enumerate(plan):
         with ShardWriter(cache_dir / SHARDS_DIR / shard_name(k, fmt), fmt, capacity=len(rows), frames=T,
-                         dim=D, dtype=dtype) as w:
+                         dim=D, dtype=dtype, compression=CODEC[fmt]) as w:
             for i in rows:
                 w.append(IDS[i], LABELS[i], features[i], envelopes[i], LENGTHS[i])
             for f in failures:
@@ -157,7 +162,7 @@ def _write_by_hand(cache_dir: Path, fmt: str, dtype: str):
 def _write_with_write_cache(cache_dir: Path, fmt: str, dtype: str):
     features, envelopes = _inputs()
     write_cache(cache_dir, IDS, LABELS, features, envelopes, LENGTHS, fmt=fmt, dtype=dtype,
-                shard_size=SHARD_SIZE, config=CONFIG, failures=FAILURES).close()
+                shard_size=SHARD_SIZE, config=CONFIG, failures=FAILURES, compression=CODEC[fmt]).close()
 
 
 WRITERS = {"write_cache": _write_with_write_cache, "by_hand": _write_by_hand}

@@ -98,3 +98,89 @@ def test_unknown_preload_and_gpu_preload_without_cuda_are_refused(tmp_path):
         make("disk", CPU)
     with pytest.raises(FoleyError, match="needs a CUDA device"):
         make("gpu", CPU)
+
+
+def _losses(run) -> list[tuple]:
+    import json
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(m["train_loss"], m["val_loss"], m["val_mae"]) for m in lines]
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_training_is_bit_identical_streaming_or_preloaded(tmp_path, compression):
+    """The batch read (chunk files decoded into the batch, cast to float32 in the copy) and the
+    preloaded gather give the same losses, bit for bit, for a seed; a zarr read of every batch's
+    clips (zarr's own decoder, the reference) gives the same features."""
+    from pipeline.cache import write_cache
+    from pipeline.train import train_head
+    from tests.cachekit import signal_data
+
+    features, envelopes, lengths = signal_data(24, 7, 16, 12)
+    make = lambda name: write_cache(  # noqa: E731
+        tmp_path / name, [f"{name}{i}" for i in range(24)], ["x"] * 24, features, envelopes, lengths, shard_size=8,
+        compression=compression, config={"t": 1})
+    train, val = make("train"), make("val")
+    runs = {}
+    for preload, workers in (("none", 0), ("none", 1), ("ram", 0), ("auto", 0)):
+        out = tmp_path / f"run-{preload}-{workers}"
+        s = train_head(train.path, val.path, out, epochs=2, batch_size=5, hidden=8, layers=1, seed=3, device="cpu",
+                       preload=preload, workers=workers, amp="off", progress=False)
+        runs[(preload, workers)] = _losses(out)
+        assert s["config"]["preload"] == preload
+        assert s["config"]["preload_used"]["train"] == ("ram" if preload == "auto" else preload)
+    reference = runs[("none", 0)]
+    assert all(r == reference for r in runs.values()), {k: v == reference for k, v in runs.items()}
+    batches = loader.CacheBatches.from_cache(train, InputTransform("features", train.dim), 5, shuffle=True, seed=3,
+                                             preload="none", device=CPU, workers=0, dist=Distributed())
+    import zarr
+    for b in batches.raw_batches():
+        for row, i in zip(b["features"], b["index"].tolist()):
+            k, j = divmod(i, 8)
+            ref = zarr.open_array(train.shard_path(k) / "features", mode="r")[j]
+            assert b["features"].dtype == torch.float32 and torch.equal(row, torch.from_numpy(ref).float())
+
+
+def test_preload_auto_holds_a_cache_that_fits_and_streams_one_that_does_not(tmp_path, monkeypatch, caplog):
+    import logging
+    cache = FeatureCache(make_signal_cache(tmp_path / "c", 16, seed=5, dim=16).path)
+    make = lambda: loader.CacheBatches.from_cache(  # noqa: E731
+        cache, InputTransform("features", cache.dim), 4, shuffle=False, seed=0, preload="auto", device=CPU,
+        workers=0, dist=Distributed(), name="train")
+    with caplog.at_level(logging.INFO, logger="foleycache"):
+        held = make()
+    assert held.preload == "ram" and held.loader is None and held.preload_bytes > 0
+    assert "held in RAM" in held.preload_reason and "train cache: --preload auto: held in RAM" in caplog.text
+    need = held.preload_bytes
+    monkeypatch.setattr(loader, "available_ram_bytes", lambda: int(need / loader.AUTO_PRELOAD_SHARE) - 1)
+    streamed = make()
+    assert streamed.preload == "none" and streamed.loader is not None and streamed.preload_bytes == 0
+    assert "read from the shard files every epoch" in streamed.preload_reason
+    for a, b in zip(held, streamed):            # the same batches either way
+        assert torch.equal(a["inputs"], b["inputs"]) and torch.equal(a["index"], b["index"])
+
+
+def test_batches_read_from_hdf5_and_other_layouts_match_the_cache(tmp_path):
+    """Shards the chunk reader does not decode itself (HDF5; a zarr layout of another tool) are read
+    through their library, with the same numbers."""
+    from pipeline import chunks
+    cache = FeatureCache(make_signal_cache(tmp_path / "h", 12, seed=2, dim=16, fmt="hdf5").path)
+    out = torch.empty((5, cache.frames, cache.dim))
+    idx = [11, 0, 7, 3, 3]
+    cache.read_into(idx, out)
+    assert torch.equal(out, torch.from_numpy(cache.read_many(idx)["features"]).float())
+    assert chunks._zarr_decoder({"codecs": [{"name": "bytes"}, {"name": "gzip"}]}, np.dtype("float16")) is None
+    assert chunks._zarr_decoder({"codecs": [{"name": "transpose"}, {"name": "bytes"}]}, np.dtype("float16")) is None
+    assert chunks._chunk_key({"chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 4, 8]}}},
+                             (6, 4, 8)) is None
+
+
+def test_preload_is_an_option_a_resume_may_change_and_old_runs_lack():
+    from pipeline.options import TrainOptions
+
+    assert TrainOptions().preload == "auto"
+    old = {"command": "train-head", "options": {k: v for k, v in TrainOptions().to_dict().items() if k != "preload"}}
+    assert TrainOptions.resolve({}, old).preload == "auto"              # a run from before the option
+    old["options"]["preload"] = "none"
+    assert TrainOptions.resolve({"preload": "ram"}, old).preload == "ram"
+    with pytest.raises(FoleyError, match="unknown --preload 'disk'"):
+        TrainOptions.check_given({"preload": "disk"})
