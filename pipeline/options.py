@@ -153,7 +153,7 @@ class TrainOptions(_Options):
     center_clips: bool = option(True, shown="on (--input features)", legacy=False)
     temporal: str = option("conv-bilstm", choices=TEMPORALS, legacy="lstm")
     conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
-    onset_weight: float = option(1.0, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
+    onset_weight: float = option(0.3, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
     time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
     # where the cache is read from; changes no number (the same batches either way), so a resume may change it
     preload: str = option("auto", choices=PRELOADS, must_match=False)

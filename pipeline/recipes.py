@@ -28,7 +28,7 @@ from pipeline.fsio import atomic_write_json, atomic_write_text
 SCORED = ("seed_score", "onset_f1", "onset_ap", "onset_count_acc", "pearson")
 BASELINE_NAMES = ("mean_envelope", "shuffled")
 REFERENCE = "seed-lstm"
-DEFAULT_RECIPE = "conv-bilstm+onset"     # what train-head's defaults are (pipeline.options.TrainOptions)
+DEFAULT_RECIPE = "conv-bilstm+onset0.3"  # what train-head's defaults are (pipeline.options.TrainOptions)
 # What every recipe shares: the demo's budget (8 epochs of 8-clip batches) on centred features.
 COMMON = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "center_clips": True}
 RECIPES = {

@@ -13,7 +13,7 @@ def test_defaults_are_the_documented_ones():
     assert (o.epochs, o.batch_size, o.lr, o.weight_decay, o.warmup, o.hidden, o.layers, o.fc, o.dropout, o.input,
             o.seed, o.amp, o.early_stop, o.center_clips, o.temporal, o.conv_channels, o.onset_weight,
             o.time_shift) == (8, 8, 1e-3, 0.01, None, 128, 2, (256, 64), 0.0, "features", 0, "auto", 0, True,
-                              "conv-bilstm", 256, 1.0, 0)
+                              "conv-bilstm", 256, 0.3, 0)
     shown = {name: TrainOptions.default_text(name) for name in ("epochs", "lr", "warmup", "dropout", "center_clips")}
     assert shown == {"epochs": "8", "lr": "0.001", "warmup": "5% of all steps", "dropout": "0",
                      "center_clips": "on (--input features)"}
