@@ -3,6 +3,7 @@ pipeline/train.py, pipeline/recipes.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,46 @@ def test_train_heads_defaults_are_the_default_recipe():
 
     defaults = TrainOptions().to_dict()
     assert {k: defaults[k] for k in recipe_options(DEFAULT_RECIPE)} == recipe_options(DEFAULT_RECIPE)
+
+
+def _as_recorded_before_recipes(run, epochs):
+    """Rewrite a causal-LSTM run's files as runs were written before the recipe options existed, by a
+    command that asked for `epochs` (so a resume has epochs left to train)."""
+    new_options = ("temporal", "conv_channels", "onset_weight", "time_shift", "center_clips", "preload")
+    config = json.loads((run / "config.json").read_text())
+    config["options"] = {k: v for k, v in config["options"].items() if k not in new_options}
+    config["options"]["epochs"] = epochs
+    (run / "config.json").write_text(json.dumps(config))
+    for name in ("checkpoint-last.pt", "checkpoint-best.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        ckpt["config"]["options"] = config["options"]
+        for key in ("temporal", "conv_channels", "conv_kernels"):
+            ckpt["head_config"].pop(key, None)      # best may be a hard link to last
+        ckpt["transform"]["_extra_state"].pop("center_frames", None)
+        torch.save(ckpt, run / name)
+
+
+def test_a_run_recorded_before_the_recipes_resumes_and_exports_as_the_seeds_head(tmp_path):
+    from pipeline.export import export_predictions
+    from pipeline.run_features import load_run
+    from pipeline.train import train_head
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    make_signal_cache(train, n=12, seed=0)
+    make_signal_cache(val, n=6, seed=1)
+    run = tmp_path / "old"
+    old = dict(temporal="lstm", hidden=16, center_clips=False, onset_weight=0.0, batch_size=4, progress=False,
+               workers=0)
+    train_head(train, val, run, epochs=1, **old)
+    _as_recorded_before_recipes(run, epochs=2)
+    exported = export_predictions(run=run, cache=val, out=tmp_path / "x", checkpoint="last", plots=0, progress=False)
+    assert json.loads(Path(exported["metrics"]).read_text())["model"]["n"] == 6
+    trained = load_run(run, "last")
+    assert trained.head.config.temporal == "lstm" and not trained.head.lstm.bidirectional
+    assert not trained.transform.center and trained.transform.center_frames == "all"
+    resumed = train_head(train, val, run, resume=True, progress=False, workers=0)
+    assert resumed["epochs_run"] == 2
+    options = resumed["config"]["options"]
+    assert (options["temporal"], options["center_clips"], options["onset_weight"], options["hidden"]) == \
+        ("lstm", False, 0.0, 16)
+    assert load_run(run, "last").head.config.temporal == "lstm"
