@@ -11,9 +11,11 @@ file to a row of the report visits each module once, top to bottom:
   decoding             clips of manifest entries decoded in DataLoader workers; failure records
   architectures        the networks: model3d_1's 3D CNN, MobileNetV2 per frame, pooling to [B, T, D]
   backbones            the registry: model3d_1 (+ width variants), mobilenet_v2 (+ spacetime); weights, checkpoints
-  shards, chunks, cache
+  shards, chunks, feature_cache, cache
                        ShardWriter (zarr / hdf5, --compression) -> cache.json index -> FeatureCache;
-                       chunks: a shard's clips decoded straight into a training batch
+                       chunks: a shard's clips decoded straight into a training batch; feature_cache:
+                       the reader (FeatureCache, cache-info); cache: fingerprint, begin / finalize
+                       (writes the index), re-exports the reader
   cache_config         CacheConfig: how a cache's features were made, typed (cache.json's config)
   extract              stage 1: clips through a backbone into a cache (extract-features)
   head                 the LSTM+FC head (the seed's causal LSTM, bidirectional, Conv1d front), its
