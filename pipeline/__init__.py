@@ -3,7 +3,8 @@
 One module per concern; the imports follow the pipeline's order, so following one clip from a video
 file to a row of the report visits each module once, top to bottom:
 
-  errors, options      one-line user errors; the torch-free vocabulary of choices and defaults
+  errors, options      one-line user errors and FaultyVideo (a bad video, recorded with a reason); the
+                       torch-free vocabulary of choices and defaults
   runtime, fsio        device / precision / autocast / workers / seeds; atomic writes, sha256, JSON
   distributed          torchrun: one process group helper for extraction, training and pretraining
   media                load_clip: a video file -> frames [3, T, S, S] + loudness envelope [T]
