@@ -3,7 +3,8 @@
 One module per concern; the imports follow the pipeline's order, so following one clip from a video
 file to a row of the report visits each module once, top to bottom:
 
-  errors, options      one-line user errors; the torch-free vocabulary of choices and defaults
+  errors, options      one-line user errors and FaultyVideo (a bad video, recorded with a reason); the
+                       torch-free vocabulary of choices and defaults
   runtime, fsio        device / precision / autocast / workers / seeds; atomic writes, sha256, JSON
   distributed          torchrun: one process group helper for extraction, training and pretraining
   media                load_clip: a video file -> frames [3, T, S, S] + loudness envelope [T]
@@ -11,9 +12,11 @@ file to a row of the report visits each module once, top to bottom:
   decoding             clips of manifest entries decoded in DataLoader workers; failure records
   architectures        the networks: model3d_1's 3D CNN, MobileNetV2 per frame, pooling to [B, T, D]
   backbones            the registry: model3d_1 (+ width variants), mobilenet_v2 (+ spacetime); weights, checkpoints
-  shards, chunks, cache
+  shards, chunks, feature_cache, cache
                        ShardWriter (zarr / hdf5, --compression) -> cache.json index -> FeatureCache;
-                       chunks: a shard's clips decoded straight into a training batch
+                       chunks: a shard's clips decoded straight into a training batch; feature_cache:
+                       the reader (FeatureCache, cache-info); cache: fingerprint, begin / finalize
+                       (writes the index), re-exports the reader
   cache_config         CacheConfig: how a cache's features were made, typed (cache.json's config)
   extract              stage 1: clips through a backbone into a cache (extract-features)
   head                 the LSTM+FC head (the seed's causal LSTM, bidirectional, Conv1d front), its

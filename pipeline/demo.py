@@ -23,6 +23,7 @@ docs/learning.md gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip w
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -210,10 +211,7 @@ def run_demo(*, out: Path, n_train: int = DEMO_TRAIN, n_val: int = DEMO_VAL, n_u
     from pipeline.synthetic import DEFAULT_LOOK, HELDOUT_LOOK, LABELS_JSON, TRAIN_JSON, VAL_JSON, make_synthetic
     from pipeline.train import train_head
 
-    if n_train < 2 or n_val < 2 or n_unseen < 2:
-        raise FoleyError("the demo needs at least 2 train, 2 validation and 2 unseen-look clips")
-    if precision not in PRECISIONS:
-        raise FoleyError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    _check_arguments(n_train, n_val, n_unseen, precision)
     heads = dict(HEADS if heads is None else heads)
     out = Path(out)
     _prepare(out)
@@ -224,13 +222,7 @@ def run_demo(*, out: Path, n_train: int = DEMO_TRAIN, n_val: int = DEMO_VAL, n_u
                 "look": DEFAULT_LOOK, "unseen_look": HELDOUT_LOOK, "checkpoint": CHECKPOINT, "heads": heads}
     summary = {"status": "running", "out": str(out.resolve()), "settings": settings, "seconds": {}}
     _write_json(out / DEMO_JSON, summary)
-
-    def stage(name, fn):
-        t0 = time.time()
-        result = fn()
-        summary["seconds"][name] = round(time.time() - t0, 1)
-        _write_json(out / DEMO_JSON, summary)
-        return result
+    stage = functools.partial(_stage, out, summary)
 
     data, unseen, caches = out / "data", out / "data-unseen", out / "cache"
     stage("make_synthetic", lambda: make_synthetic(out=data, n_train=n_train, n_val=n_val, seed=seed,
@@ -258,9 +250,32 @@ def run_demo(*, out: Path, n_train: int = DEMO_TRAIN, n_val: int = DEMO_VAL, n_u
 
     text = demo_report(results, settings, out)
     (out / DEMO_MD).write_text(text, encoding="utf-8")
-    winner = best_head(results["val"])
-    summary.update(
-        status="done", seconds_total=round(time.time() - t_start, 1), best_head=winner,
+    summary.update(status="done", seconds_total=round(time.time() - t_start, 1), **_outcome(results, heads, out))
+    _write_json(out / DEMO_JSON, summary)
+    return dict(summary, report=text)
+
+
+def _check_arguments(n_train: int, n_val: int, n_unseen: int, precision: str):
+    if n_train < 2 or n_val < 2 or n_unseen < 2:
+        raise FoleyError("the demo needs at least 2 train, 2 validation and 2 unseen-look clips")
+    if precision not in PRECISIONS:
+        raise FoleyError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+
+def _stage(out: Path, summary: dict, name: str, fn):
+    """fn(), its wall time recorded in demo.json as soon as it ends (a killed demo shows how far it got)."""
+    t0 = time.time()
+    result = fn()
+    summary["seconds"][name] = round(time.time() - t0, 1)
+    _write_json(out / DEMO_JSON, summary)
+    return result
+
+
+def _outcome(results: dict[str, dict[str, dict]], heads: dict, out: Path) -> dict:
+    """demo.json's closing fields: the best head on validation, each head's headline metrics and
+    baseline verdict per split, the clip counts and the files to open."""
+    return dict(
+        best_head=best_head(results["val"]),
         headline={split: {h: {col: {k: m[col][k] for k in R.HEADLINE} for col in ("model",) + R.BASELINES}
                           for h, m in per_head.items()} for split, per_head in results.items()},
         beats_baselines={split: {h: m["beats_baselines"] for h, m in per_head.items()}
@@ -269,5 +284,3 @@ def run_demo(*, out: Path, n_train: int = DEMO_TRAIN, n_val: int = DEMO_VAL, n_u
                           for split, per_head in results.items()},
         files={"report": str(out / DEMO_MD),
                **{f"{h}{s}_html": str(out / "export" / (h + s) / "report.html") for h in heads for s in SPLITS.values()}})
-    _write_json(out / DEMO_JSON, summary)
-    return dict(summary, report=text)

@@ -259,15 +259,20 @@ def extract_features(*, videos: Path, annotations: Path | str, out: Path, labels
                                     workers=workers, device=dist.device, precision=precision, mean=spec.mean,
                                     std=spec.std, progress=progress and dist.is_main))
     _check_same_manifest(job.shards.out, job.manifest_record["sha256"], overwrite)
+    return _run_job(job, dist, calibration_clips, progress)
 
+
+def _run_job(job: _Job, dist: Distributed, calibration_clips: int, progress: bool) -> dict:
+    """Write this rank's pending shards of `job`, then (main rank) finalize the cache; the summary
+    extract_features returns. Every rank loads the backbone, so all of them must call it."""
     t0 = time.time()
     model = _backbone_on_every_rank(job, calibration_clips, progress, dist)
     todo = {k for k in cache.pending_shards(job.shards.out, job.n_shards) if k % dist.world_size == dist.rank}
     counts = _write_shards(model, [(k, a) for k, a in job.shard_items() if k in todo], job.shards)
     dist.barrier()
-    summary = {"cache": str(job.shards.out), "candidates": len(manifest), "shards": job.n_shards,
-               "processed_here": counts["seen"], "device": str(dist.device), "precision": precision,
-               "workers": workers, "world_size": dist.world_size}
+    summary = {"cache": str(job.shards.out), "candidates": len(job.manifest), "shards": job.n_shards,
+               "processed_here": counts["seen"], "device": str(dist.device), "precision": job.shards.precision,
+               "workers": job.shards.workers, "world_size": dist.world_size}
     if dist.is_main:
         summary.update(_finalize(job.shards.out))
     wall = time.time() - t0

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import oaconvolve
 
+from pipeline.errors import REASONS, FaultyVideo  # noqa: F401  (re-exported: callers import them from here)
 from pipeline.options import FPS, FRAMES     # the clip: 48 frames at 12 fps (4.0 s), torch-free for --help
 
 # --- constants of the data contract (docs/design.md) --------------------------------------
@@ -37,29 +38,8 @@ SEEK_PREROLL_S = 0.5          # seek this far before `start`: audio decoders (AA
                               # 80 ms pre-roll) need earlier packets to give the samples decoding from
                               # the file's start gives; seeking at all only pays beyond it
 
-# Reasons a video is faulty (docs/design.md); the cache's failures.jsonl uses these words.
-REASONS = ("missing", "unreadable", "no_video_stream", "no_audio_stream", "decode_error",
-           "too_short", "silent_audio")
-
 # Integer sample formats are scaled to [-1, 1] like torchaudio's old Scale() (int16 / 32768).
 _INT_SCALE = {"u8": (128.0, 128.0), "s16": (0.0, 2.0**15), "s32": (0.0, 2.0**31), "s64": (0.0, 2.0**63)}
-
-
-class FaultyVideo(Exception):
-    """A video that cannot give a clip. `reason` is one of REASONS; `detail` says what happened;
-    `path` is the video's file when the caller knows it (pipeline.decoding.load_entry sets it)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        if reason not in REASONS:      # a programming error, never a data problem: fail loudly
-            raise ValueError(f"FaultyVideo reason must be one of {REASONS}, got {reason!r}")
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.path = ""
-
-    def record(self, video_id: str) -> dict:
-        """The failures.jsonl line of this video: {id, path, reason, detail}."""
-        return {"id": video_id, "path": self.path, "reason": self.reason, "detail": self.detail}
 
 
 @dataclass
@@ -130,6 +110,30 @@ class _SeekMissed(Exception):
 
 
 def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek, use_audio=True) -> Clip:
+    picker, audio, clip_origin, header_end = _decode(path, frames, fps, size, threads, start, seek, use_audio)
+    length = _real_frames(picker, audio, frames, fps, start, clip_origin, header_end)
+    video = picker.stack()                                      # [T, 3, size, size] float, 0..255
+    if not use_audio:
+        return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
+                    envelope=np.zeros(frames, np.float32), length=length, source_fps=picker.source_fps(),
+                    sample_rate=0, channels=0)
+    samples, sample_rate, channels = audio.first_channel()
+    if samples.size == 0:
+        raise FaultyVideo("decode_error", "no audio samples could be decoded")
+    if not np.all(np.isfinite(samples)):
+        raise FaultyVideo("decode_error", f"{int((~np.isfinite(samples)).sum())} non-finite audio samples")
+    clip_samples = samples[: int(round(length / fps * sample_rate))]
+    if clip_samples.size == 0 or np.abs(clip_samples).max() < SILENCE:
+        raise FaultyVideo("silent_audio", f"peak |x| < {SILENCE} over the clip's {length / fps:.2f} s")
+    envelope = audio_envelope(samples, sample_rate, frames=frames, fps=fps, reduce=reduce, length=length)
+    return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
+                envelope=envelope, length=length, source_fps=picker.source_fps(),
+                sample_rate=sample_rate, channels=channels)
+
+
+def _decode(path, frames, fps, size, threads, start, seek, use_audio):
+    """(the frames picked, the audio collected, the clip's t = 0 in container time, the header's end
+    (None: unknown), whether that end is the whole file's): one pass over the file's packets."""
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except PermissionError:
@@ -183,7 +187,13 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek,
         # a file-wide duration that may cover audio left unread says nothing about the video's end
         if whole_file and not use_audio and container.streams.audio:
             header_end = None
+    return picker, audio, clip_origin, (header_end, whole_file)
 
+
+def _real_frames(picker, audio, frames, fps, start, clip_origin, header) -> int:
+    """The clip's real frames; FaultyVideo when the video ends before `start`, stops short of what
+    its header says (a truncated file), or gives fewer than MIN_FRAMES."""
+    header_end, whole_file = header
     if picker.count == 0:
         raise FaultyVideo("decode_error", "no video frame could be decoded")
     length = picker.real_frames()
@@ -201,23 +211,7 @@ def _load_clip(path, frames, fps, size, reduce, normalize, threads, start, seek,
     if length < MIN_FRAMES:
         at = f" from {start:.3f} s" if start else ""
         raise FaultyVideo("too_short", f"{length} real frames at {fps} fps{at} (< {MIN_FRAMES})")
-    video = picker.stack()                                      # [T, 3, size, size] float, 0..255
-    if not use_audio:
-        return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
-                    envelope=np.zeros(frames, np.float32), length=length, source_fps=picker.source_fps(),
-                    sample_rate=0, channels=0)
-    samples, sample_rate, channels = audio.first_channel()
-    if samples.size == 0:
-        raise FaultyVideo("decode_error", "no audio samples could be decoded")
-    if not np.all(np.isfinite(samples)):
-        raise FaultyVideo("decode_error", f"{int((~np.isfinite(samples)).sum())} non-finite audio samples")
-    clip_samples = samples[: int(round(length / fps * sample_rate))]
-    if clip_samples.size == 0 or np.abs(clip_samples).max() < SILENCE:
-        raise FaultyVideo("silent_audio", f"peak |x| < {SILENCE} over the clip's {length / fps:.2f} s")
-    envelope = audio_envelope(samples, sample_rate, frames=frames, fps=fps, reduce=reduce, length=length)
-    return Clip(frames=preprocess_frames(video, size=size, normalize=normalize, resized=True),
-                envelope=envelope, length=length, source_fps=picker.source_fps(),
-                sample_rate=sample_rate, channels=channels)
+    return length
 
 
 def _stream_start(stream) -> float:
