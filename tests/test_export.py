@@ -101,10 +101,11 @@ def test_metrics_json_has_model_and_both_baselines_side_by_side(exported, setup)
     val = FeatureCache(setup / "val")
     assert m["cache"]["fingerprint"] == val.fingerprint == m["run"]["fingerprint"]
     assert m["run_config"]["command"] == "train-head"
-    # the export re-scores exactly what training scored on the same clips at the exported epoch
+    # the export re-scores what training scored on the same clips at the exported epoch (up to the float
+    # noise of other batch shapes: validation batches clips 4 at a time, export 16)
     epoch = next(line for line in read_metrics(setup / "run") if line["epoch"] == m["run"]["epoch"])
     for key in ("bce", "pearson", "onset_f1", "seed_score"):
-        assert m["model"][key] == pytest.approx(epoch[f"val_{key}"], abs=1e-5), key
+        assert m["model"][key] == pytest.approx(epoch[f"val_{key}"], abs=2e-4), key
     assert m["counts"]["clips"] == N_VAL
     # mean_envelope really is the train set's mean envelope, scored like the model
     train = FeatureCache(setup / "train")
@@ -134,7 +135,9 @@ def test_report_md_has_the_seed_table_and_the_metric_table(exported):
     assert re.search(r"\| TOTAL \| 5 \|", text)
     assert "| metric | better | model | mean_envelope | shuffled |" in text
     assert "| seed_score |" in text and "| onset_f1 |" in text
-    assert "baselines on seed_score and onset_f1" in text
+    from pipeline.report import verdict                    # the verdict line, whichever way it goes
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "**" + verdict(metrics) + "**" in text
     assert summary["verdict"] in text
 
 
