@@ -182,3 +182,11 @@ def test_a_run_recorded_before_the_recipes_resumes_and_exports_as_the_seeds_head
     assert (options["temporal"], options["center_clips"], options["onset_weight"], options["hidden"]) == \
         ("lstm", False, 0.0, 16)
     assert load_run(run, "last").head.config.temporal == "lstm"
+
+
+def test_the_seeds_recipe_is_the_seeds_head_whatever_the_defaults():
+    from pipeline.recipes import REFERENCE, recipe_options
+
+    seed = recipe_options(REFERENCE)
+    assert (seed["temporal"], seed["hidden"], seed["onset_weight"], seed["time_shift"], seed["dropout"]) == \
+        ("lstm", 512, 0.0, 0, 0.0)
