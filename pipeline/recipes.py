@@ -93,6 +93,10 @@ def compare_heads(*, train_cache: Path, val_cache: Path, evals: dict[str, Path],
         recipe_options(name)
     if seeds < 1 or not evals:
         raise FoleyError("compare-heads needs --seeds >= 1 and at least one --eval NAME=CACHE")
+    from pipeline.cache import FeatureCache
+
+    for path in (train_cache, val_cache, *evals.values()):
+        FeatureCache(path)                  # a missing or damaged cache is refused before OUT is touched
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
