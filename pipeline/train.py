@@ -114,7 +114,7 @@ def _train_head(train_path, val_path, out, dist, given, workers, resume, overwri
         raise FoleyError(f"--resume: the run was trained on a cache with fingerprint "
                          f"{ckpt.description.fingerprint[:12]}…, --train-cache has {train_cache.fingerprint[:12]}…")
     seed_everything(opts.seed)
-    data = _prepare_data(train_cache, val_cache, transform, ckpt, opts, opts.preload, workers, dist, progress)
+    data = _prepare_data(train_cache, val_cache, transform, ckpt, opts, workers, dist, progress)
 
     head_config = HeadConfig(input_dim=data.transform.out_dim, hidden=opts.hidden, layers=opts.layers,
                              fc=tuple(opts.fc), dropout=opts.dropout, input=opts.input, temporal=opts.temporal,
@@ -122,7 +122,7 @@ def _train_head(train_path, val_path, out, dist, given, workers, resume, overwri
     torch.manual_seed(opts.seed)            # same initial weights on every rank and every run
     head = Head(head_config).to(device)
     optimizer = _adamw(head, opts)
-    config = _run_config(opts, amp, opts.preload, workers, dist, data, head_config)
+    config = _run_config(opts, amp, workers, dist, data, head_config)
     description = RunDescription(kind="train-head", head_config=head_config.to_dict(),
                                  transform=data.transform.state_dict(), fingerprint=train_cache.fingerprint,
                                  cache_config=train_cache.config, val_fingerprint=val_cache.fingerprint)
@@ -135,7 +135,7 @@ def _train_head(train_path, val_path, out, dist, given, workers, resume, overwri
 
 
 def _prepare_data(train_cache, val_cache, transform: InputTransform, ckpt: RunCheckpoint | None,
-                  opts: TrainOptions, preload: str, workers: int, dist: Distributed, progress: bool) -> _Data:
+                  opts: TrainOptions, workers: int, dist: Distributed, progress: bool) -> _Data:
     """The input transform (statistics from the TRAIN cache only, or the checkpoint's on resume;
     fitted from memory when the cache is preloaded; the val cache is read through the same numbers)
     and both caches' batches."""
@@ -144,7 +144,7 @@ def _prepare_data(train_cache, val_cache, transform: InputTransform, ckpt: RunCh
         transform = InputTransform.from_state_dict(ckpt.description.transform)
     transform = transform.to(device)
     batches = lambda cache, shuffle, name: CacheBatches.from_cache(  # noqa: E731
-        cache, transform, opts.batch_size, shuffle=shuffle, seed=opts.seed, preload=preload, device=device,
+        cache, transform, opts.batch_size, shuffle=shuffle, seed=opts.seed, preload=opts.preload, device=device,
         workers=workers, dist=dist, progress=progress and dist.is_main, name=name)
     train_batches = batches(train_cache, True, "train")
     val_batches = batches(val_cache, False, "val")      # reads through `transform`, fitted in place below
@@ -193,7 +193,7 @@ def _cache_record(cache) -> dict:
             "frames": cache.frames, "dim": cache.dim, "dtype": cache.dtype}
 
 
-def _run_config(opts: TrainOptions, amp: str, preload: str, workers: int, dist: Distributed, data: _Data,
+def _run_config(opts: TrainOptions, amp: str, workers: int, dist: Distributed, data: _Data,
                 head_config: HeadConfig) -> dict:
     """The resolved run: config.json, and every checkpoint's config."""
     steps_per_epoch = len(data.train_batches)
@@ -201,7 +201,7 @@ def _run_config(opts: TrainOptions, amp: str, preload: str, workers: int, dist: 
     transform = data.transform
     return {
         "command": "train-head", "options": opts.to_dict(), "amp": amp, "device": str(dist.device),
-        "preload": preload,         # as asked; what each cache got and why (--preload auto decides per cache):
+        "preload": opts.preload,    # as asked; what each cache got and why (--preload auto decides per cache):
         "preload_used": {"train": data.train_batches.preload, "val": data.val_batches.preload},
         "preload_reason": {"train": data.train_batches.preload_reason, "val": data.val_batches.preload_reason},
         "preload_bytes": {"train": data.train_batches.preload_bytes, "val": data.val_batches.preload_bytes},
