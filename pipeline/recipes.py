@@ -24,9 +24,9 @@ from pathlib import Path
 
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_json, atomic_write_text
+from pipeline.metrics import BASELINES
 
 SCORED = ("seed_score", "onset_f1", "onset_ap", "onset_count_acc", "pearson")
-BASELINE_NAMES = ("mean_envelope", "shuffled")
 REFERENCE = "seed-lstm"
 DEFAULT_RECIPE = "conv-bilstm+onset0.3"  # what train-head's defaults are (pipeline.options.TrainOptions)
 # What every recipe shares: the demo's budget (8 epochs of 8-clip batches) on centred features, and
@@ -34,17 +34,16 @@ DEFAULT_RECIPE = "conv-bilstm+onset0.3"  # what train-head's defaults are (pipel
 # spelled out here, so a recipe means the same whatever train-head's defaults are.
 COMMON = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "center_clips": True, "onset_weight": 0.0, "time_shift": 0,
           "dropout": 0.0}
+CONV_BILSTM = {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256}
 RECIPES = {
     "seed-lstm": {"temporal": "lstm", "hidden": 512},
     "bilstm": {"temporal": "bilstm", "hidden": 256},
-    "conv-bilstm": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256},
-    "conv-bilstm+onset": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "onset_weight": 1.0},
-    "conv-bilstm+onset0.3": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "onset_weight": 0.3},
-    "conv-bilstm+shift": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256, "time_shift": 6},
-    "conv-bilstm+onset+shift": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256,
-                                "onset_weight": 1.0, "time_shift": 6},
-    "conv-bilstm+onset+dropout": {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256,
-                                  "onset_weight": 1.0, "dropout": 0.3},
+    "conv-bilstm": CONV_BILSTM,
+    "conv-bilstm+onset": {**CONV_BILSTM, "onset_weight": 1.0},
+    "conv-bilstm+onset0.3": {**CONV_BILSTM, "onset_weight": 0.3},
+    "conv-bilstm+shift": {**CONV_BILSTM, "time_shift": 6},
+    "conv-bilstm+onset+shift": {**CONV_BILSTM, "onset_weight": 1.0, "time_shift": 6},
+    "conv-bilstm+onset+dropout": {**CONV_BILSTM, "onset_weight": 1.0, "dropout": 0.3},
 }
 
 
@@ -72,7 +71,7 @@ def _score(run: Path, evals: dict[str, Path], device) -> dict[str, dict]:
         cache = FeatureCache(path)
         check_cache(trained, cache)
         scores = score_predictions(trained, cache, predict(trained, cache, device))
-        out[name] = {block: {k: scores.blocks[block][k] for k in SCORED} for block in ("model", *BASELINE_NAMES)}
+        out[name] = {block: {k: scores.blocks[block][k] for k in SCORED} for block in ("model", *BASELINES)}
     return out
 
 
@@ -84,6 +83,7 @@ def compare_heads(*, train_cache: Path, val_cache: Path, evals: dict[str, Path],
     import torch
     from tqdm import tqdm
 
+    from pipeline.cache import FeatureCache
     from pipeline.train import train_head
 
     recipes = list(recipes or RECIPES)
@@ -93,8 +93,6 @@ def compare_heads(*, train_cache: Path, val_cache: Path, evals: dict[str, Path],
         recipe_options(name)
     if seeds < 1 or not evals:
         raise FoleyError("compare-heads needs --seeds >= 1 and at least one --eval NAME=CACHE")
-    from pipeline.cache import FeatureCache
-
     for path in (train_cache, val_cache, *evals.values()):
         FeatureCache(path)                  # a missing or damaged cache is refused before OUT is touched
     out = Path(out)
@@ -149,7 +147,7 @@ def summarise(rows: list[dict], recipes: list[str], sets: list[str], seeds: int)
             if name != REFERENCE and paired:
                 entry["vs_reference"][name] = {m: mean_se([by[name][k]["model"][m] - ref[k]["model"][m] for k in paired])
                                                for m in SCORED}
-        for b in BASELINE_NAMES:
+        for b in BASELINES:
             if ref:
                 entry["baselines"][b] = {m: mean_se([r[b][m] for r in ref.values()]) for m in SCORED}
         table[s] = entry
