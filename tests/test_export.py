@@ -15,10 +15,8 @@ from pipeline.cache import FeatureCache, write_cache
 from pipeline.data import SOUND12
 from pipeline.errors import FoleyError
 from pipeline.export import export_predictions
-from pipeline.backbones import CALIBRATED_WEIGHTS
-from pipeline.extract import extract_features
 from pipeline.metrics import evaluate, mean_envelope
-from pipeline.train import train_head
+from tests.cachekit import calibrated_caches_and_head
 from tests.mediakit import make_video, ssv2_entry
 from tests.runkit import assert_one_line_error, foleycache, read_metrics
 
@@ -41,15 +39,8 @@ def setup(tmp_path_factory):
         make_video(videos / f"{vid}.webm", seconds=2.5 if i == SHORT else 4.5, width=64, height=48,
                    impulses=(0.4 + 0.3 * (i % 9), 2.2 + 0.1 * (i % 5)))
         splits["train" if i < N_TRAIN else "val"].append(ssv2_entry(vid, SOUND12[i % 12]))
-    for name, entries in splits.items():
-        (root / f"{name}.json").write_text(json.dumps(entries))
-    common = dict(videos=videos, size=SIZE, fmt="hdf5", shard_size=4, progress=False)
-    extract_features(annotations=root / "train.json", out=root / "train", checkpoint="none",
-                     calibration_clips=4, **common)
-    extract_features(annotations=root / "val.json", out=root / "val",
-                     checkpoint=root / "train" / CALIBRATED_WEIGHTS, **common)
-    train_head(root / "train", root / "val", root / "run", epochs=2, batch_size=4, hidden=16, layers=1,
-               input="features", workers=0, preload="ram", progress=False)
+    calibrated_caches_and_head(root, videos, splits, SIZE, epochs=2, batch_size=4, hidden=16, layers=1,
+                               input="features")
     return root
 
 

@@ -23,7 +23,7 @@ from pipeline.metrics import onsets as pick_onsets
 from pipeline.preview import SAMPLE_RATE, impact_sound, onset_track
 from pipeline.run_features import check_cache
 from pipeline.timeline import covered_onsets, join_clips
-from pipeline.train import train_head
+from tests.cachekit import calibrated_caches_and_head
 from tests.mediakit import make_video, ssv2_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,15 +78,8 @@ def setup(tmp_path_factory):
         make_video(videos / f"{vid}.webm", seconds=4.5, width=W, height=H, impulses=(0.5 + 0.4 * i, 2.5),
                    frames=moving_frames(54, seed=i))
         splits["train" if i < N_TRAIN else "val"].append(ssv2_entry(vid, SOUND12[i % 12]))
-    for name, entries in splits.items():
-        (root / f"{name}.json").write_text(json.dumps(entries))
-    common = dict(videos=videos, size=SIZE, fmt="hdf5", shard_size=4, progress=False)
-    extract_features(annotations=root / "train.json", out=root / "train", checkpoint="none",
-                     calibration_clips=4, **common)
-    extract_features(annotations=root / "val.json", out=root / "val",
-                     checkpoint=root / "train" / CALIBRATED_WEIGHTS, **common)
-    train_head(root / "train", root / "val", root / "run", epochs=1, batch_size=4, hidden=8, layers=1,
-               input="features", workers=0, preload="ram", progress=False)
+    calibrated_caches_and_head(root, videos, splits, SIZE, epochs=1, batch_size=4, hidden=8, layers=1,
+                               input="features")
     return root
 
 
