@@ -1,21 +1,20 @@
-"""Benchmark: `pretrain` clips/s per epoch (float32) and the share of each epoch spent on data.
+"""Benchmark: what a `pretrain` step costs with 0, 3 and 4 frozen stages (float32), in one run.
 
     python benchmarks/pretrain.py [--quick] [--data DIR] [--clips N] [--epochs E] [--size S]
                                   [--threads N] [--device cpu|cuda] [--json FILE]
 
 Makes a synthetic dataset (`pipeline.synthetic.make_synthetic`, SSv2-shaped 320x240 VP9+Opus) in a
-temporary directory (or uses --data, a make-synthetic folder), runs `pipeline.pretrain.pretrain`
-for a few epochs in this process and reads its metrics.jsonl. Reported, all from the same run:
-  decode_seconds             building the uint8 frame cache (each clip decoded once, before epoch 1)
-  epochs[]                   per epoch: clips/s of the training pass, data_share (time the step
-                             waited for its batch: frame-cache reads + augmentation, done in a reader
-                             thread, not hidden behind the previous step; share of the pass), seconds
-  data_share_after_first     mean data_share of epochs 2.. (goal: < 0.10)
-  decode_every_epoch_share   what the data share would be if every epoch decoded its clips again:
-                             decode time per train clip / (that + train time per clip) — the cost the
-                             frame cache removes
+temporary directory (or uses --data, a make-synthetic folder), then runs `pipeline.pretrain.pretrain`
+from the ImageNet MobileNetV2 weights once per number of frozen stages, on the same clips (the frames
+decoded once, shared), and reads each run's metrics.jsonl. Reported, all from the same process:
+  decode_seconds             building the uint8 frame caches (each clip decoded once)
+  runs[N]                    per frozen-stage count N: train clips/s (the training passes of every
+                             epoch), the stem cache's build seconds (the frozen stages run once per
+                             clip), seconds per epoch, last val top-1
+  speedup_vs_all_stages      clips/s with N frozen / clips/s with none (the ratio this tool's default,
+                             4 frozen stages, rests on)
 Precision float32 (--amp off) unless --precision bf16: speed decisions rest on float32 (runtime.py).
---quick: 40 clips (32 train / 8 val), 3 epochs at 32 px, fits a loaded 2-core CPU in ~3 minutes.
+--quick: 40 clips (32 train / 8 val), 2 epochs at 64 px.
 """
 from __future__ import annotations
 
@@ -34,16 +33,34 @@ import torch  # noqa: E402
 
 from benchmarks.run import machine  # noqa: E402
 
-QUICK = {"clips": 40, "epochs": 3, "size": 32}         # pretrain's default size
-FULL = {"clips": 380, "epochs": 4, "size": 32}
+QUICK = {"clips": 40, "epochs": 2, "size": 64}         # pretrain's default size
+FULL = {"clips": 380, "epochs": 3, "size": 64}
 VAL_SHARE = 0.2                 # of --clips, the validation split
-GOAL_DATA_SHARE = 0.10
+FROZEN = (0, 3, 4)              # stages kept fixed: none, all but the last two, all but the last
+
+
+def _one(data: Path, out: Path, frozen: int, epochs: int, size: int, device: str, precision: str) -> dict:
+    from pipeline.pretrain import pretrain
+    from pipeline.synthetic import LABELS_JSON, TRAIN_JSON, VAL_JSON
+
+    summary = pretrain(videos=data / "videos", annotations=data / TRAIN_JSON, val_annotations=data / VAL_JSON,
+                       labels=data / LABELS_JSON, out=out / f"run-{frozen}", frame_cache=out / "frames",
+                       backbone="mobilenet_v2", checkpoint="imagenet", freeze_blocks=frozen, size=size,
+                       epochs=epochs, amp="off" if precision == "fp32" else "bf16", device=device, progress=False)
+    history = [json.loads(line) for line in (out / f"run-{frozen}" / "metrics.jsonl").read_text().splitlines()]
+    train_clips = summary["config"]["train_clips"]
+    stem = [b.get("stem") or {} for b in summary["frame_caches"].values()]
+    return {"frozen_stages": frozen, "train_clips": train_clips,
+            "clips_per_s": round(train_clips * len(history) / sum(h["train_seconds"] for h in history), 3),
+            "epoch_seconds": [h["seconds"] for h in history],
+            "stem_cache_seconds": round(sum(s.get("seconds", 0.0) for s in stem if not s.get("reused")), 2),
+            "decode_seconds": round(sum(b["seconds"] for b in summary["frame_caches"].values()), 2),
+            "val_top1": history[-1].get("val_top1")}
 
 
 def run(data: Path | None, clips: int, epochs: int, size: int, threads: int | None, device: str,
         precision: str) -> dict:
-    from pipeline.pretrain import pretrain
-    from pipeline.synthetic import LABELS_JSON, TRAIN_JSON, VAL_JSON, make_synthetic
+    from pipeline.synthetic import make_synthetic
 
     if threads:
         torch.set_num_threads(threads)
@@ -55,33 +72,11 @@ def run(data: Path | None, clips: int, epochs: int, size: int, threads: int | No
             make_synthetic(tmp / "data", n_train=clips - n_val, n_val=n_val, seed=0, progress=False)
             data = tmp / "data"
         make_seconds = time.perf_counter() - t0
-        summary = pretrain(videos=data / "videos", annotations=data / TRAIN_JSON, val_annotations=data / VAL_JSON,
-                           labels=data / LABELS_JSON,
-                           out=tmp / "run", size=size, epochs=epochs, amp="off" if precision == "fp32" else "bf16",
-                           device=device, progress=False)
-        history = summary["history"]
-        builds = summary["frame_caches"]
-    decode = sum(b["seconds"] for b in builds.values())
-    decoded = sum(b["decoded_now"] for b in builds.values())
-    train_clips = history[0]["train_clips"]
-    per_clip_train = sum(h["train_seconds"] for h in history) / sum(h["train_clips"] for h in history)
-    per_clip_decode = decode / max(1, decoded)
-    after = [h["data_share"] for h in history[1:]]
-    data_share_after_first = round(sum(after) / len(after), 4) if after else None
-    return {
-        "machine": machine(), "precision": precision, "size": size, "epochs": epochs, "train_clips": train_clips,
-        "val_clips": history[0]["val_clips"], "threads": torch.get_num_threads(),
-        "make_synthetic_seconds": round(make_seconds, 1), "decode_seconds": round(decode, 2),
-        "decode_seconds_per_clip": round(per_clip_decode, 4),
-        "epochs_detail": [{k: h[k] for k in ("epoch", "clips_per_s", "data_share", "train_seconds", "seconds",
-                                             "val_top1")} for h in history],
-        "clips_per_s": round(sum(h["train_clips"] for h in history) / sum(h["train_seconds"] for h in history), 3),
-        "data_share_after_first": data_share_after_first,
-        "decode_every_epoch_share": round(per_clip_decode / (per_clip_decode + per_clip_train), 4),
-        "goal": {"data_share_after_first": f"< {GOAL_DATA_SHARE}",
-                 "met": data_share_after_first is not None and data_share_after_first < GOAL_DATA_SHARE},
-        "config": summary["config"]["options"],
-    }
+        runs = [_one(data, tmp, frozen, epochs, size, device, precision) for frozen in FROZEN]
+    base = runs[0]["clips_per_s"]
+    return {"machine": machine(), "precision": precision, "size": size, "epochs": epochs,
+            "threads": torch.get_num_threads(), "make_synthetic_seconds": round(make_seconds, 1), "runs": runs,
+            "speedup_vs_all_stages": {str(r["frozen_stages"]): round(r["clips_per_s"] / base, 2) for r in runs}}
 
 
 def main():

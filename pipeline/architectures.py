@@ -3,7 +3,9 @@
     frames [B, 3, T, H, W] ─► feature_map ─► [B, C, T', h, w] ─► pool (none | global | KxK) ─► [B, T', D]
 
 `Backbone` is what they share: the last map, optionally averaged to a k x k grid, flattened
-channel-major per frame (the seed's reshape), and 5 stages (`blocks`) that can be frozen.
+channel-major per frame (the seed's reshape), and 5 stages (`blocks`) that can be frozen. The map is
+`trunk(stem(x, n), n)` for any n: `stem` runs the first n stages, so when those are frozen their
+output can be computed once and kept (pipeline.stemcache), and training runs `trunk` only.
 `Model3D1` is the 11-layer 3D CNN of the Something-Something v2 baseline (TwentyBN), key for key with
 its published checkpoints (docs/model3d_1.md); `MobileNetV2` is torchvision's ImageNet
 network in its key layout, run on every frame. Registration, preprocessing, weights and
@@ -56,8 +58,24 @@ class Backbone(nn.Module):
     def blocks(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def feature_map(self, x: Tensor) -> Tensor:
+    def stem(self, x: Tensor, n: int) -> Tensor:
+        """Frames [B, 3, T, H, W] through the first n stages, in the layout `trunk` reads."""
         raise NotImplementedError
+
+    def trunk(self, h: Tensor, n: int) -> Tensor:
+        """`stem(x, n)` through the stages after the first n -> the last map [B, C, T', h, w]."""
+        raise NotImplementedError
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.trunk(self.stem(x, 0), 0)
+
+    def run_blocks(self, blocks: list[nn.Module], x: Tensor) -> Tensor:
+        """x through `blocks` in turn; with `checkpointing`, each recomputed in backward (training with
+        grad only) to save memory."""
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
+        for block in blocks:
+            x = _checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, 3, T, H, W] -> [B, T', C*h*w] (or C*k*k pooled), channel-major per frame (the seed's reshape)."""
@@ -114,16 +132,17 @@ class Model3D1(Backbone):
     def blocks(self) -> list[nn.Sequential]:
         return [self.block1, self.block2, self.block3, self.block4, self.block5]
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        """[B, 3, T, H, W] -> block5 map [B, 512, T', ceil(H/32), ceil(W/32)], T' = T or ceil(T/2)."""
+    def stem(self, x: Tensor, n: int) -> Tensor:
+        """[B, 3, T, H, W] -> block n's map [B, C, T', h, w] (the frames themselves for n = 0)."""
         if x.dim() != 5 or x.shape[1] != 3:
             raise FoleyError(f"model3d_1 expects [B, 3, T, H, W], got {list(x.shape)}")
         if self.time_pool and x.shape[2] < 3:
             raise FoleyError(f"model3d_1_224 needs at least 3 frames (its temporal pool has kernel 3), got {x.shape[2]}")
-        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks():
-            x = _checkpoint(block, x, use_reentrant=False) if recompute else block(x)
-        return x
+        return self.run_blocks(self.blocks()[:n], x)
+
+    def trunk(self, h: Tensor, n: int) -> Tensor:
+        """-> block5 map [B, 512, T', ceil(H/32), ceil(W/32)], T' = T or ceil(T/2)."""
+        return self.run_blocks(self.blocks()[n:], h)
 
 
 # --------------------------------------------------------------------------- mobilenet_v2 (per frame)
@@ -191,18 +210,19 @@ class MobileNetV2(Backbone):
 
     def image_map(self, images: Tensor) -> Tensor:
         """[N, 3, H, W] -> [N, 1280, ceil(H/32), ceil(W/32)]."""
-        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks():
-            images = _checkpoint(block, images, use_reentrant=False) if recompute else block(images)
-        return images
+        return self.run_blocks(self.blocks(), images)
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        """[B, 3, T, H, W] -> [B, 1280, T, ceil(H/32), ceil(W/32)]."""
+    def stem(self, x: Tensor, n: int) -> Tensor:
+        """[B, 3, T, H, W] -> every frame through the first n stages: [B, T, C, h, w]."""
         if x.dim() != 5 or x.shape[1] != 3:
             raise FoleyError(f"mobilenet_v2 expects [B, 3, T, H, W], got {list(x.shape)}")
         b, _, t, h, w = x.shape
-        fmap = self.image_map(x.transpose(1, 2).reshape(b * t, 3, h, w))    # [B*T, C, h', w']
-        return fmap.unflatten(0, (b, t)).transpose(1, 2)
+        return self.run_blocks(self.blocks()[:n], x.transpose(1, 2).reshape(b * t, 3, h, w)).unflatten(0, (b, t))
+
+    def trunk(self, h: Tensor, n: int) -> Tensor:
+        """[B, T, C, h, w] -> [B, 1280, T, h', w'] (frames are independent: folded into the batch)."""
+        fmap = self.run_blocks(self.blocks()[n:], h.flatten(0, 1))         # [B*T, C, h', w']
+        return fmap.unflatten(0, h.shape[:2]).transpose(1, 2)
 
     def classify(self, images: Tensor) -> Tensor:
         """[N, 3, H, W] ImageNet-normalised -> logits [N, 1000] (torchvision's head)."""
@@ -227,5 +247,7 @@ class SpacetimeMobileNetV2(MobileNetV2):
     """MobileNetV2 (the same weights) reading spacetime images instead of colour frames: each frame's
     features see its neighbours, so a per-frame network sees motion (`spacetime_frames`)."""
 
-    def feature_map(self, x: Tensor) -> Tensor:
-        return super().feature_map(spacetime_frames(x, MEAN, STD))
+    def stem(self, x: Tensor, n: int) -> Tensor:
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise FoleyError(f"mobilenet_v2 expects [B, 3, T, H, W], got {list(x.shape)}")
+        return super().stem(spacetime_frames(x, MEAN, STD), n)

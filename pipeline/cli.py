@@ -14,7 +14,7 @@ import click
 
 from pipeline.errors import FoleyError
 from pipeline.options import (COMPARE_DEFAULTS, DEMO_SIZE, DEMO_TRAIN, DEMO_UNSEEN, DEMO_VAL, FPS, FRAMES,
-                              INPUTS, PRECISIONS, PRETRAIN_AMP_CHOICES, PRETRAIN_DEFAULTS, TEMPORALS)
+                              PRECISIONS, PRETRAIN_AMP_CHOICES, TEMPORALS, PretrainOptions)
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -374,8 +374,8 @@ def finetune_cmd(videos, annotations, val_annotations, out, labels, classes, win
 
 
 def _pd(name: str) -> str:
-    """A pretrain default as --help shows it (one definition: pipeline.options.PRETRAIN_DEFAULTS)."""
-    return str(PRETRAIN_DEFAULTS[name])
+    """A pretrain default as --help shows it (one definition: pipeline.options.PretrainOptions)."""
+    return PretrainOptions.default_text(name)
 
 
 def pretrain_options(f):
@@ -389,11 +389,24 @@ def pretrain_options(f):
         click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (orders the classes)."),
         click.option("--classes", default=None, help="sound12, all, or a file of templates / labels "
                      "[default: sound12 for an SSv2 JSON, all for other manifests]."),
-        click.option("--backbone", default=None, help=f"Registered backbone to train [{_pd('backbone')}; the full model3d_1 is for GPUs]."),
+        click.option("--backbone", default=None, help=f"Registered backbone to train [{_pd('backbone')}]."),
+        click.option("--checkpoint", default=None, help=f"Weights to start from, or 'none' (seeded random init) [{_pd('checkpoint')}]."),
         click.option("--size", default=None, type=click.IntRange(32), help=f"Frame side in pixels [{_pd('size')}]."),
-        click.option("--epochs", default=None, type=click.IntRange(1), help=f"Epochs [pretrain {_pd('epochs')}, pretrain-compare {COMPARE_DEFAULTS['epochs']}]."),
+        click.option("--frames", default=None, type=click.IntRange(1), help=f"Frames per clip [{_pd('frames')}]."),
+        click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help=f"Clip frame rate [{_pd('fps')}]."),
+        click.option("--freeze-blocks", default=None, type=click.IntRange(0, 4),
+                     help=f"Keep the first N of the 5 stages fixed; their output is computed once per clip and only the "
+                          f"later stages train (augmentation then: flips) [{_pd('freeze_blocks')}]."),
+        click.option("--epochs", default=None, type=click.IntRange(1), help=f"Epochs [{_pd('epochs')}]."),
         click.option("--batch-size", default=None, type=click.IntRange(1), help=f"Clips per step and process [{_pd('batch_size')}]."),
         click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help=f"Peak AdamW learning rate [{_pd('lr')}]."),
+        click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help=f"AdamW weight decay [{_pd('weight_decay')}]."),
+        click.option("--warmup", default=None, type=click.IntRange(0), help="Warmup steps [5% of all steps]."),
+        click.option("--flip/--no-flip", default=None, help="Random left-right flips [on; off for labels that say left/right]."),
+        click.option("--label-smoothing", default=None, type=click.FloatRange(0, 1, max_open=True),
+                     help=f"Label smoothing of the class loss [{_pd('label_smoothing')}]."),
+        click.option("--dropout", default=None, type=click.FloatRange(0, 1, max_open=True),
+                     help=f"Dropout before the class head [{_pd('dropout')}]."),
         click.option("--amp", default=None, type=click.Choice(list(PRETRAIN_AMP_CHOICES)),
                      help="Autocast [auto: bf16 on CUDA and on CPUs with native bf16, else off]."),
         click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"])),
@@ -411,52 +424,45 @@ def pretrain_options(f):
 @pretrain_options
 @click.option("--out", required=True, type=OUT_DIR, help="Run directory.")
 @click.option("--aux-envelope", "aux_envelope", default=None, type=click.FloatRange(min=0),
-              help="Weight W of the auxiliary per-frame envelope loss: loss = CE + W x masked BCE [off].")
-@click.option("--checkpoint", default=None, help=f"Weights to start from, or 'none' (seeded random init) [{_pd('checkpoint')}].")
-@click.option("--frames", default=None, type=click.IntRange(1), help=f"Frames per clip [{_pd('frames')}].")
-@click.option("--fps", default=None, type=click.FloatRange(min=0, min_open=True), help=f"Clip frame rate [{_pd('fps')}].")
-@click.option("--weight-decay", default=None, type=click.FloatRange(min=0), help=f"AdamW weight decay [{_pd('weight_decay')}].")
-@click.option("--warmup", default=None, type=click.IntRange(0), help="Warmup steps [5% of all steps].")
+              help="Weight W of the per-frame envelope loss: loss = CE + W x masked BCE [off].")
+@click.option("--envelope-only", is_flag=True, default=None,
+              help="Train on the envelope alone (W x masked BCE, no labels: the sound as the only teacher).")
 @click.option("--seed", default=None, type=int, help=f"Seed [{_pd('seed')}].")
-@click.option("--flip/--no-flip", default=None, help="Random left-right flips [on; off for labels that say left/right].")
 @click.option("--frame-cache", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the decoded frames, shared by runs on the same clips [inside --out].")
 @click.option("--workers", default=None, type=click.IntRange(0), help="Decode worker processes.")
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR/checkpoint-last.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in RUN_DIR.")
-def pretrain_cmd(videos, annotations, val_annotations, labels, classes, backbone, size, epochs, batch_size, lr, amp,
-                 device, threads, limit, quiet, out, aux_envelope, checkpoint, frames, fps, weight_decay, warmup, seed,
-                 flip, frame_cache, workers, resume, overwrite):
-    """Train a backbone from videos to classify their labels (optionally + the envelope) and export it."""
+def pretrain_cmd(videos, annotations, val_annotations, labels, classes, device, threads, limit, quiet, out,
+                 frame_cache, workers, resume, overwrite, checkpoint, **options):
+    """Train a backbone from videos to classify their labels (and / or predict their envelope) and export it."""
     from pipeline.pretrain import pretrain
     setup_logging(quiet)
     summary = pretrain(
         videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
-        classes=classes, backbone=backbone, checkpoint=checkpoint_arg(checkpoint) if checkpoint else None, size=size,
-        frames=frames, fps=fps, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        aux_envelope=aux_envelope, seed=seed, amp=amp, flip=flip, frame_cache=frame_cache, device=device,
-        workers=workers, threads=threads, limit=limit, resume=resume, overwrite=overwrite, progress=not quiet)
+        classes=classes, checkpoint=checkpoint_arg(checkpoint) if checkpoint else None, frame_cache=frame_cache,
+        device=device, workers=workers, threads=threads, limit=limit, resume=resume, overwrite=overwrite,
+        progress=not quiet, **options)
     last = summary["last_metrics"] or {}
-    echo(f"pretrain run {out}: {summary['epochs_run']} epochs in {summary['seconds']:.0f} s; last epoch val top-1 "
-         f"{last.get('val_top1', float('nan')):.3f} top-5 {last.get('val_top5', float('nan')):.3f} "
-         f"(chance {last.get('chance', float('nan')):.3f}); backbone {summary['backbone']['backbone']} saved as "
-         f"{summary['backbone']['pth']} and {summary['backbone']['safetensors']}", quiet)
+    top1 = (f"last epoch val top-1 {last['val_top1']:.3f} top-5 {last['val_top5']:.3f} (chance {last['chance']:.3f})"
+            if last.get("val_top1") is not None else f"last epoch val envelope BCE {last.get('val_aux_bce', float('nan')):.4f}")
+    echo(f"pretrain run {out}: {summary['epochs_run']} epochs in {summary['seconds']:.0f} s; {top1}; backbone "
+         f"{summary['backbone']['backbone']} saved as {summary['backbone']['pth']} and "
+         f"{summary['backbone']['safetensors']}", quiet)
     echo(f"cache features with it:\n  {summary['extract_command']}", quiet)
 
 
 @cli.command("pretrain-compare")
 @pretrain_options
 @click.option("--out", required=True, type=OUT_DIR, help="Comparison directory (re-run the same command to continue).")
+@click.option("--eval", "evals", multiple=True, nargs=3, type=(str, EXISTING_DIR, click.Path(path_type=Path)),
+              metavar="NAME VIDEOS MANIFEST", help="Another evaluation set (an unseen look, recorded sounds); repeatable.")
 @click.option("--seeds", default=",".join(map(str, COMPARE_DEFAULTS["seeds"])), help="Comma-separated seeds, one pretrain + head per arm each.")
 @click.option("--aux-envelope", "aux_envelope", default=None, type=click.FloatRange(min=0, min_open=True),
-              help=f"W of the aux arm (loss = CE + W x BCE) [{COMPARE_DEFAULTS['aux_weight']}].")
-@click.option("--head-epochs", default=None, type=click.IntRange(1), help=f"Epochs of each seed's head [{COMPARE_DEFAULTS['head_epochs']}].")
-@click.option("--head-hidden", default=None, type=click.IntRange(1), help=f"LSTM width of the heads [{COMPARE_DEFAULTS['head_hidden']}].")
-@click.option("--head-input", default=None, type=click.Choice(list(INPUTS)), help=f"Head input [{COMPARE_DEFAULTS['head_input']}].")
-def pretrain_compare_cmd(videos, annotations, val_annotations, labels, classes, backbone, size, epochs, batch_size, lr,
-                         amp, device, threads, limit, quiet, out, seeds, aux_envelope, head_epochs, head_hidden,
-                         head_input):
-    """Pretrain with and without --aux-envelope over seeds; score each backbone's head on held-out clips."""
+              help=f"W of the envelope arms (loss = CE + W x BCE, or W x BCE alone) [{COMPARE_DEFAULTS['aux_weight']}].")
+def pretrain_compare_cmd(videos, annotations, val_annotations, labels, classes, device, threads, limit, quiet, out,
+                         evals, seeds, aux_envelope, checkpoint, **recipe):
+    """Four arms over seeds (ImageNet as it is; labels; labels + envelope; envelope alone): probe and head scores."""
     from pipeline.compare import compare
     setup_logging(quiet)
     try:
@@ -464,10 +470,9 @@ def pretrain_compare_cmd(videos, annotations, val_annotations, labels, classes, 
     except ValueError:
         raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
     report = compare(videos=videos, annotations=annotations, val_annotations=val_annotations, out=out, labels=labels,
-                     classes=classes, seeds=seed_list, aux_weight=aux_envelope, backbone=backbone, size=size,
-                     epochs=epochs, batch_size=batch_size, lr=lr, amp=amp, head_epochs=head_epochs,
-                     head_hidden=head_hidden, head_input=head_input, device=device, threads=threads, limit=limit,
-                     progress=not quiet)
+                     classes=classes, evals={name: (folder, manifest) for name, folder, manifest in evals},
+                     seeds=seed_list, aux_weight=aux_envelope, device=device, threads=threads, limit=limit,
+                     checkpoint=checkpoint_arg(checkpoint) if checkpoint else None, progress=not quiet, **recipe)
     echo((Path(out) / "compare.md").read_text(encoding="utf-8"), quiet)
     echo(f"report: {out}/compare.md and compare.json ({report['seconds']:.0f} s)", quiet)
 

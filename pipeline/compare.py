@@ -1,226 +1,272 @@
-"""pretrain-compare: does predicting the sound make better video features? (the seed experiment's question)
+"""pretrain-compare: does learning from the sound make better video features? (the seed experiment's question)
 
-For each seed of `seeds` and each arm (no auxiliary loss; `--aux-envelope W`), one command runs:
+Four arms, each over the same seeds and clips, starting from the same weights:
 
-    pretrain (the same recipe, the arm's loss)  ─► RUN/backbone.pth.tar
-    extract-features with it, train and held-out clips  ─► two caches
-    train-head: the seed's head (LSTM + FC on the features), seeded  ─► a head run
-    export-predictions on the HELD-OUT cache only  ─► seed_score, onset_f1, pearson vs mean_envelope / shuffled
+    imagenet           the backbone as it is: no pretraining (the reference)
+    classes            pretrain on the labels (cross-entropy)
+    classes+envelope   the labels + W x the envelope's BCE (`--aux-envelope W`: the sound as an auxiliary)
+    envelope           the envelope alone (`--envelope-only`: no labels, the sound as the only teacher)
 
-and writes OUT/compare.json and OUT/compare.md: per arm, the pretrain's validation top-1 / top-5 and the
-heads' envelope metrics as mean ± sample std over seeds (with min..max), both baselines the same way,
-and the per-seed difference aux - no-aux (paired: same seed, same clips, same init). Everything is
-the pipeline's own API (pretrain, extract_features, train_head, export_predictions), nothing is
-re-implemented here. The held-out clips are never trained on and never select a model: pretrain
-exports its last epoch, and the heads are scored with their last epoch (checkpoint "last"), not
-train-head's best one (which its validation loss, on these same clips, would pick).
+and each arm's backbone (pretrain's last epoch: nothing is selected on a held-out clip) is scored
+the same way, with the pipeline's own commands:
 
-Every stage is skipped when its output is complete and resumed when it is not, so re-running the
-same command after a kill continues. Decoded frames are shared by all pretrain runs (OUT/frames).
+    extract-features with it: the train clips, the held-out clips, every --eval set
+    features for actions:      a linear probe (pipeline.probe) fitted on the train clips, top-1 held out
+    features for sound timing: train-head's default recipe (seeded), its last checkpoint scored on the
+                               held-out clips and every --eval set beside both baselines
+
+OUT gets runs/ (pretrain), caches/ (features), heads/, rows.jsonl (one line per arm and seed),
+compare.json and compare.md: mean ± standard error per arm, the paired differences (same seed)
+against the reference and between the two classification arms, and the answer each row supports.
+Every step is skipped when its output is complete and resumed when it is not, so re-running the same
+command after a kill continues. Decoded frames and the frozen stages' maps are shared by all runs
+(OUT/frames).
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.errors import FoleyError
 from pipeline.fsio import atomic_write_json, atomic_write_text
-from pipeline.options import COMPARE_DEFAULTS, PRETRAIN_DEFAULTS
+from pipeline.metrics import BASELINES
+from pipeline.options import COMPARE_DEFAULTS, PretrainOptions
+from pipeline.recipes import mean_se
 
-ARMS = ("no_aux", "aux")
-METRICS = ("seed_score", "onset_f1", "pearson", "peak_within_1")     # from export-predictions' metrics.json
-BLOCKS = ("model", "mean_envelope", "shuffled")
-# Default cost (300 train clips, 32 px, float32, quiet 2-core CPU): 6 pretrain runs x 8 epochs x ~25 s,
-# + 6 x 2 extractions and 6 heads: ~30 min.
+ARMS = ("imagenet", "classes", "classes+envelope", "envelope")
+REFERENCE = "imagenet"
+SAME_LOOK = "held-out"           # the held-out clips of the training list: always an evaluation set
+HEADLINE = ("seed_score", "onset_f1")
+CLEAR = 2.0                     # a paired difference is "clear" when |mean| > CLEAR standard errors
 DEFAULTS = COMPARE_DEFAULTS
-AT_CHANCE = 1.5                 # a val top-1 below this x chance is read as "did not learn the classes"
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
+ROWS = "rows.jsonl"
 
 
-def _stat(values: list[float]) -> dict:
-    """mean, sample std (ddof 1; 0 for one value), min, max, n of finite values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if not len(v):
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+def arm_options(arm: str, aux_weight: float) -> dict:
+    """pretrain's options that make an arm (None for the reference: it is not pretrained)."""
+    return {"imagenet": None, "classes": {}, "classes+envelope": {"aux_envelope": aux_weight},
+            "envelope": {"aux_envelope": aux_weight, "envelope_only": True}}[arm]
 
 
-def _fmt(s: dict, digits: int = 3) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} ({s['min']:.{digits}f}..{s['max']:.{digits}f})"
-
-
-def _pretrain_done(run: Path, epochs: int) -> bool:
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    return (run / "backbone.pth.tar").is_file() and len(lines) >= epochs
-
-
-def _run_arm(out: Path, seed: int, arm: str, settings: dict, manifests: dict, data: dict, *, device: str,
-             threads: int | None, progress: bool) -> dict:
-    """One seed of one arm, each step skipped when a re-run finds it done: pretrain, features of the
-    train and held-out clips with its backbone, the seed's head, its scores. Returns the arm's row."""
-    from pipeline.export import export_predictions
-    from pipeline.extract import extract_features
+def _pretrained(out: Path, arm: str, seed: int, recipe: dict, aux_weight: float, sets: dict, data: dict,
+                run_args: dict) -> dict:
+    """The arm's backbone for this seed: {"checkpoint", "val_top1", "seconds"} (pretrained, or resumed,
+    unless the run is complete)."""
     from pipeline.pretrain import pretrain
+
+    if arm == REFERENCE:
+        return {"checkpoint": recipe["checkpoint"], "val_top1": None, "seconds": 0.0, "cache_key": "imagenet"}
+    run = out / "runs" / f"{arm}-seed{seed}"
+    history = _history(run)
+    if not ((run / "backbone.pth.tar").is_file() and len(history) >= recipe["epochs"]):
+        pretrain(out=run, seed=seed, annotations=sets["train"][1], val_annotations=sets[SAME_LOOK][1],
+                 frame_cache=out / "frames", resume=(run / "config.json").is_file(), **data, **run_args, **recipe,
+                 **arm_options(arm, aux_weight))
+        history = _history(run)
+    return {"checkpoint": str(run / "backbone.pth.tar"), "val_top1": history[-1].get("val_top1"),
+            "seconds": round(sum(h["seconds"] for h in history), 1), "cache_key": f"{arm}-seed{seed}"}
+
+
+def _features(out: Path, key: str, checkpoint: str, recipe: dict, sets: dict, data: dict, run_args: dict) -> dict:
+    """Feature caches of every set with one backbone (extract-features resumes and skips by itself)."""
+    from pipeline.extract import extract_features
+
+    caches = {}
+    for name, (videos, manifest) in sets.items():
+        caches[name] = out / "caches" / key / name
+        extract_features(videos=videos, annotations=manifest, out=caches[name], backbone=recipe["backbone"],
+                         checkpoint=checkpoint, size=recipe["size"], frames=recipe["frames"], fps=recipe["fps"],
+                         pool="global", fmt="hdf5", labels=data["labels"], classes=data["classes"],
+                         limit=data["limit"], device=run_args["device"],
+                         precision="fp32" if recipe["amp"] == "off" else "auto", progress=run_args["progress"])
+    return caches
+
+
+def _row(out: Path, arm: str, seed: int, recipe: dict, aux_weight: float, sets: dict, data: dict,
+         run_args: dict) -> dict:
+    """One arm and seed: pretrain, features, linear probe, head, scores."""
+    import torch
+
+    from pipeline.cache import FeatureCache
+    from pipeline.probe import linear_probe
+    from pipeline.recipes import score_run
     from pipeline.train import train_head
 
-    recipe, head_epochs = settings["recipe"], settings["head_epochs"]
-    run, caches, head, score = (out / d / f"{arm}-seed{seed}" for d in ("runs", "caches", "heads", "scores"))
-    # 1. pretrain (resumed when a killed run left its config)
-    if not _pretrain_done(run, recipe["epochs"]):
-        pretrain(annotations=manifests["train"], val_annotations=manifests["val"], out=run, seed=seed,
-                 aux_envelope=settings["aux_weight"] if arm == "aux" else None, frame_cache=out / "frames",
-                 device=device, threads=threads, resume=(run / "config.json").is_file(),
-                 progress=progress, **recipe, **data)
-    options = json.loads((run / "config.json").read_text())["options"]
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    # 2. features of train and held-out clips with the trained backbone (extract resumes itself)
-    for split, manifest in manifests.items():
-        extract_features(annotations=manifest, out=caches / split, backbone=options["backbone"],
-                         checkpoint=run / "backbone.pth.tar", size=options["size"], frames=options["frames"],
-                         fps=options["fps"], device=device, precision="fp32" if recipe["amp"] == "off" else "auto",
-                         progress=progress, **data)
-    # 3. the seed's head on those features, seeded like the pretrain
-    if not (score / "metrics.json").is_file():
-        done = (head / "metrics.jsonl").is_file() and \
-            len((head / "metrics.jsonl").read_text().splitlines()) >= head_epochs
-        if not done:
-            train_head(caches / "train", caches / "val", head, epochs=head_epochs, hidden=settings["head_hidden"],
-                       input=settings["head_input"], seed=seed, device=device,
-                       resume=(head / "checkpoint-last.pt").is_file(),
-                       overwrite=not (head / "checkpoint-last.pt").is_file(), progress=progress)
-        # 4. scored on the held-out clips only, next to both baselines
-        export_predictions(run=head, out=score, cache=caches / "val", checkpoint="last", plots=0,
-                           device=device, progress=progress)
-    m = json.loads((score / "metrics.json").read_text())
-    return {"seed": seed, "arm": arm, "run": str(run), "val_top1": last["val_top1"], "val_top5": last["val_top5"],
-            "val_aux_bce": last.get("val_aux_bce"), "chance": last["chance"],
-            "pretrain_seconds": sum(h["seconds"] for h in _history(run)),
-            **{f"{b}_{k}": m[b][k] for b in BLOCKS for k in METRICS}, "held_out_clips": m["counts"]["clips"]}
+    backbone = _pretrained(out, arm, seed, recipe, aux_weight, sets, data, run_args)
+    caches = _features(out, backbone["cache_key"], backbone["checkpoint"], recipe, sets, data, run_args)
+    probe = linear_probe(FeatureCache(caches["train"]), FeatureCache(caches[SAME_LOOK]))
+    head = out / "heads" / f"{arm}-seed{seed}"
+    train_head(train_cache=caches["train"], val_cache=caches[SAME_LOOK], out=head, seed=seed, preload="ram",
+               overwrite=True, progress=False, device=run_args["device"])
+    evals = {name: path for name, path in caches.items() if name != "train"}
+    return {"arm": arm, "seed": seed, "pretrain_val_top1": backbone["val_top1"], "probe_top1": probe["top1"],
+            "probe_chance": probe["chance"], "pretrain_seconds": backbone["seconds"],
+            "sets": score_run(head, evals, torch.device(run_args["device"]))}
 
 
 def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | str, out: Path,
-            labels: Path | None = None, classes: str | None = None, seeds=None, aux_weight: float | None = None,
-            backbone: str | None = None, size: int | None = None, epochs: int | None = None,
-            batch_size: int | None = None, lr: float | None = None, amp: str | None = None,
-            head_epochs: int | None = None, head_hidden: int | None = None, head_input: str | None = None,
-            device: str = "auto", threads: int | None = None, limit: int | None = None,
-            progress: bool = True) -> dict:
-    """Run (or continue) the with / without auxiliary-envelope comparison into `out`; returns the
-    report dict (also OUT/compare.json; OUT/compare.md is the table). seeds: the pretrain and head
-    seeds (default 0, 1, 2; at least 2). aux_weight: W of the aux arm. The pretrain recipe options
-    (backbone, size, epochs, batch_size, lr, amp) default to pretrain's; head_* to DEFAULTS.
+            evals: dict[str, tuple[Path, Path | str]] | None = None, labels: Path | None = None,
+            classes: str | None = None, seeds=None, aux_weight: float | None = None, device: str = "auto",
+            threads: int | None = None, limit: int | None = None, progress: bool = True, **recipe) -> dict:
+    """Run (or continue) the four-arm comparison into `out`; returns the report (also OUT/compare.json;
+    OUT/compare.md is the table). evals: more evaluation sets, name -> (videos folder, manifest)
+    (an unseen look, recorded sounds). seeds: default 0, 1, 2 (at least 2). aux_weight: W of the
+    envelope arms. recipe: pretrain's options (PretrainOptions), the same for every arm.
     """
+    import torch
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     out, videos = Path(out), Path(videos)
     seeds = tuple(DEFAULTS["seeds"] if seeds is None else seeds)
     aux_weight = DEFAULTS["aux_weight"] if aux_weight is None else float(aux_weight)
-    head_epochs = DEFAULTS["head_epochs"] if head_epochs is None else head_epochs
-    head_hidden = DEFAULTS["head_hidden"] if head_hidden is None else head_hidden
-    head_input = DEFAULTS["head_input"] if head_input is None else head_input
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise FoleyError(f"--seeds: give at least 2 different seeds (got {list(seeds)}); 3 or more for a spread "
                          "worth reading")
-    if not aux_weight > 0 or not math.isfinite(aux_weight):
-        raise FoleyError(f"--aux-envelope must be > 0 for the comparison's aux arm, got {aux_weight}")
-    recipe = {k: v for k, v in dict(backbone=backbone, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
-                                    amp=amp).items() if v is not None}
-    recipe.setdefault("epochs", DEFAULTS["epochs"])      # shorter than a lone pretrain: six runs
-    recipe = {k: recipe.get(k, PRETRAIN_DEFAULTS[k]) for k in ("backbone", "size", "epochs", "batch_size", "lr", "amp")}
-    settings = {"seeds": list(seeds), "aux_weight": aux_weight, "recipe": recipe, "head_epochs": head_epochs,
-                "head_hidden": head_hidden, "head_input": head_input, "limit": limit,
-                "videos": str(videos.resolve()), "annotations": str(annotations),
-                "val_annotations": str(val_annotations), "classes": classes}
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "settings.json"
-    if saved.is_file() and json.loads(saved.read_text())["recipe"] != settings["recipe"]:
-        raise FoleyError(f"{out} holds a comparison with another recipe ({saved}); choose another --out")
-    atomic_write_json(saved, settings)
-
+    if not aux_weight > 0:
+        raise FoleyError(f"--aux-envelope must be > 0 for the envelope arms, got {aux_weight}")
+    evals = dict(evals or {})
+    for name, (folder, _) in evals.items():
+        if name in ("train", SAME_LOOK) or not Path(folder).is_dir():
+            raise FoleyError(f"--eval {name}: give a new name and an existing videos folder (got {folder})")
+    given = {k: v for k, v in recipe.items() if v is not None}
+    if {"seed", "aux_envelope", "envelope_only"} & set(given):
+        raise FoleyError("pretrain-compare sets --seed, --aux-envelope and --envelope-only per arm itself")
+    opts = PretrainOptions.resolve(given)
+    if opts.checkpoint in (None, "none"):
+        raise FoleyError("pretrain-compare starts every arm from pretrained weights: give --checkpoint "
+                         "(e.g. imagenet for mobilenet_v2)")
+    from pipeline import backbones
+    opts.checkpoint = str(backbones.resolve_checkpoint(opts.backbone, opts.checkpoint)[0])
+    settings = {"seeds": list(seeds), "aux_weight": aux_weight, "recipe": opts.to_dict(), "limit": limit,
+                "videos": str(videos.resolve()), "annotations": str(annotations), "val_annotations": str(val_annotations),
+                "classes": classes, "evals": {k: [str(v) for v in pair] for k, pair in evals.items()}}
+    _claim(out, settings)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    recipe = {k: v for k, v in settings["recipe"].items() if k not in ("seed", "aux_envelope", "envelope_only")}
     data = dict(videos=videos, labels=labels, classes=classes, limit=limit)
-    manifests = {"train": annotations, "val": val_annotations}
-    rows = [_run_arm(out, seed, arm, settings, manifests, data, device=device, threads=threads, progress=progress)
-            for seed in seeds for arm in ARMS]
-    report = summarise(rows, settings)
+    from pipeline.runtime import resolve_device
+    run_args = dict(device=str(resolve_device(device)), progress=False)
+    sets = {"train": (videos, annotations), SAME_LOOK: (videos, val_annotations), **evals}
+    done = {(r["arm"], r["seed"]): r for r in _read_rows(out / ROWS)}
+    for seed, arm in tqdm([(s, a) for s in seeds for a in ARMS], desc="arms x seeds", unit="run", disable=not progress):
+        if (arm, seed) not in done:
+            done[(arm, seed)] = _row(out, arm, seed, recipe, aux_weight, sets, data, run_args)
+            atomic_write_text(out / ROWS, "".join(json.dumps(r) + "\n" for r in done.values()))
+    report = summarise(list(done.values()), settings)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / COMPARE_JSON, report)
     atomic_write_text(out / COMPARE_MD, markdown(report))
     return report
 
 
+def _claim(out: Path, settings: dict):
+    """OUT/settings.json: a re-run must ask for the same comparison (it continues it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "settings.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = [k for k in ("recipe", "aux_weight", "evals", "annotations", "val_annotations") if before.get(k) != settings[k]]
+        if changed:
+            raise FoleyError(f"{out} holds a comparison with other {', '.join(changed)} ({saved}); re-run it as it "
+                             "was, or choose another --out")
+    atomic_write_json(saved, settings)
+
+
 def _history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _values(rows: list[dict], key) -> dict:
+    """{seed: value} of one number of every row (key: a row -> value or None)."""
+    return {r["seed"]: v for r in rows if (v := key(r)) is not None}
+
+
+def _paired(a: dict, b: dict) -> dict | None:
+    seeds = sorted(set(a) & set(b))
+    return mean_se([a[s] - b[s] for s in seeds]) if seeds else None
+
+
+def measures(sets: list[str]) -> list[tuple[str, object]]:
+    """(label, row -> number) of everything the report compares."""
+    out = [("pretrain val top-1", lambda r: r["pretrain_val_top1"]), ("linear probe top-1", lambda r: r["probe_top1"])]
+    for s in sets:
+        for m in HEADLINE:
+            out.append((f"{s}: {m}", lambda r, s=s, m=m: r["sets"][s]["model"][m]))
+    return out
 
 
 def summarise(rows: list[dict], settings: dict) -> dict:
-    """Per arm mean ± spread of every number in `rows`, and the paired aux - no_aux differences."""
-    keys = ["val_top1", "val_top5"] + [f"{b}_{k}" for b in BLOCKS for k in METRICS]
-    arms = {arm: {k: _stat([r[k] for r in rows if r["arm"] == arm]) for k in keys} for arm in ARMS}
-    by = {(r["seed"], r["arm"]): r for r in rows}
-    seeds = sorted({r["seed"] for r in rows if (r["seed"], "aux") in by and (r["seed"], "no_aux") in by})
-    diff = {k: _stat([by[(s, "aux")][k] - by[(s, "no_aux")][k] for s in seeds]) for k in keys}
-    return {"settings": settings, "rows": rows, "arms": arms, "aux_minus_no_aux": diff,
-            "chance": rows[0]["chance"] if rows else None}
+    """Per arm mean ± se of every measure; the baselines; paired differences against the reference and
+    classes+envelope - classes."""
+    sets = list(rows[0]["sets"]) if rows else []
+    by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in ARMS}
+    table, pairs = {}, {}
+    for label, key in measures(sets):
+        values = {arm: _values(by_arm[arm], key) for arm in ARMS}
+        table[label] = {arm: mean_se(list(v.values())) if v else None for arm, v in values.items()}
+        pairs[label] = {f"{arm} - {REFERENCE}": _paired(values[arm], values[REFERENCE]) for arm in ARMS[1:]}
+        pairs[label]["classes+envelope - classes"] = _paired(values["classes+envelope"], values["classes"])
+    baselines = {f"{s}: {m}": {b: mean_se([r["sets"][s][b][m] for r in by_arm[REFERENCE]]) for b in BASELINES}
+                 for s in sets for m in HEADLINE if by_arm[REFERENCE]}
+    chance = next((r["probe_chance"] for r in rows), None)
+    return {"settings": settings, "rows": rows, "sets": sets, "table": table, "paired": pairs,
+            "baselines": baselines, "chance": chance}
 
 
-def verdict(d: dict) -> str:
-    """A paired difference's stat in words: its mean, standard error and whether it is clear."""
-    if d["mean"] is None:
+def verdict(stat: dict | None, more: str, less: str) -> str:
+    """A paired difference in words: clear (|mean| > CLEAR standard errors) or not."""
+    if not stat or stat["n"] < 2:
         return "n/a"
-    se = d["std"] / math.sqrt(d["n"]) if d["n"] > 1 else float("inf")
-    word = "clearly higher with aux" if d["mean"] > 2 * se else "clearly lower with aux" if d["mean"] < -2 * se \
-        else "no clear difference"
-    return f"{d['mean']:+.3f} (standard error {se:.3f}, {d['n']} seeds): {word}"
+    se = stat["se"]
+    word = more if stat["mean"] > CLEAR * se else less if stat["mean"] < -CLEAR * se else "no clear difference"
+    return f"{stat['mean']:+.3f} ± {se:.3f} ({stat['n']} seeds): {word}"
+
+
+def _cell(stat: dict | None, signed: bool = False) -> str:
+    if not stat:
+        return "–"
+    return (f"{stat['mean']:+.3f}" if signed else f"{stat['mean']:.3f}") + f" ± {stat['se']:.3f}"
 
 
 def markdown(report: dict) -> str:
-    """The comparison's table: mean ± sample std (min..max) over seeds, held-out clips only."""
-    s, arms, diff = report["settings"], report["arms"], report["aux_minus_no_aux"]
-    r = s["recipe"]
-    n = arms["no_aux"]["val_top1"]["n"]
-    w = s["aux_weight"]
-    lines = [
-        "# pretrain with and without the envelope as an auxiliary task",
-        "",
-        f"{n} seeds ({', '.join(map(str, s['seeds']))}) per arm; recipe: {r['backbone']}, {r['size']} px, "
-        f"{r['epochs']} epochs, batch {r['batch_size']}, lr {r['lr']}; aux arm: loss = CE + {w:g} x BCE. "
-        f"Heads: the seed's LSTM head ({s['head_input']}, hidden {s['head_hidden']}, {s['head_epochs']} epochs, "
-        f"last epoch) on each backbone's features. Every number: mean ± sample std (min..max) over seeds, "
-        f"on the held-out clips only (chance top-1 {report['chance']:.3f}).",
-        "",
-        "| | no aux | aux envelope | aux - no aux (paired by seed) |",
-        "|---|---|---|---|",
-    ]
-    names = [("val_top1", "pretrain val top-1"), ("val_top5", "pretrain val top-5")]
-    names += [(f"model_{k}", f"head {k}") for k in METRICS]
-    names += [(f"{b}_{k}", f"baseline {b} {k}") for b in ("mean_envelope", "shuffled") for k in ("seed_score", "onset_f1")]
-    for key, label in names:
-        lines.append(f"| {label} | {_fmt(arms['no_aux'][key])} | {_fmt(arms['aux'][key])} | {_fmt(diff[key])} |")
-    lines += ["", "Answer (paired difference aux - no aux; 'clear' when |mean| > 2 standard errors):", ""]
-    for key, label in (("val_top1", "pretrain val top-1"), ("model_seed_score", "head seed_score"),
-                       ("model_onset_f1", "head onset_f1")):
-        lines.append(f"- {label}: {verdict(diff[key])}")
-    beats = {arm: all(arms[arm][f"model_{k}"]["mean"] is not None and all(
-        arms[arm][f"model_{k}"]["mean"] > arms[arm][f"{b}_{k}"]["mean"] for b in ("mean_envelope", "shuffled"))
-        for k in ("seed_score", "onset_f1")) for arm in ARMS}
-    lines.append(f"- heads beat both baselines on seed_score and onset_f1 (means): no aux {'yes' if beats['no_aux'] else 'no'}, "
-                 f"aux {'yes' if beats['aux'] else 'no'}")
-    chance = report["chance"]
-    if all(arms[a]["val_top1"]["mean"] is not None and arms[a]["val_top1"]["mean"] < AT_CHANCE * chance for a in ARMS):
-        lines.append(f"- both arms are at chance (val top-1 < {AT_CHANCE:g} x {chance:.3f}): neither backbone learned the "
-                     "classes, so a difference between them says nothing about the sound")
-    if not any(beats.values()):
-        lines.append("- no head beats both baselines: their envelope metrics cannot tell the arms apart")
-    lines += ["", "Per run:", "", "| seed | arm | val top-1 | head seed_score | head onset_f1 | head pearson |",
-              "|---|---|---|---|---|---|"]
-    for row in report["rows"]:
-        lines.append(f"| {row['seed']} | {row['arm']} | {row['val_top1']:.3f} | {row['model_seed_score']:.3f} | "
-                     f"{row['model_onset_f1']:.3f} | {row['model_pearson']:.3f} |")
+    """compare.md: the arms side by side, the paired differences, and what they answer."""
+    s, r = report["settings"], report["settings"]["recipe"]
+    lines = ["# Does learning from the sound make better video features?", "",
+             f"Seeds {', '.join(map(str, s['seeds']))}; every arm starts from the same weights ({Path(r['checkpoint']).name}): "
+             f"{r['backbone']} at {r['size']} px, first {r['freeze_blocks']} of 5 stages frozen, {r['epochs']} epochs "
+             f"of {r['batch_size']} clips, lr {r['lr']}; envelope arms: W = {s['aux_weight']:g}. Each arm's last "
+             "epoch is scored: a linear probe of its features (train clips -> held-out top-1) and train-head's "
+             "default head on its features (last checkpoint, held-out clips and every evaluation set). "
+             f"Cells: mean ± standard error over seeds. Chance top-1: {report['chance'] or float('nan'):.3f}.", "",
+             "| measure | " + " | ".join(ARMS) + " |", "|---" * (len(ARMS) + 1) + "|"]
+    for label, stats in report["table"].items():
+        lines.append(f"| {label} | " + " | ".join(_cell(stats[a]) for a in ARMS) + " |")
+    baselines = list(next(iter(report["baselines"].values()), {}))
+    lines += ["", "Baselines, on the reference's features (the same clips and targets for every arm):", "",
+              "| measure | " + " | ".join(baselines) + " |", "|---" * (len(baselines) + 1) + "|"]
+    for label, stats in report["baselines"].items():
+        lines.append(f"| {label} | " + " | ".join(_cell(stats[b]) for b in baselines) + " |")
+    names = list(next(iter(report["paired"].values()), {}))
+    lines += ["", "Paired differences (same seed):", "", "| measure | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    for label, stats in report["paired"].items():
+        lines.append(f"| {label} | " + " | ".join(_cell(stats[n], signed=True) for n in names) + " |")
+    lines += ["", f"What the rows answer ('clear': |mean| > {CLEAR:g} standard errors of the paired difference):", ""]
+    for label, stats in report["paired"].items():
+        if label == "pretrain val top-1":
+            continue
+        for name in names:
+            lines.append(f"- {label}, {name}: {verdict(stats[name], 'better', 'worse')}")
     return "\n".join(lines) + "\n"

@@ -111,9 +111,12 @@ class FrameCache:
         order = np.argsort(rows, kind="stable")           # ascending reads: sequential on disk
         frames = np.empty((len(rows), *self.frames.shape[1:]), dtype=np.uint8)
         frames[order] = self.frames[rows[order]]
-        rec = self.clips[rows]
-        return {"frames": frames, "envelope": np.array(rec["envelope"], dtype=np.float32),
-                "length": np.array(rec["length"], dtype=np.int64)}
+        return {"frames": frames, **self.targets(rows)}
+
+    def targets(self, rows) -> dict:
+        """Clips `rows`' {"envelope" float32 [B, T], "length" int64 [B]}, without their frames."""
+        rec = self.clips[np.asarray(rows, dtype=np.int64)]
+        return {"envelope": np.array(rec["envelope"], dtype=np.float32), "length": np.array(rec["length"], dtype=np.int64)}
 
 
 class _Decode(Dataset):

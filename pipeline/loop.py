@@ -37,6 +37,13 @@ The loss is `loss(logits, target, length)`, by default `masked_bce` (pipeline.he
 validation always scores `masked_bce`, so runs trained with other losses compare on one number.
 `augment(batch) -> batch` (optional) changes each training batch on the device (e.g. time shifts).
 
+A model with other outputs than per-frame logits (pretrain: class logits and an envelope) gives an
+`objective` instead of `loss`: an object with `train_loss(outputs, batch) -> (loss, weight)` (the
+epoch's train loss is the weight-averaged loss), `validate(model, batches, dist, amp) -> (value,
+record)` (every rank's share of the validation clips scored together; the run keeps as best the
+epoch of the lowest value, and the record's val_* entries go to metrics.jsonl) and
+`clip(model, max_norm)` (gradient clipping). `EnvelopeObjective` is the default one.
+
 This module trains; it must not choose options, read caches or decode videos (its callers do),
 and it writes the run directory only through `pipeline.runs`.
 """
@@ -135,6 +142,31 @@ def gather_predictions(local: dict, dist: Distributed) -> dict:
     return out
 
 
+@dataclass
+class EnvelopeObjective:
+    """Per-frame envelope logits [B, T]: trained with `loss(logits, target, length)`, validated with
+    masked BCE and pipeline.metrics (the val loss selects the best epoch)."""
+
+    loss: Callable[[Tensor, Tensor, Tensor], Tensor] = masked_bce
+
+    def train_loss(self, logits: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+        return self.loss(logits, batch["target"], batch["length"]), batch["length"].sum()
+
+    def validate(self, model: nn.Module, batches, dist: Distributed, amp: str) -> tuple[float, dict]:
+        from pipeline.metrics import evaluate
+
+        val = gather_predictions(evaluate_model(model, batches, dist.device, amp), dist)
+        val_loss = val["loss_sum"] / max(1, val["frames"])
+        record = {"val_loss": val_loss, "val_clips": len(val["index"])}
+        if dist.is_main:
+            metrics = evaluate(val["pred"], val["target"], val["length"])
+            record.update({f"val_{k}": metrics[k] for k in EPOCH_METRICS})
+        return val_loss, record
+
+    def clip(self, model: nn.Module, max_norm: float):
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 @dataclass
@@ -163,7 +195,7 @@ class _Trainer:
     total_steps: int
     grad_clip: float
     min_lr_ratio: float
-    loss: Callable[[Tensor, Tensor, Tensor], Tensor]
+    objective: EnvelopeObjective        # or any object with its three methods (module docstring)
     augment: Callable[[dict], dict] | None
 
 
@@ -172,8 +204,10 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
         config: dict, amp: str = "off", grad_clip: float = GRAD_CLIP, min_lr_ratio: float = MIN_LR_RATIO,
         early_stop: int = 0, seed: int = 0, resume: RunCheckpoint | None = None, progress: bool = True,
         loss: Callable[[Tensor, Tensor, Tensor], Tensor] = masked_bce,
-        augment: Callable[[dict], dict] | None = None) -> dict:
+        augment: Callable[[dict], dict] | None = None, objective=None, sync_buffers: bool = False) -> dict:
     """Train `model` for `epochs`, validating and checkpointing every epoch (see the module docstring).
+    objective: what the model is trained and validated on (default: EnvelopeObjective(loss)).
+    sync_buffers: DDP sends rank 0's buffers (BatchNorm statistics) every forward (a head has none).
 
     Returns {"run_dir", "epochs_run", "best_epoch", "best_val_loss", "best_metrics",
     "last_metrics", "stopped_early", "seconds"} (the same on every rank).
@@ -185,12 +219,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
     t = _Trainer(model=model, raw_model=model, optimizer=optimizer,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), dist=dist, amp=amp,
                  warmup_steps=warmup_steps, total_steps=epochs * len(train_batches), grad_clip=grad_clip,
-                 min_lr_ratio=min_lr_ratio, loss=loss, augment=augment)
+                 min_lr_ratio=min_lr_ratio, objective=objective or EnvelopeObjective(loss), augment=augment)
     state = _restore(t, resume)
     if dist.enabled:
         t.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None,
-            forward_sync_buffers=False)     # the head has no BatchNorm: nothing to sync per step
+            model, device_ids=[device] if device.type == "cuda" else None, forward_sync_buffers=sync_buffers)
     if dist.is_main:                        # the run's record: config, and metrics up to the checkpoint
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config)
@@ -258,7 +291,7 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
     t.model.train()
     batches.set_epoch(epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    frames = torch.zeros((), dtype=torch.int64, device=device)
+    frames = torch.zeros((), dtype=torch.float64, device=device)      # the losses' weights (real frames)
     samples = 0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                disable=not (progress and t.dist.is_main))
@@ -270,18 +303,17 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
         for group in t.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor
         with autocast(device, t.amp):
-            logits = t.model(batch["inputs"], batch["length"])
-        loss = t.loss(logits, batch["target"], batch["length"])
+            outputs = t.model(batch["inputs"], batch["length"])
+        loss, weight = t.objective.train_loss(outputs, batch)
         t.scaler.scale(loss).backward()
         if t.grad_clip > 0:
             t.scaler.unscale_(t.optimizer)
-            nn.utils.clip_grad_norm_(t.raw_model.parameters(), t.grad_clip)
+            t.objective.clip(t.raw_model, t.grad_clip)
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.optimizer.zero_grad(set_to_none=True)
-        n_frames = batch["length"].sum()
-        loss_sum += loss.detach().double() * n_frames
-        frames += n_frames
+        loss_sum += loss.detach().double() * weight
+        frames += weight
         samples += int(batch["length"].shape[0])
         state.step += 1
         if i % POSTFIX_EVERY == 0:
@@ -291,16 +323,8 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
 
 
 def _validate(t: _Trainer, batches, state: _Progress, epoch: int) -> tuple[float, dict]:
-    """Every rank its share, scored together → (val loss, {"val_loss", "val_clips", val_<metric>...})."""
-    from pipeline.metrics import evaluate
-
-    val = gather_predictions(evaluate_model(t.raw_model, batches, t.dist.device, t.amp), t.dist)
-    val_loss = val["loss_sum"] / max(1, val["frames"])
-    record = {"val_loss": val_loss, "val_clips": len(val["index"])}
-    if t.dist.is_main:
-        metrics = evaluate(val["pred"], val["target"], val["length"])
-        record.update({f"val_{k}": metrics[k] for k in EPOCH_METRICS})
-    return val_loss, record
+    """Every rank its share, scored together → (the value the best epoch is chosen on, val record)."""
+    return t.objective.validate(t.raw_model, batches, t.dist, t.amp)
 
 
 def _save_epoch(t: _Trainer, state: _Progress, run_dir: Path, description: RunDescription, config: dict,

@@ -11,6 +11,7 @@ Torch-free on purpose: `pipeline.cli` imports this module at import time to buil
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -36,13 +37,7 @@ FPS = 12                        # clip frame rate (frames per second)
 # Defaults of the commands without an options dataclass, here so that --help shows them (their
 # reasons: pipeline.pretrain, pipeline.compare, pipeline.demo). None = "the default here, or the
 # run's own value on --resume".
-PRETRAIN_DEFAULTS = {
-    "backbone": "model3d_1_w025", "size": 32, "frames": FRAMES, "fps": float(FPS), "epochs": 20, "batch_size": 8,
-    "lr": 2e-3, "weight_decay": 0.05, "warmup": None, "aux_envelope": None, "seed": 0, "amp": "auto",
-    "flip": True, "label_smoothing": 0.1, "dropout": 0.2, "checkpoint": "none",
-}
-COMPARE_DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0, "epochs": 8, "head_epochs": 10, "head_hidden": 512,
-                    "head_input": "features"}
+COMPARE_DEFAULTS = {"seeds": (0, 1, 2), "aux_weight": 1.0}
 DEMO_TRAIN = 300            # sound clips in the train split
 DEMO_VAL = 80               # held-out validation clips of the training look
 DEMO_UNSEEN = 60            # held-out clips of a look the heads never saw
@@ -163,12 +158,52 @@ class TrainOptions(_Options):
         return self.warmup if self.warmup is not None else default_warmup(total_steps)
 
 
+FREEZABLE_BLOCKS = 5            # every backbone's five blocks (pipeline.architectures.NUM_BLOCKS)
+
+
+@dataclass
+class PretrainOptions(_Options):
+    """pretrain's options (pipeline.pretrain). The defaults are the recipe a 2-core CPU can train in
+    minutes (docs/pretraining.md): ImageNet MobileNetV2 at 64 px with its first 4 stages frozen,
+    their output computed once (pipeline.stemcache), the last stage and the heads trained.
+    checkpoint None = the backbone's named weights when it has some ("imagenet"), else a seeded
+    random init. `legacy`: runs recorded before freezing existed trained every stage."""
+
+    COMMAND = "pretrain"
+
+    backbone: str = option("mobilenet_v2")
+    checkpoint: str | None = option(None, shown="the backbone's named weights, else none")
+    size: int = option(64, check=lambda v: v >= 32, rule=">= 32")
+    frames: int = option(FRAMES, check=lambda v: v >= 1, rule=">= 1")
+    fps: float = option(float(FPS), check=lambda v: v > 0, rule="> 0")
+    freeze_blocks: int = option(4, check=lambda v: 0 <= v < FREEZABLE_BLOCKS, rule=f"0..{FREEZABLE_BLOCKS - 1}",
+                                legacy=0)
+    epochs: int = option(10, check=lambda v: v >= 1, rule=">= 1")
+    batch_size: int = option(8, check=lambda v: v >= 1, rule=">= 1")
+    lr: float = option(1e-3, check=lambda v: v > 0, rule="> 0")
+    weight_decay: float = option(0.05, check=lambda v: v >= 0, rule=">= 0")
+    warmup: int | None = option(None, check=lambda v: v >= 0, rule=">= 0", shown="5% of all steps")
+    aux_envelope: float | None = option(None, check=lambda v: v >= 0 and math.isfinite(v), rule=">= 0",
+                                        shown="off")
+    envelope_only: bool = option(False, legacy=False)
+    seed: int = option(0)
+    amp: str = option("auto", choices=PRETRAIN_AMP_CHOICES)
+    flip: bool = option(True)
+    label_smoothing: float = option(0.1, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+    dropout: float = option(0.2, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+
+    def validate(self):
+        super().validate()
+        if self.envelope_only and not self.aux_envelope:
+            raise FoleyError("--envelope-only trains on the envelope alone: give it a weight, --aux-envelope W > 0")
+
+    def warmup_steps(self, total_steps: int) -> int:
+        return self.warmup if self.warmup is not None else default_warmup(total_steps)
+
+
 def default_warmup(total_steps: int) -> int:
     """WARMUP_FRACTION of all optimizer steps, at least 1."""
     return max(1, round(WARMUP_FRACTION * total_steps))
-
-
-FREEZABLE_BLOCKS = 5            # model3d_1's five blocks
 
 
 @dataclass

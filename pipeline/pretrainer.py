@@ -12,6 +12,9 @@ pipeline.pretrain's.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 from pipeline.data import Annotation, template_key
 from pipeline.distributed import Distributed
 from pipeline.framecache import FrameCache
+from pipeline.stemcache import StemCache
 from pipeline.head import masked_bce
 from pipeline.loader import epoch_batches
 from pipeline.runtime import autocast
@@ -41,21 +45,26 @@ GREY = (0.299, 0.587, 0.114)    # ITU-R 601 luma weights, for contrast and satur
 class Pretrainer(nn.Module):
     """Backbone + class head on the pooled final map + (optional) per-frame envelope head.
 
-    forward: frames [B, 3, T, S, S] (normalised) -> (class logits [B, K], envelope logits [B, T] or
-    None). The backbone's time axis is never pooled (model3d_1), so the map [B, C, T, h, w] pooled
-    over h, w gives one C-vector per frame: the envelope head reads those, the class head their mean.
+    forward: frames [B, 3, T, S, S] (normalised), or with `stem_blocks` N > 0 the first N stages'
+    output (pipeline.stemcache), -> (class logits [B, K] or None, envelope logits [B, T] or None).
+    The backbone's time axis is never pooled (model3d_1), so the map [B, C, T, h, w] pooled over h, w
+    gives one C-vector per frame: the envelope head reads those, the class head their mean.
+    classes = 0: no class head (the envelope as the only target).
     """
 
-    def __init__(self, backbone: nn.Module, channels: int, classes: int, aux: bool, dropout: float):
+    def __init__(self, backbone: nn.Module, channels: int, classes: int, aux: bool, dropout: float,
+                 stem_blocks: int = 0):
         super().__init__()
         self.backbone = backbone
+        self.stem_blocks = stem_blocks
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels, classes)
+        self.classifier = nn.Linear(channels, classes) if classes else None
         self.aux = nn.Linear(channels, 1) if aux else None     # built after the classifier: same init either way
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        per_frame = self.backbone.feature_map(x).mean((3, 4))          # [B, C, T]
-        logits = self.classifier(self.dropout(per_frame.mean(2)))      # [B, K]
+    def forward(self, x: Tensor, length: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        fmap = self.backbone.trunk(x, self.stem_blocks) if self.stem_blocks else self.backbone.feature_map(x)
+        per_frame = fmap.mean((3, 4))                                   # [B, C, T]
+        logits = self.classifier(self.dropout(per_frame.mean(2))) if self.classifier is not None else None
         aux = self.aux(per_frame.transpose(1, 2)).squeeze(-1) if self.aux is not None else None   # [B, T]
         return logits, aux
 
@@ -160,6 +169,99 @@ class ClipBatches:
                 "index": torch.as_tensor(positions, dtype=torch.int64)}
 
 
+class StemBatches(ClipBatches):
+    """ClipBatches whose inputs are the frozen stages' maps of the clips (pipeline.stemcache), read
+    instead of frames. A crop or colour change would change those maps, so the only augmentation
+    left is the left-right flip, done on the maps (a flip of the frames flips every stage's map up
+    to the asymmetry of the learnt filters)."""
+
+    def __init__(self, cache: FrameCache, stem: StemCache, rows: np.ndarray, labels: np.ndarray, *, flip: bool,
+                 augment: bool, seed: int, batch_size: int, dist: Distributed):
+        super().__init__(cache, rows, labels, size=cache.size, mean=(0.0,) * 3, std=(1.0,) * 3, augment=augment,
+                         flip=flip, seed=seed, batch_size=batch_size, dist=dist)
+        self.stem = stem
+
+    def load(self, positions: np.ndarray, epoch: int) -> dict:
+        rows = self.rows[positions]
+        x = torch.from_numpy(self.stem.read(rows))                      # [B, *stem map], last axis = width
+        if self.augment and self.flip:
+            flips = [np.random.default_rng([self.seed, epoch, int(r)]).random() < FLIP_P for r in rows]
+            x[flips] = x[flips].flip(-1)
+        targets = self.cache.targets(rows)
+        return {"inputs": x, "label": torch.from_numpy(self.labels[positions]),
+                "envelope": torch.from_numpy(targets["envelope"]), "length": torch.from_numpy(targets["length"]),
+                "index": torch.as_tensor(positions, dtype=torch.int64)}
+
+
+class Prefetched:
+    """Batches as pipeline.loop.fit reads them (`set_epoch`, `len()` batches, iteration), the next
+    batch read and augmented in a thread while this one trains (`load` is a pure function of
+    (positions, epoch): the order of work changes nothing)."""
+
+    def __init__(self, data: ClipBatches):
+        self.data, self.epoch = data, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data.batches(self.epoch))
+
+    def __iter__(self):
+        batches = self.data.batches(self.epoch)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(self.data.load, batches[0], self.epoch) if batches else None
+            for i in range(len(batches)):
+                batch = ahead.result()
+                if i + 1 < len(batches):
+                    ahead = pool.submit(self.data.load, batches[i + 1], self.epoch)
+                yield batch
+
+
+# ----------------------------------------------------------------------------- the objective
+
+@dataclass
+class PretrainObjective:
+    """What pipeline.loop.fit trains a Pretrainer on: cross-entropy of the labels (label smoothing),
+    plus aux_weight x the masked BCE of the envelope (aux_weight None: no envelope head); with
+    `class_loss` False the envelope is the only target. The best epoch is the one of the lowest
+    validation objective."""
+
+    classes: list[str]
+    aux_weight: float | None
+    label_smoothing: float
+    class_loss: bool = True
+
+    def train_loss(self, outputs: tuple, batch: dict) -> tuple[Tensor, Tensor]:
+        logits, aux = outputs
+        loss = torch.zeros((), device=batch["length"].device)
+        if self.class_loss:
+            loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
+        if aux is not None:
+            loss = loss + self.aux_weight * masked_bce(aux, batch["envelope"], batch["length"])
+        return loss, torch.tensor(float(len(batch["length"])), device=loss.device)
+
+    def validate(self, model: Pretrainer, batches: ClipBatches, dist: Distributed, amp: str) -> tuple[float, dict]:
+        parts = dist.gather(evaluate_pretrainer(model, batches, dist.device, amp))
+        frames = sum(p["frames"] for p in parts)
+        bce = sum(p["bce_sum"] for p in parts) / frames if frames else None
+        record = {"val_aux_bce": bce, "val_clips": int(sum(len(p["index"]) for p in parts))}
+        value = (self.aux_weight or 0.0) * (bce or 0.0)
+        if self.class_loss:
+            order = np.argsort(np.concatenate([p["index"] for p in parts]), kind="stable")
+            logits = np.concatenate([p["logits"] for p in parts if len(p["index"])])[order]
+            labels = np.concatenate([p["label"] for p in parts if len(p["index"])])[order].astype(np.int64)
+            m = classification_metrics(logits, labels, self.classes)
+            record.update(val_top1=m["top1"], val_top5=m["top5"], val_ce=m["ce"], val_per_class=m["per_class"],
+                          chance=1.0 / len(self.classes))
+            value += m["ce"]
+        record["val_loss"] = value
+        return value, record
+
+    def clip(self, model: Pretrainer, max_norm: float):
+        clip_gradients(model, max_norm)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -193,7 +295,8 @@ def evaluate_pretrainer(model: Pretrainer, data: ClipBatches, device: torch.devi
         b = data.load(positions, 0)
         with autocast(device, amp):
             logits, aux = model(b["inputs"].to(device))
-        logits_all.append(logits.float().cpu())
+        if logits is not None:
+            logits_all.append(logits.float().cpu())
         labels.append(b["label"])
         index.append(b["index"])
         if aux is not None:

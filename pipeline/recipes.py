@@ -59,7 +59,7 @@ def _finished(run: Path, epochs: int) -> bool:
     return len(lines) >= epochs and (run / "checkpoint-last.pt").is_file()
 
 
-def _score(run: Path, evals: dict[str, Path], device) -> dict[str, dict]:
+def score_run(run: Path, evals: dict[str, Path], device) -> dict[str, dict]:
     """{set: {"model": metrics, "mean_envelope": ..., "shuffled": ...}} of the run's last checkpoint."""
     from pipeline.cache import FeatureCache
     from pipeline.run_features import check_cache, load_run
@@ -108,7 +108,7 @@ def compare_heads(*, train_cache: Path, val_cache: Path, evals: dict[str, Path],
         if not _finished(run, opts["epochs"]):
             train_head(train_cache=train_cache, val_cache=val_cache, out=run, seed=seed, preload="ram",
                        overwrite=True, progress=False, device=device, **opts)
-        row = {"recipe": name, "seed": seed, "options": opts, "sets": _score(run, evals, torch.device(device))}
+        row = {"recipe": name, "seed": seed, "options": opts, "sets": score_run(run, evals, torch.device(device))}
         done[(name, seed)] = row
         atomic_write_text(rows_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     summary = summarise(list(done.values()), recipes, list(evals), seeds)

@@ -11,13 +11,15 @@ strings, lists, dicts only):
 
     format, format_version          "foleycache-run-checkpoint", 1
     -- what was trained (`RunDescription`, fixed for the run)
-    kind                            "train-head" | "finetune"
+    kind                            "train-head" | "finetune" | "pretrain"
     head_config                     HeadConfig.to_dict()
     transform                       InputTransform.state_dict()
     fingerprint                     the train cache's fingerprint (finetune: of its backbone + settings)
     cache_config                    the train cache's config (finetune: the --init-head cache's, or None)
     val_fingerprint                 train-head only: the val cache's fingerprint
     backbone, size, pool, frames, fps   finetune only: the backbone and how its clips were decoded
+    (pretrain: `PretrainDescription` instead: backbone, classes, size, frames, fps, aux_envelope,
+    preprocess, freeze_blocks, envelope_only)
     -- where training stands (`RunCheckpoint`, written by `pipeline.loop.fit` every epoch)
     model, optimizer, scaler        state_dicts (model: the Head's, or EndToEnd's with `head.*` keys)
     epoch, step                     epochs done, optimizer steps done
@@ -137,10 +139,33 @@ _DESCRIPTION_KEYS = tuple(f.name for f in fields(RunDescription))
 
 
 @dataclass
+class PretrainDescription:
+    """What a pretrain run trains (pipeline.pretrain): a backbone, its class and envelope heads, and
+    how its clips were decoded."""
+
+    kind: str                                   # "pretrain"
+    backbone: str
+    classes: list                               # the class names, in the class head's order ([] when none)
+    size: int
+    frames: int
+    fps: float
+    aux_envelope: float | None                  # W of the envelope loss (None: no envelope head)
+    preprocess: dict
+    freeze_blocks: int = 0
+    envelope_only: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_PRETRAIN_KEYS = tuple(f.name for f in fields(PretrainDescription))
+
+
+@dataclass
 class RunCheckpoint:
     """A run checkpoint: the description of what is trained plus where training stands (module docstring)."""
 
-    description: RunDescription
+    description: RunDescription | PretrainDescription
     model: dict                                 # state_dict
     optimizer: dict
     scaler: dict
@@ -164,10 +189,13 @@ class RunCheckpoint:
     @classmethod
     def from_dict(cls, d: dict, path: str | Path = "checkpoint") -> "RunCheckpoint":
         state_keys = [f.name for f in fields(cls) if f.name != "description"]
-        missing = [k for k in ("kind", "head_config", "transform", "fingerprint", *state_keys) if k not in d]
+        kind, keys = (PretrainDescription, _PRETRAIN_KEYS[:-2]) if d.get("kind") == "pretrain" else \
+            (RunDescription, ("kind", "head_config", "transform", "fingerprint"))
+        missing = [k for k in (*keys, *state_keys) if k not in d]
         if missing:
             raise FoleyError(f"{path} is not a complete foleycache run checkpoint (no {', '.join(missing)})")
-        description = RunDescription(**{k: d[k] for k in _DESCRIPTION_KEYS if k in d})
+        names = _PRETRAIN_KEYS if kind is PretrainDescription else _DESCRIPTION_KEYS
+        description = kind(**{k: d[k] for k in names if k in d})
         return cls(description=description, **{k: d[k] for k in state_keys})
 
     @classmethod

@@ -30,6 +30,7 @@ from pipeline.backbones import (
     save_safetensors,
     sha256_file,
 )
+from pipeline.architectures import NUM_BLOCKS
 from pipeline.errors import FoleyError
 from tests.modelkit import (CONV_LAYERS, LAYOUT_TABLE, P, Evil, published_state, reference_feature_map, rel_l2,
                             toy_clips, write_published)
@@ -423,3 +424,13 @@ def test_cuda_channels_last_bf16_matches_cpu(published, state):
             got_bf16 = gpu(x.cuda())
     assert rel_l2(got.cpu(), want) < 0.03
     assert rel_l2(got_bf16.float().cpu(), want) < 0.05
+
+
+@pytest.mark.parametrize("name", ["model3d_1_w025", "mobilenet_v2", "mobilenet_v2_spacetime"])
+def test_trunk_of_stem_is_the_feature_map_at_every_split(name):
+    net = create_backbone(name, seed=3).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        whole = net.feature_map(x)
+        for n in range(NUM_BLOCKS + 1):
+            assert torch.allclose(net.trunk(net.stem(x, n), n), whole, atol=1e-5), n

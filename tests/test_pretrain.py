@@ -1,5 +1,6 @@
 """pretrain on real tiny videos: the width variant's layout, the frame cache, augmentation that keeps
-time, export into extract-features, aux weight 0 = no aux, bad flags, kill -9 + resume, torchrun."""
+time, frozen stages computed once, export into extract-features, aux weight 0 = no aux, the envelope
+alone, bad flags, kill -9 + resume, torchrun; the four-arm comparison's report."""
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from tests.runkit import foleycache, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TIMING = ("seconds", "train_seconds", "clips_per_s", "data_share")      # metrics.jsonl fields that are clocks
+TIMING = ("seconds", "train_seconds", "samples_per_s")      # metrics.jsonl fields that are clocks
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,9 @@ def untimed(records):
 def small(data, out, **kw):
     return pretrain(videos=data / "videos", annotations=data / "train.json", val_annotations=data / "val.json",
                     out=out, size=32, frames=16, batch_size=4, amp="off", workers=0, progress=False, **kw)
+
+
+SCRATCH = dict(backbone="model3d_1_w025", checkpoint="none", freeze_blocks=0)   # every stage trained, from a seeded init
 
 
 # --------------------------------------------------------------------------- the backbone
@@ -123,9 +127,9 @@ def test_run_exports_a_backbone_extract_features_caches_with(data, tmp_path, one
     from pipeline.cache import FeatureCache
     from pipeline.extract import extract_features
     run = tmp_path / "run"
-    summary = small(data, run, epochs=1, aux_envelope=0.5)
+    summary = small(data, run, epochs=1, aux_envelope=0.5, **SCRATCH)
     record = metrics(run)[0]
-    assert {"val_top1", "val_top5", "val_per_class", "val_aux_bce", "train_aux_bce", "clips_per_s"} <= set(record)
+    assert {"val_top1", "val_top5", "val_per_class", "val_aux_bce", "train_loss", "samples_per_s"} <= set(record)
     assert set(record["val_per_class"]) == set(SOUND12[:3]) and record["val_clips"] == 3
     config = json.loads((run / "config.json").read_text())
     assert config["backbone"] == "model3d_1_w025" and config["failed"] == 1
@@ -152,13 +156,57 @@ def test_aux_weight_zero_equals_no_aux(data, tmp_path, one_thread):
     assert set(b) - set(a) == {"aux.weight", "aux.bias"}
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics(tmp_path / "plain")[0]["val_top1"] == metrics(tmp_path / "zero")[0]["val_top1"]
-    assert json.loads((tmp_path / "zero" / "config.json").read_text())["frame_caches"]["train"]["reused"]
+    caches = json.loads((tmp_path / "zero" / "config.json").read_text())["frame_caches"]["train"]
+    assert caches["reused"] and caches["stem"]["reused"] and caches["stem"]["computed_now"] == 0
+
+
+def test_frozen_stages_stay_imagenet_and_train_from_their_cached_maps(data, tmp_path, one_thread):
+    from pipeline.pretrainer import Pretrainer
+    from pipeline.stemcache import StemCache, normalised
+    run = tmp_path / "run"
+    small(data, run, epochs=1)                          # defaults: mobilenet_v2, imagenet, 4 stages frozen
+    trained = backbones.create_backbone("mobilenet_v2")
+    backbones.load_checkpoint(trained, run / "backbone.safetensors")
+    imagenet = backbones.create_backbone("mobilenet_v2")
+    backbones.load_checkpoint(imagenet, backbones.resolve_checkpoint("mobilenet_v2", "imagenet")[0])
+    frozen = [p for block in imagenet.blocks()[:4] for p in block.state_dict().values()]
+    kept = [p for block in trained.blocks()[:4] for p in block.state_dict().values()]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, kept))
+    last = zip(imagenet.blocks()[4].parameters(), trained.blocks()[4].parameters())
+    assert not all(torch.equal(a, b) for a, b in last)
+    # the cached maps are the frozen stages' output, and training from them is training from the frames
+    config = json.loads((run / "config.json").read_text())
+    stem = StemCache(config["frame_caches"]["val"]["stem"]["prefix"])
+    frames = FrameCache(config["frame_caches"]["val"]["prefix"])
+    x = normalised(frames.read([0, 1])["frames"], backbones.get_spec("mobilenet_v2").mean,
+                   backbones.get_spec("mobilenet_v2").std)
+    trained.eval()
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(stem.read([0, 1])), trained.stem(x, 4), atol=1e-5)
+        model = Pretrainer(trained, 1280, 3, aux=True, dropout=0.0, stem_blocks=4).eval()
+        whole = Pretrainer(trained, 1280, 3, aux=True, dropout=0.0).eval()
+        whole.load_state_dict(model.state_dict())
+        for a, b in zip(model(torch.from_numpy(stem.read([0, 1]))), whole(x)):
+            assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_envelope_only_trains_without_labels_and_exports(data, tmp_path, one_thread):
+    run = tmp_path / "env"
+    small(data, run, epochs=1, aux_envelope=1.0, envelope_only=True)
+    record = metrics(run)[0]
+    assert record["val_aux_bce"] > 0 and "val_top1" not in record and record["val_loss"] == record["val_aux_bce"]
+    model = torch.load(run / "checkpoint-last.pt", weights_only=True)["model"]
+    assert not any(k.startswith("classifier.") for k in model) and "aux.weight" in model
+    assert (run / "backbone.safetensors").is_file()
+    with pytest.raises(FoleyError, match="--envelope-only .* --aux-envelope"):
+        small(data, tmp_path / "no-weight", envelope_only=True)
 
 
 @pytest.mark.parametrize("extra,message", [
     (("--aux-envelope", "-1"), "--aux-envelope"),
     (("--size", "16"), "--size"),
     (("--lr", "0"), "--lr"),
+    (("--freeze-blocks", "5"), "--freeze-blocks"),
 ])
 def test_bad_flags_are_one_line_errors(data, tmp_path, extra, message):
     proc = cli(*args(data, tmp_path / "run", *extra), check=False)
@@ -195,9 +243,9 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path)
     assert len(metrics(run)) < 3
     cli(*args(data, run, "--epochs", 3, "--resume"))
     assert untimed(metrics(run)) == untimed(metrics(tmp_path / "whole"))
-    a = torch.load(run / "backbone.pth.tar", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "whole" / "backbone.pth.tar", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    from safetensors.torch import load_file
+    a, b = (load_file(r / "backbone.safetensors") for r in (run, tmp_path / "whole"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -213,19 +261,47 @@ def test_torchrun_two_processes_log_each_epoch_once(data, tmp_path):
 
 
 def test_compare_report_pairs_seeds_and_says_whether_the_difference_is_clear():
-    from pipeline.compare import BLOCKS, METRICS, markdown, summarise
+    from pipeline.compare import ARMS, markdown, summarise
     rows = []
     for seed in (0, 1, 2):
-        for arm, gain in (("no_aux", 0.0), ("aux", 0.2)):
-            row = {"seed": seed, "arm": arm, "val_top1": 0.1 + 0.01 * seed, "val_top5": 0.5, "chance": 1 / 12}
-            row.update({f"{b}_{k}": (0.3 + gain + 0.01 * seed if b == "model" else -0.5) for b in BLOCKS for k in METRICS})
-            rows.append(row)
-    settings = {"seeds": [0, 1, 2], "aux_weight": 1.0, "head_epochs": 10, "head_hidden": 512, "head_input": "features",
-                "recipe": {"backbone": "model3d_1_w025", "size": 32, "epochs": 8, "batch_size": 8, "lr": 2e-3}}
+        for arm, gain in zip(ARMS, (0.0, 0.0, 0.2, -0.2)):
+            scores = {"model": {"seed_score": 0.3 + gain + 0.01 * seed, "onset_f1": 0.6},
+                      "mean_envelope": {"seed_score": -0.8, "onset_f1": 0.0},
+                      "shuffled": {"seed_score": -0.7, "onset_f1": 0.2}}
+            rows.append({"arm": arm, "seed": seed, "pretrain_val_top1": None if arm in ("imagenet", "envelope") else 0.4,
+                         "probe_top1": 0.5 + gain / 2, "probe_chance": 1 / 12, "pretrain_seconds": 1.0,
+                         "sets": {"held-out": scores, "night": scores}})
+    settings = {"seeds": [0, 1, 2], "aux_weight": 1.0,
+                "recipe": {"backbone": "mobilenet_v2", "checkpoint": "/w/mobilenet_v2-b0353104.pth", "size": 64,
+                           "freeze_blocks": 4, "epochs": 8, "batch_size": 8, "lr": 1e-3}}
     report = summarise(rows, settings)
-    assert report["arms"]["aux"]["model_seed_score"]["n"] == 3
-    assert report["aux_minus_no_aux"]["model_seed_score"]["mean"] == pytest.approx(0.2)
-    assert report["aux_minus_no_aux"]["val_top1"]["mean"] == pytest.approx(0.0)
+    assert report["table"]["held-out: seed_score"]["classes+envelope"]["n"] == 3
+    assert report["paired"]["held-out: seed_score"]["classes+envelope - imagenet"]["mean"] == pytest.approx(0.2)
+    assert report["paired"]["linear probe top-1"]["envelope - imagenet"]["mean"] == pytest.approx(-0.1)
+    assert report["table"]["pretrain val top-1"]["imagenet"] is None
     text = markdown(report)
-    assert "head seed_score: +0.200" in text and "clearly higher with aux" in text
-    assert "pretrain val top-1: +0.000" in text and "no clear difference" in text
+    assert "held-out: seed_score, classes+envelope - imagenet: +0.200 ± 0.000 (3 seeds): better" in text
+    assert "linear probe top-1, envelope - imagenet: -0.100 ± 0.000 (3 seeds): worse" in text
+    assert "night: onset_f1, classes - imagenet: +0.000 ± 0.000 (3 seeds): no clear difference" in text
+    assert "| held-out: seed_score | -0.800 ± 0.000 | -0.700 ± 0.000 |" in text
+
+
+def test_compare_runs_four_arms_and_a_rerun_continues(data, tmp_path, one_thread):
+    from pipeline.compare import ARMS, compare
+    common = dict(videos=data / "videos", annotations=data / "train.json", val_annotations=data / "val.json",
+                  out=tmp_path / "cmp", evals={"again": (data / "videos", data / "val.json")}, seeds=[0, 1],
+                  checkpoint="imagenet", size=32, frames=16, epochs=1, batch_size=4, amp="off", progress=False)
+    report = compare(**common)
+    assert sorted((r["arm"], r["seed"]) for r in report["rows"]) == sorted((a, s) for a in ARMS for s in (0, 1))
+    assert report["sets"] == ["held-out", "again"]
+    imagenet = [r for r in report["rows"] if r["arm"] == "imagenet"]
+    assert imagenet[0]["probe_top1"] == imagenet[1]["probe_top1"]        # one backbone, one probe
+    assert not (tmp_path / "cmp" / "runs" / "imagenet-seed0").exists()
+    assert (tmp_path / "cmp" / "runs" / "envelope-seed1" / "backbone.safetensors").is_file()
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| linear probe top-1 |" in text and "again: seed_score" in text
+    stamp = (tmp_path / "cmp" / "rows.jsonl").stat().st_mtime_ns
+    again = compare(**common)                           # everything done: nothing is trained again
+    assert again["rows"] == report["rows"] and (tmp_path / "cmp" / "rows.jsonl").stat().st_mtime_ns == stamp
+    with pytest.raises(FoleyError, match="other recipe"):
+        compare(**dict(common, epochs=2))
