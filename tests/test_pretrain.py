@@ -305,3 +305,16 @@ def test_compare_runs_four_arms_and_a_rerun_continues(data, tmp_path, one_thread
     assert again["rows"] == report["rows"] and (tmp_path / "cmp" / "rows.jsonl").stat().st_mtime_ns == stamp
     with pytest.raises(FoleyError, match="other recipe"):
         compare(**dict(common, epochs=2))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--checkpoint", "none"), "starts every arm from pretrained weights"),
+    (("--seeds", "1"), "at least 2 different seeds"),
+    (("--eval", "train", ".", "val.json"), "--eval train: give a new name"),
+])
+def test_compare_bad_flags_are_one_line_errors(data, tmp_path, extra, message):
+    argv = ["pretrain-compare", "--videos", data / "videos", "--annotations", data / "train.json",
+            "--val-annotations", data / "val.json", "--out", tmp_path / "cmp", "--quiet", *extra]
+    proc = cli(*argv, check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2 and "Traceback" not in proc.stderr
