@@ -27,9 +27,9 @@ file to a row of the report visits each module once, top to bottom:
   train                stage 2: train-head
   recipes              compare-heads: head recipes trained over seeds, mean ± standard error
   finetune             backbone + head end to end from videos
-  framecache, pretrainer, pretrain, compare
-                       a backbone trained to classify the labels (+ the envelope as an auxiliary
-                       loss); the with/without-sound comparison over seeds
+  framecache, stemcache, pretrainer, pretrain, probe, compare
+                       a backbone trained further on the labels, the envelope or both (frozen
+                       stages computed once); a linear probe; the four-arm comparison over seeds
   metrics              every score and baseline (pure numpy)
   run_features, score, timeline, figures, preview, report, export
                        export-predictions and predict: which features a run reads, its predictions

@@ -153,7 +153,9 @@ def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | st
     run_args = dict(device=str(resolve_device(device)), progress=False)
     sets = {"train": (videos, annotations), SAME_LOOK: (videos, val_annotations), **evals}
     done = {(r["arm"], r["seed"]): r for r in _read_rows(out / ROWS)}
-    for seed, arm in tqdm([(s, a) for s in seeds for a in ARMS], desc="arms x seeds", unit="run", disable=not progress):
+    bar = tqdm([(s, a) for s in seeds for a in ARMS], desc="arms x seeds", unit="run", disable=not progress)
+    for seed, arm in bar:
+        bar.set_postfix_str(f"{arm}, seed {seed}")
         if (arm, seed) not in done:
             done[(arm, seed)] = _row(out, arm, seed, recipe, aux_weight, sets, data, run_args)
             atomic_write_text(out / ROWS, "".join(json.dumps(r) + "\n" for r in done.values()))

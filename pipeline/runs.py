@@ -1,4 +1,4 @@
-"""The run directory: what train-head and finetune leave in --out, and the one checkpoint format.
+"""The run directory: what train-head, finetune and pretrain leave in --out, and the one checkpoint format.
 
     RUN/config.json            the resolved run config (`write_config`; indent 2, keys in insertion order)
     RUN/metrics.jsonl          one JSON line per epoch (`write_metrics`: the whole history, atomically)
@@ -35,7 +35,7 @@ so train-head and finetune checkpoints hold the keys they always held.
     ckpt = RunCheckpoint.read(run / CKPT_LAST)          # FoleyError if unreadable or not a run checkpoint
     ckpt.description.fingerprint, ckpt.epoch, ckpt.model, ckpt.config["options"]
     ckpt.write(run / CKPT_LAST, also=run / CKPT_BEST)   # atomic; `also` shares the bytes
-    read_checkpoint(path) -> dict                       # the raw dict, format checked (pretrain's own fields)
+    read_checkpoint(path) -> dict                       # the raw dict, format checked (what export reads)
     head, transform, ckpt = load_head(run / CKPT_BEST)  # the trained head, ready to predict
     prepare_run_dir(out, resume, overwrite) -> Path | None   # --resume / --overwrite rules; the checkpoint to resume
 
@@ -207,13 +207,6 @@ class RunCheckpoint:
     def write(self, path: str | Path, also: str | Path | None = None):
         """Save atomically (a kill leaves the old file or the new one); `also`: a second name, same bytes."""
         atomic_torch_save(self.to_dict(), path, also=also)
-
-
-def write_checkpoint(path: str | Path, fields: dict, also: str | Path | None = None):
-    """Save a run checkpoint of any kind atomically: this tool's format header, then `fields` (CPU
-    tensors). `RunCheckpoint.write` is this for train-head and finetune; pretrain's carry fields of
-    their own (class accuracy, the backbone's recipe)."""
-    atomic_torch_save(_with_header(fields), path, also=also)
 
 
 def _with_header(fields: dict) -> dict:
