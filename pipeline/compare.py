@@ -135,12 +135,12 @@ def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | st
     given = {k: v for k, v in recipe.items() if v is not None}
     if {"seed", "aux_envelope", "envelope_only"} & set(given):
         raise FoleyError("pretrain-compare sets --seed, --aux-envelope and --envelope-only per arm itself")
+    from pipeline.pretrain import resolve_weights
     opts = PretrainOptions.resolve(given)
-    if opts.checkpoint in (None, "none"):
+    opts.checkpoint = resolve_weights(opts.backbone, opts.checkpoint)
+    if opts.checkpoint == "none":
         raise FoleyError("pretrain-compare starts every arm from pretrained weights: give --checkpoint "
                          "(e.g. imagenet for mobilenet_v2)")
-    from pipeline import backbones
-    opts.checkpoint = str(backbones.resolve_checkpoint(opts.backbone, opts.checkpoint)[0])
     settings = {"seeds": list(seeds), "aux_weight": aux_weight, "recipe": opts.to_dict(), "limit": limit,
                 "videos": str(videos.resolve()), "annotations": str(annotations), "val_annotations": str(val_annotations),
                 "classes": classes, "evals": {k: [str(v) for v in pair] for k, pair in evals.items()}}

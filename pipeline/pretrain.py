@@ -143,12 +143,16 @@ def _resolve_options(given: dict, out: Path, resume: bool) -> PretrainOptions:
             saved = None                    # prepare_run_dir says what is wrong
     opts = PretrainOptions.resolve(given, saved)
     _check_backbone(opts)
-    if opts.checkpoint is None:
-        names = [w.name for w in backbones.get_spec(opts.backbone).weights]
-        opts.checkpoint = names[0] if names else "none"
-    if opts.checkpoint != "none":
-        opts.checkpoint = str(backbones.resolve_checkpoint(opts.backbone, opts.checkpoint)[0])
+    opts.checkpoint = resolve_weights(opts.backbone, opts.checkpoint)
     return opts
+
+
+def resolve_weights(backbone: str, checkpoint: str | None) -> str:
+    """--checkpoint as a file, or "none"; None = the backbone's named weights when it has some."""
+    if checkpoint is None:
+        names = [w.name for w in backbones.get_spec(backbone).weights]
+        checkpoint = names[0] if names else "none"
+    return checkpoint if checkpoint == "none" else str(backbones.resolve_checkpoint(backbone, checkpoint)[0])
 
 
 def pretrain(*, videos: Path, annotations: Path | str, val_annotations: Path | str, out: Path,
