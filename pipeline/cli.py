@@ -232,12 +232,14 @@ def train_default(name: str) -> str:
               + train_default("onset_weight"))
 @click.option("--time-shift", type=int, help="Augmentation: each training clip starts up to N frames later, features "
               "and target together (0 = off).  " + train_default("time_shift"))
+@click.option("--ema-decay", type=float, help="Checkpoints hold a moving average of the weights, updated every step "
+              "with this decay from the initial weights (0 = the trained weights).  " + train_default("ema_decay"))
 @click.option("--resume", is_flag=True, help="Continue the run in --out from checkpoint-last.pt (its options are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_decay, warmup, hidden, layers,
                    dropout, input_, seed, device, preload, workers, amp, early_stop, center_clips, temporal,
-                   conv_channels, onset_weight, time_shift, resume, overwrite, quiet):
+                   conv_channels, onset_weight, time_shift, ema_decay, resume, overwrite, quiet):
     """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared CPU the
     # spinning threads steal the cores the LSTM's many small steps wait for, slowing an epoch
@@ -249,7 +251,7 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
                    lr=lr, weight_decay=weight_decay, warmup=warmup, hidden=hidden, layers=layers, dropout=dropout,
                    input=input_, seed=seed, amp=amp, early_stop=early_stop, center_clips=center_clips,
                    temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight, time_shift=time_shift,
-                   device=device, preload=preload,
+                   ema_decay=ema_decay, device=device, preload=preload,
                    workers=workers, resume=resume, overwrite=overwrite, progress=not quiet)
     best, last = s["best_metrics"], s["last_metrics"]
     if best is None:

@@ -36,6 +36,9 @@ RNG states per rank, history). The caller provides:
 The loss is `loss(logits, target, length)`, by default `masked_bce` (pipeline.head) on the real frames;
 validation always scores `masked_bce`, so runs trained with other losses compare on one number.
 `augment(batch) -> batch` (optional) changes each training batch on the device (e.g. time shifts).
+`average` (optional, a `WeightEMA`): the weights validated and saved as the checkpoint's model are
+its moving average of the trained ones; the checkpoint keeps the trained ones as `train_model`,
+which a resume continues from.
 
 A model with other outputs than per-frame logits (pretrain: class logits and an envelope) gives an
 `objective` instead of `loss`: an object with `train_loss(outputs, batch) -> (loss, weight)` (the
@@ -49,6 +52,7 @@ and it writes the run directory only through `pipeline.runs`.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -197,6 +201,42 @@ class _Trainer:
     min_lr_ratio: float
     objective: EnvelopeObjective        # or any object with its three methods (module docstring)
     augment: Callable[[dict], dict] | None
+    average: "WeightEMA | None" = None
+
+    def kept_model(self) -> nn.Module:
+        """What is validated and saved: the trained model, or a copy holding the average of its weights."""
+        return self.raw_model if self.average is None else self.average.model(self.raw_model)
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights: after every optimizer step
+    avg <- decay * avg + (1 - decay) * weights. It starts from the initial weights, without bias
+    correction, so a short run's average keeps a share decay ** steps of them (a shrinkage toward
+    the start that a late, overfit epoch cannot undo). Integer buffers are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        for k, v in model.state_dict().items():
+            avg = self.shadow[k]
+            if avg.is_floating_point():
+                avg.lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                avg.copy_(v)
+
+    def model(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` holding the averaged weights (the trained model is left as it is)."""
+        kept = copy.deepcopy(model)
+        kept.load_state_dict(self.shadow)
+        return kept
+
+    def load(self, state: dict):
+        """Continue from a checkpoint's averaged weights."""
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_batches, *,
@@ -204,7 +244,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
         config: dict, amp: str = "off", grad_clip: float = GRAD_CLIP, min_lr_ratio: float = MIN_LR_RATIO,
         early_stop: int = 0, seed: int = 0, resume: RunCheckpoint | None = None, progress: bool = True,
         loss: Callable[[Tensor, Tensor, Tensor], Tensor] = masked_bce,
-        augment: Callable[[dict], dict] | None = None, objective=None, sync_buffers: bool = False) -> dict:
+        augment: Callable[[dict], dict] | None = None, objective=None, sync_buffers: bool = False,
+        average: WeightEMA | None = None) -> dict:
     """Train `model` for `epochs`, validating and checkpointing every epoch (see the module docstring).
     objective: what the model is trained and validated on (default: EnvelopeObjective(loss)).
     sync_buffers: DDP sends rank 0's buffers (BatchNorm statistics) every forward (a head has none).
@@ -219,7 +260,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
     t = _Trainer(model=model, raw_model=model, optimizer=optimizer,
                  scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"), dist=dist, amp=amp,
                  warmup_steps=warmup_steps, total_steps=epochs * len(train_batches), grad_clip=grad_clip,
-                 min_lr_ratio=min_lr_ratio, objective=objective or EnvelopeObjective(loss), augment=augment)
+                 min_lr_ratio=min_lr_ratio, objective=objective or EnvelopeObjective(loss), augment=augment,
+                 average=average)
     state = _restore(t, resume)
     if dist.enabled:
         t.model = nn.parallel.DistributedDataParallel(
@@ -264,7 +306,11 @@ def _restore(t: _Trainer, resume: RunCheckpoint | None) -> _Progress:
     """A fresh run's progress, or the checkpoint's, with model / optimizer / scaler states loaded."""
     if resume is None:
         return _Progress()
-    t.raw_model.load_state_dict(resume.model)
+    if t.average is not None and resume.train_model is not None:
+        t.average.load(resume.model)                # the checkpoint's model is the average
+        t.raw_model.load_state_dict(resume.train_model)
+    else:
+        t.raw_model.load_state_dict(resume.model)
     t.optimizer.load_state_dict(resume.optimizer)
     t.scaler.load_state_dict(resume.scaler)
     return _Progress(epoch=int(resume.epoch), step=int(resume.step), best_val=float(resume.best_val_loss),
@@ -312,6 +358,8 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.optimizer.zero_grad(set_to_none=True)
+        if t.average is not None:
+            t.average.update(t.raw_model)
         loss_sum += loss.detach().double() * weight
         frames += weight
         samples += int(batch["length"].shape[0])
@@ -324,7 +372,7 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
 
 def _validate(t: _Trainer, batches, state: _Progress, epoch: int) -> tuple[float, dict]:
     """Every rank its share, scored together → (the value the best epoch is chosen on, val record)."""
-    return t.objective.validate(t.raw_model, batches, t.dist, t.amp)
+    return t.objective.validate(t.kept_model(), batches, t.dist, t.amp)
 
 
 def _save_epoch(t: _Trainer, state: _Progress, run_dir: Path, description: RunDescription, config: dict,
@@ -335,10 +383,11 @@ def _save_epoch(t: _Trainer, state: _Progress, run_dir: Path, description: RunDe
     rngs = t.dist.gather(rng_state(t.dist.device))
     if t.dist.is_main:
         ckpt = RunCheckpoint(
-            description=description, model=t.raw_model.state_dict(), optimizer=t.optimizer.state_dict(),
+            description=description, model=t.kept_model().state_dict(), optimizer=t.optimizer.state_dict(),
             scaler=t.scaler.state_dict(), epoch=state.epoch, step=state.step, val_loss=val_loss, metrics=record,
             best_val_loss=state.best_val, best_epoch=state.best_epoch, bad_epochs=state.bad_epochs,
-            history=state.history, rng=rngs, config=config, world_size=t.dist.world_size)
+            history=state.history, rng=rngs, config=config, world_size=t.dist.world_size,
+            train_model=None if t.average is None else t.raw_model.state_dict())
         ckpt.write(run_dir / CKPT_LAST, also=run_dir / CKPT_BEST if improved else None)
         write_metrics(run_dir, state.history)
     t.dist.barrier()

@@ -150,6 +150,13 @@ class TrainOptions(_Options):
     conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
     onset_weight: float = option(0.3, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
     time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
+    # The checkpoints hold an exponential moving average of the weights, updated after every step and
+    # started from the initial weights (0 = the trained weights themselves). The head overfits 300
+    # clips by epoch 4-6; the average damps the late epochs, and at the default budget (288 steps)
+    # the initial weights keep a share 0.993 ** 288 ~ 1/8, a shrinkage that carries over to unseen
+    # looks and recorded sounds (docs/learning.md). More steps leave less of the start; a run of
+    # fewer steps averages faster (`ema_decay_for`), so that it never keeps more of its start.
+    ema_decay: float = option(0.993, check=lambda v: 0 <= v < 1, rule="in [0, 1)", legacy=0.0)
     # where the cache is read from; changes no number (the same batches either way), so a resume may change it
     preload: str = option("auto", choices=PRELOADS, must_match=False)
 
@@ -199,6 +206,16 @@ class PretrainOptions(_Options):
 
     def warmup_steps(self, total_steps: int) -> int:
         return self.warmup if self.warmup is not None else default_warmup(total_steps)
+
+
+EMA_MEASURED_STEPS = 288       # the demo's optimizer steps (300 clips, batch 8, 8 epochs): where ema_decay was measured
+
+
+def ema_decay_for(decay: float, total_steps: int) -> float:
+    """The per-step decay a run of `total_steps` uses: `decay`, or for a run shorter than the one it
+    was measured on, the faster decay that leaves the same share of the initial weights at its end
+    (decay ** EMA_MEASURED_STEPS): 60 clips x 8 epochs would otherwise keep 2/3 of an untrained head."""
+    return min(decay, decay ** (EMA_MEASURED_STEPS / max(1, total_steps)))
 
 
 def default_warmup(total_steps: int) -> int:

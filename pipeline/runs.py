@@ -138,6 +138,9 @@ class RunDescription:
 _DESCRIPTION_KEYS = tuple(f.name for f in fields(RunDescription))
 
 
+_OPTIONAL_STATE = ("train_model",)       # RunCheckpoint fields older checkpoints lack
+
+
 @dataclass
 class PretrainDescription:
     """What a pretrain run trains (pipeline.pretrain): a backbone, its class and envelope heads, and
@@ -166,7 +169,7 @@ class RunCheckpoint:
     """A run checkpoint: the description of what is trained plus where training stands (module docstring)."""
 
     description: RunDescription | PretrainDescription
-    model: dict                                 # state_dict
+    model: dict                                 # state_dict (averaged when train_model is set)
     optimizer: dict
     scaler: dict
     epoch: int                                  # epochs done
@@ -180,6 +183,9 @@ class RunCheckpoint:
     rng: list = field(default_factory=list)      # per rank: runtime.rng_state()
     config: dict = field(default_factory=dict)   # config.json
     world_size: int = 1
+    # the trained weights when `model` holds their moving average (train-head --ema-decay), else None:
+    # what a resume continues training; checkpoints written before averaging existed have no entry
+    train_model: dict | None = None
 
     def to_dict(self) -> dict:
         """The flat dict that is saved (CPU tensors, lists for tuples)."""
@@ -191,12 +197,12 @@ class RunCheckpoint:
         state_keys = [f.name for f in fields(cls) if f.name != "description"]
         kind, keys = (PretrainDescription, _PRETRAIN_KEYS[:-2]) if d.get("kind") == "pretrain" else \
             (RunDescription, ("kind", "head_config", "transform", "fingerprint"))
-        missing = [k for k in (*keys, *state_keys) if k not in d]
+        missing = [k for k in (*keys, *state_keys) if k not in d and k not in _OPTIONAL_STATE]
         if missing:
             raise FoleyError(f"{path} is not a complete foleycache run checkpoint (no {', '.join(missing)})")
         names = _PRETRAIN_KEYS if kind is PretrainDescription else _DESCRIPTION_KEYS
         description = kind(**{k: d[k] for k in names if k in d})
-        return cls(description=description, **{k: d[k] for k in state_keys})
+        return cls(description=description, **{k: d[k] for k in state_keys if k in d})
 
     @classmethod
     def read(cls, path: str | Path, map_location: str | torch.device = "cpu", hint: str = "") -> "RunCheckpoint":

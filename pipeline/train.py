@@ -25,8 +25,8 @@ from pipeline.extract import holds_targets
 from pipeline.head import Head, HeadConfig, HeadLoss, InputTransform, splits_input
 from pipeline.loader import CacheBatches
 from pipeline.media import MIN_FRAMES
-from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, fit
-from pipeline.options import TrainOptions
+from pipeline.loop import ADAM_BETAS, GRAD_CLIP, MIN_LR_RATIO, WeightEMA, fit
+from pipeline.options import TrainOptions, ema_decay_for
 from pipeline.runs import (RUN_FILES, RunCheckpoint, RunDescription, on_main, prepare_run_dir, read_resume_checkpoint,
                            read_run_config, to_cpu, versions)
 from pipeline.runtime import reader_workers, resolve_amp, resolve_device, seed_everything
@@ -49,7 +49,7 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
                input: str | None = None, seed: int | None = None, amp: str | None = None,
                early_stop: int | None = None, center_clips: bool | None = None, temporal: str | None = None,
                conv_channels: int | None = None, onset_weight: float | None = None, time_shift: int | None = None,
-               device: str = "auto",
+               ema_decay: float | None = None, device: str = "auto",
                preload: str | None = None, workers: int | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = True) -> dict:
     """Train the head on `train_cache`, validate on `val_cache`, write the run to `out`.
@@ -63,7 +63,7 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                  hidden=hidden, layers=layers, dropout=dropout, input=input, seed=seed, amp=amp, early_stop=early_stop,
                  center_clips=center_clips, temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight,
-                 time_shift=time_shift, preload=preload)
+                 time_shift=time_shift, ema_decay=ema_decay, preload=preload)
     TrainOptions.check_given(given)         # before anything touches --out
     if workers is not None and workers < 0:
         raise FoleyError(f"--workers must be >= 0, got {workers}")
@@ -129,7 +129,8 @@ def _train_head(train_path, val_path, out, dist, given, workers, resume, overwri
     summary = fit(head, optimizer, data.train_batches, data.val_batches, run_dir=out, epochs=opts.epochs,
                   warmup_steps=config["warmup_steps"], dist=dist, description=description, config=config,
                   amp=amp, early_stop=opts.early_stop, seed=opts.seed, resume=ckpt, progress=progress,
-                  loss=HeadLoss(opts.onset_weight), augment=TimeShift(opts.time_shift) if opts.time_shift else None)
+                  loss=HeadLoss(opts.onset_weight), augment=TimeShift(opts.time_shift) if opts.time_shift else None,
+                  average=WeightEMA(head, config["ema_decay_per_step"]) if opts.ema_decay else None)
     summary.update(config=config, files={name: str(out / name) for name in RUN_FILES})
     return summary
 
@@ -207,6 +208,7 @@ def _run_config(opts: TrainOptions, amp: str, workers: int, dist: Distributed, d
         "preload_bytes": {"train": data.train_batches.preload_bytes, "val": data.val_batches.preload_bytes},
         "workers": workers, "world_size": dist.world_size, "global_batch_size": opts.batch_size * dist.world_size,
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": opts.warmup_steps(total_steps),
+        "ema_decay_per_step": ema_decay_for(opts.ema_decay, total_steps) if opts.ema_decay else 0.0,
         "min_lr_ratio": MIN_LR_RATIO, "grad_clip": GRAD_CLIP, "adam_betas": list(ADAM_BETAS),
         "train_cache": _cache_record(data.train_cache), "val_cache": _cache_record(data.val_cache),
         "cache_config": data.train_cache.config, "head": head_config.to_dict(),

@@ -100,9 +100,10 @@ def test_time_shift_moves_features_and_target_together_and_keeps_a_second():
 
 def test_resuming_a_run_that_predates_the_recipe_options_keeps_the_seeds_head():
     saved = {k: v for k, v in TrainOptions().to_dict().items()
-             if k not in ("temporal", "conv_channels", "onset_weight", "time_shift", "center_clips")}
+             if k not in ("temporal", "conv_channels", "onset_weight", "time_shift", "center_clips", "ema_decay")}
     opts = TrainOptions.resolve({}, {"command": "train-head", "options": saved})
-    assert (opts.temporal, opts.onset_weight, opts.time_shift, opts.center_clips) == ("lstm", 0.0, 0, False)
+    assert (opts.temporal, opts.onset_weight, opts.time_shift, opts.center_clips, opts.ema_decay) == \
+        ("lstm", 0.0, 0, False, 0.0)
     with pytest.raises(FoleyError, match="--temporal 'lstm' -> 'bilstm'"):
         TrainOptions.resolve({"temporal": "bilstm"}, {"command": "train-head", "options": saved})
 
@@ -144,7 +145,7 @@ def test_train_heads_defaults_are_the_default_recipe():
 def _as_recorded_before_recipes(run, epochs):
     """Rewrite a causal-LSTM run's files as runs were written before the recipe options existed, by a
     command that asked for `epochs` (so a resume has epochs left to train)."""
-    new_options = ("temporal", "conv_channels", "onset_weight", "time_shift", "center_clips", "preload")
+    new_options = ("temporal", "conv_channels", "onset_weight", "time_shift", "center_clips", "preload", "ema_decay")
     config = json.loads((run / "config.json").read_text())
     config["options"] = {k: v for k, v in config["options"].items() if k not in new_options}
     config["options"]["epochs"] = epochs
@@ -155,6 +156,7 @@ def _as_recorded_before_recipes(run, epochs):
         for key in ("temporal", "conv_channels", "conv_kernels"):
             ckpt["head_config"].pop(key, None)      # best may be a hard link to last
         ckpt["transform"]["_extra_state"].pop("center_frames", None)
+        ckpt.pop("train_model", None)
         torch.save(ckpt, run / name)
 
 
@@ -167,8 +169,8 @@ def test_a_run_recorded_before_the_recipes_resumes_and_exports_as_the_seeds_head
     make_signal_cache(train, n=12, seed=0)
     make_signal_cache(val, n=6, seed=1)
     run = tmp_path / "old"
-    old = dict(temporal="lstm", hidden=16, center_clips=False, onset_weight=0.0, batch_size=4, progress=False,
-               workers=0)
+    old = dict(temporal="lstm", hidden=16, center_clips=False, onset_weight=0.0, ema_decay=0.0, batch_size=4,
+               progress=False, workers=0)
     train_head(train, val, run, epochs=1, **old)
     _as_recorded_before_recipes(run, epochs=2)
     exported = export_predictions(run=run, cache=val, out=tmp_path / "x", checkpoint="last", plots=0, progress=False)
@@ -179,8 +181,8 @@ def test_a_run_recorded_before_the_recipes_resumes_and_exports_as_the_seeds_head
     resumed = train_head(train, val, run, resume=True, progress=False, workers=0)
     assert resumed["epochs_run"] == 2
     options = resumed["config"]["options"]
-    assert (options["temporal"], options["center_clips"], options["onset_weight"], options["hidden"]) == \
-        ("lstm", False, 0.0, 16)
+    assert (options["temporal"], options["center_clips"], options["onset_weight"], options["hidden"],
+            options["ema_decay"]) == ("lstm", False, 0.0, 16, 0.0)
     assert load_run(run, "last").head.config.temporal == "lstm"
 
 
@@ -188,5 +190,5 @@ def test_the_seeds_recipe_is_the_seeds_head_whatever_the_defaults():
     from pipeline.recipes import REFERENCE, recipe_options
 
     seed = recipe_options(REFERENCE)
-    assert (seed["temporal"], seed["hidden"], seed["onset_weight"], seed["time_shift"], seed["dropout"]) == \
-        ("lstm", 512, 0.0, 0, 0.0)
+    assert (seed["temporal"], seed["hidden"], seed["onset_weight"], seed["time_shift"], seed["dropout"],
+            seed["ema_decay"]) == ("lstm", 512, 0.0, 0, 0.0, 0.0)

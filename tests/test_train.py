@@ -50,7 +50,7 @@ metrics_lines = read_metrics
 
 def test_train_head_improves_and_writes_a_self_describing_run(caches, tmp_path):
     run = tmp_path / "run"
-    s = tr.train_head(caches["train"], caches["val"], run, epochs=5, **FAST)
+    s = tr.train_head(caches["train"], caches["val"], run, epochs=5, **FAST)   # the default weight average
     lines = metrics_lines(run)
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5]
     for key in ("train_loss", "val_loss", "val_mae", "val_pearson", "val_peak_within_1", "seconds",
@@ -78,6 +78,53 @@ def test_train_head_improves_and_writes_a_self_describing_run(caches, tmp_path):
     assert head(transform(x)).shape == (2, 24)
     fitted = InputTransform("features", 32, center=True).fit(FeatureCache(caches["train"]))
     assert torch.allclose(transform.mean, fitted.mean) and torch.allclose(transform.std, fitted.std)
+
+
+def test_a_short_run_averages_faster_and_keeps_no_more_of_its_start():
+    from pipeline.options import EMA_MEASURED_STEPS, ema_decay_for
+    assert ema_decay_for(0.993, EMA_MEASURED_STEPS) == 0.993 and ema_decay_for(0.993, 5000) == 0.993
+    for steps in (8, 30, 100):
+        assert ema_decay_for(0.993, steps) ** steps == pytest.approx(0.993 ** EMA_MEASURED_STEPS)
+
+
+def test_weight_ema_is_the_decayed_average_from_the_initial_weights():
+    model = nn.Linear(2, 1)
+    w0 = model.weight.detach().clone()
+    ema = loop.WeightEMA(model, 0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    ema.update(model)
+    expected = 0.81 * w0 + 0.19 * (w0 + 1.0)       # two steps toward the moved weights
+    assert torch.allclose(ema.shadow["weight"], expected)
+    assert torch.equal(model.weight, w0 + 1.0)      # the trained model is left alone
+    assert torch.allclose(ema.model(model).weight, expected)
+
+
+def test_ema_decay_saves_the_average_and_trains_the_same_weights(caches, tmp_path):
+    """--ema-decay changes what the checkpoint holds, not what is trained: the averaged run's
+    train_model is the plain run's model, its model the average of the steps' weights."""
+    plain = tr.train_head(caches["train"], caches["val"], tmp_path / "plain", epochs=2, ema_decay=0.0, **FAST)
+    ema = tr.train_head(caches["train"], caches["val"], tmp_path / "ema", epochs=2, ema_decay=0.9, **FAST)
+    assert plain["config"]["options"]["ema_decay"] == 0.0 and ema["config"]["options"]["ema_decay"] == 0.9
+    a = torch.load(tmp_path / "plain" / "checkpoint-last.pt", weights_only=True)
+    b = torch.load(tmp_path / "ema" / "checkpoint-last.pt", weights_only=True)
+    assert a["train_model"] is None
+    assert all(torch.equal(b["train_model"][k], v) for k, v in a["model"].items())
+    assert not all(torch.equal(b["model"][k], v) for k, v in a["model"].items())
+    head, _, _ = load_head(tmp_path / "ema" / "checkpoint-last.pt")      # what export and score read
+    assert all(torch.equal(head.state_dict()[k], v) for k, v in b["model"].items())
+    # the recorded val loss is the averaged head's, which a plain run's differs from
+    assert metrics_lines(tmp_path / "ema")[-1]["val_loss"] != metrics_lines(tmp_path / "plain")[-1]["val_loss"]
+
+
+def test_a_checkpoint_without_train_model_reads_as_a_plain_run(caches, tmp_path):
+    tr.train_head(caches["train"], caches["val"], tmp_path / "run", epochs=1, ema_decay=0.0, **FAST)
+    path = tmp_path / "run" / "checkpoint-last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["train_model"]                         # as written before weight averaging existed
+    torch.save(ckpt, path)
+    assert runs.RunCheckpoint.read(path).train_model is None
 
 
 def test_preload_ram_trains_exactly_like_reading_from_disk(caches, tmp_path):
