@@ -100,7 +100,7 @@ def _row(out: Path, arm: str, seed: int, recipe: dict, aux_weight: float, sets: 
     probe = linear_probe(FeatureCache(caches["train"]), FeatureCache(caches[SAME_LOOK]))
     head = out / "heads" / f"{arm}-seed{seed}"
     train_head(train_cache=caches["train"], val_cache=caches[SAME_LOOK], out=head, seed=seed, preload="ram",
-               overwrite=True, progress=False, device=run_args["device"])
+               amp=recipe["amp"], overwrite=True, progress=False, device=run_args["device"])
     evals = {name: path for name, path in caches.items() if name != "train"}
     return {"arm": arm, "seed": seed, "pretrain_val_top1": backbone["val_top1"], "probe_top1": probe["top1"],
             "probe_chance": probe["chance"], "pretrain_seconds": backbone["seconds"],
