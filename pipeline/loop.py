@@ -1,4 +1,4 @@
-"""The training loop shared by train-head and finetune: schedule, steps, validation, checkpoints, resume.
+"""The training loop shared by train-head, finetune and pretrain: schedule, steps, validation, checkpoints, resume.
 
 Read top to bottom: the pure helpers (`get_lr`, `evaluate_model`, `gather_predictions`), then
 `fit` and the named steps it is made of (`_restore`, `_seed_ranks`, `_train_epoch`, `_validate`,

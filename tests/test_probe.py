@@ -3,7 +3,6 @@ the stem cache computes the frozen stages once and resumes where a build stopped
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from pipeline.cache import FeatureCache, write_cache
