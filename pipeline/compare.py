@@ -227,13 +227,19 @@ def summarise(rows: list[dict], settings: dict) -> dict:
             "baselines": baselines, "chance": chance}
 
 
+QUESTIONS = {"classes - imagenet": "does training on the labels change the features?",
+             "classes+envelope - imagenet": "do the labels with the sound change them?",
+             "envelope - imagenet": "does the sound alone, without labels, change them?",
+             "classes+envelope - classes": "does the sound as an auxiliary task add to the labels?"}
+
+
 def verdict(stat: dict | None, more: str, less: str) -> str:
     """A paired difference in words: clear (|mean| > CLEAR standard errors) or not."""
     if not stat or stat["n"] < 2:
         return "n/a"
     se = stat["se"]
     word = more if stat["mean"] > CLEAR * se else less if stat["mean"] < -CLEAR * se else "no clear difference"
-    return f"{stat['mean']:+.3f} ± {se:.3f} ({stat['n']} seeds): {word}"
+    return f"{stat['mean']:+.3f} ± {se:.3f}: {word}"
 
 
 def _cell(stat: dict | None, signed: bool = False) -> str:
@@ -265,10 +271,9 @@ def markdown(report: dict) -> str:
               "|---" * (len(names) + 1) + "|"]
     for label, stats in report["paired"].items():
         lines.append(f"| {label} | " + " | ".join(_cell(stats[n], signed=True) for n in names) + " |")
-    lines += ["", f"What the rows answer ('clear': |mean| > {CLEAR:g} standard errors of the paired difference):", ""]
-    for label, stats in report["paired"].items():
-        if label == "pretrain val top-1":
-            continue
-        for name in names:
-            lines.append(f"- {label}, {name}: {verdict(stats[name], 'better', 'worse')}")
+    lines += ["", f"What they answer ('clear': |mean| > {CLEAR:g} standard errors of the paired difference):", ""]
+    for name in names:
+        said = [f"{label} {verdict(stats[name], 'better', 'worse')}" for label, stats in report["paired"].items()
+                if stats[name] is not None]
+        lines.append(f"- **{name}** ({QUESTIONS[name]}): " + "; ".join(said))
     return "\n".join(lines) + "\n"

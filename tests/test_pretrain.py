@@ -280,9 +280,10 @@ def test_compare_report_pairs_seeds_and_says_whether_the_difference_is_clear():
     assert report["paired"]["linear probe top-1"]["envelope - imagenet"]["mean"] == pytest.approx(-0.1)
     assert report["table"]["pretrain val top-1"]["imagenet"] is None
     text = markdown(report)
-    assert "held-out: seed_score, classes+envelope - imagenet: +0.200 ± 0.000 (3 seeds): better" in text
-    assert "linear probe top-1, envelope - imagenet: -0.100 ± 0.000 (3 seeds): worse" in text
-    assert "night: onset_f1, classes - imagenet: +0.000 ± 0.000 (3 seeds): no clear difference" in text
+    said = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
+    assert "held-out: seed_score +0.200 ± 0.000: better" in said["classes+envelope - imagenet"]
+    assert "linear probe top-1 -0.100 ± 0.000: worse" in said["envelope - imagenet"]
+    assert "night: onset_f1 +0.000 ± 0.000: no clear difference" in said["classes - imagenet"]
     assert "| held-out: seed_score | -0.800 ± 0.000 | -0.700 ± 0.000 |" in text
 
 
