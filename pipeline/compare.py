@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from pipeline.errors import FoleyError
-from pipeline.fsio import atomic_write_json, atomic_write_text
+from pipeline.fsio import atomic_write_json, atomic_write_text, read_jsonl
 from pipeline.metrics import BASELINES
 from pipeline.options import COMPARE_DEFAULTS, PretrainOptions
 from pipeline.recipes import mean_se
@@ -56,16 +56,17 @@ def _pretrained(out: Path, arm: str, seed: int, recipe: dict, aux_weight: float,
     """The arm's backbone for this seed: {"checkpoint", "val_top1", "seconds"} (pretrained, or resumed,
     unless the run is complete)."""
     from pipeline.pretrain import pretrain
+    from pipeline.runs import read_metrics
 
     if arm == REFERENCE:
         return {"checkpoint": recipe["checkpoint"], "val_top1": None, "seconds": 0.0, "cache_key": "imagenet"}
     run = out / "runs" / f"{arm}-seed{seed}"
-    history = _history(run)
+    history = read_metrics(run)
     if not ((run / "backbone.pth.tar").is_file() and len(history) >= recipe["epochs"]):
         pretrain(out=run, seed=seed, annotations=sets["train"][1], val_annotations=sets[SAME_LOOK][1],
                  frame_cache=out / "frames", resume=(run / "config.json").is_file(), **data, **run_args, **recipe,
                  **arm_options(arm, aux_weight))
-        history = _history(run)
+        history = read_metrics(run)
     return {"checkpoint": str(run / "backbone.pth.tar"), "val_top1": history[-1].get("val_top1"),
             "seconds": round(sum(h["seconds"] for h in history), 1), "cache_key": f"{arm}-seed{seed}"}
 
@@ -152,7 +153,7 @@ def compare(*, videos: Path, annotations: Path | str, val_annotations: Path | st
     from pipeline.runtime import resolve_device
     run_args = dict(device=str(resolve_device(device)), progress=False)
     sets = {"train": (videos, annotations), SAME_LOOK: (videos, val_annotations), **evals}
-    done = {(r["arm"], r["seed"]): r for r in _read_rows(out / ROWS)}
+    done = {(r["arm"], r["seed"]): r for r in read_jsonl(out / ROWS)}
     bar = tqdm([(s, a) for s in seeds for a in ARMS], desc="arms x seeds", unit="run", disable=not progress)
     for seed, arm in bar:
         bar.set_postfix_str(f"{arm}, seed {seed}")
@@ -177,15 +178,6 @@ def _claim(out: Path, settings: dict):
             raise FoleyError(f"{out} holds a comparison with other {', '.join(changed)} ({saved}); re-run it as it "
                              "was, or choose another --out")
     atomic_write_json(saved, settings)
-
-
-def _history(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 # ----------------------------------------------------------------------------- the report

@@ -94,6 +94,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def read_jsonl(path: str | os.PathLike) -> list:
+    """The parsed lines of a JSON Lines file this tool wrote (blank lines skipped); [] when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
     """The parsed JSON of `path`. A missing, unreadable or invalid file is a one-line FoleyError
     that names `what` the file is (e.g. "annotations file", "cache index") and the path; `hint`

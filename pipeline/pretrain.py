@@ -44,7 +44,7 @@ from pipeline.options import PretrainOptions
 from pipeline.pretrainer import (COLOUR_JITTER, CROP_MARGIN, FLIP_P, ClipBatches, Prefetched, PretrainObjective,
                                  Pretrainer, StemBatches, class_list)
 from pipeline.runs import (CKPT_LAST, CONFIG_JSON, PretrainDescription, RunCheckpoint, on_main, prepare_run_dir,
-                           read_checkpoint, versions, write_config)
+                           read_checkpoint, read_metrics, versions, write_config)
 from pipeline.runtime import decode_workers, resolve_device, resolve_precision, usable_cores
 from pipeline.stemcache import StemCache, build_stem_cache
 
@@ -393,13 +393,9 @@ def _pretrain(source: ClipSource, out: Path, opts: PretrainOptions, dist: Distri
                  warmup_steps=schedule.warmup_steps, dist=dist, description=describe, config=config, amp=amp,
                  seed=opts.seed, resume=_resume_checkpoint(out, has_ckpt), progress=progress, objective=objective,
                  sync_buffers=True)
-    top1 = [h["val_top1"] for h in _history(out) if h.get("val_top1") is not None]
+    top1 = [h["val_top1"] for h in read_metrics(out) if h.get("val_top1") is not None]
     exported = on_main(dist, lambda: export_backbone(out))
     return {"run_dir": str(out), "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
             "best_val_top1": max(top1, default=None), "last_metrics": result["last_metrics"], "config": config,
             "backbone": exported, "extract_command": config["extract_command"], "frame_caches": decoded.builds}
 
-
-def _history(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.is_file() else []

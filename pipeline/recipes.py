@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 
 from pipeline.errors import FoleyError
-from pipeline.fsio import atomic_write_json, atomic_write_text
+from pipeline.fsio import atomic_write_json, atomic_write_text, read_jsonl
 from pipeline.metrics import BASELINES
 
 SCORED = ("seed_score", "onset_f1", "onset_ap", "onset_count_acc", "pearson")
@@ -56,8 +56,9 @@ def recipe_options(name: str) -> dict:
 
 
 def _finished(run: Path, epochs: int) -> bool:
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    return len(lines) >= epochs and (run / "checkpoint-last.pt").is_file()
+    from pipeline.runs import CKPT_LAST, read_metrics
+
+    return len(read_metrics(run)) >= epochs and (run / CKPT_LAST).is_file()
 
 
 def score_run(run: Path, evals: dict[str, Path], device) -> dict[str, dict]:
@@ -99,7 +100,7 @@ def compare_heads(*, train_cache: Path, val_cache: Path, evals: dict[str, Path],
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
-    done = {(r["recipe"], r["seed"]): r for r in _read_rows(rows_path)}
+    done = {(r["recipe"], r["seed"]): r for r in read_jsonl(rows_path)}
     jobs = [(name, seed) for name in recipes for seed in range(seeds)]
     for name, seed in tqdm(jobs, desc="recipes x seeds", unit="run", disable=not progress):
         if (name, seed) in done and set(evals) <= set(done[(name, seed)]["sets"]):
@@ -117,10 +118,6 @@ def compare_heads(*, train_cache: Path, val_cache: Path, evals: dict[str, Path],
     atomic_write_json(out / "compare-heads.json", summary)
     atomic_write_text(out / "compare-heads.md", markdown(summary))
     return summary
-
-
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 def mean_se(values: list[float]) -> dict:

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from pipeline.distributed import Distributed
 from pipeline.errors import FoleyError
-from pipeline.fsio import atomic_torch_save, atomic_write_text, read_json
+from pipeline.fsio import atomic_torch_save, atomic_write_text, read_json, read_jsonl
 from pipeline.head import Head, InputTransform, rebuild_head
 
 CONFIG_JSON = "config.json"
@@ -313,6 +313,11 @@ def read_run_config(out: Path) -> dict | None:
 def write_config(run_dir: Path, config: dict):
     """RUN/config.json, atomically (indent 2, the config's own key order)."""
     atomic_write_text(Path(run_dir) / CONFIG_JSON, json.dumps(config, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """RUN/metrics.jsonl's records, one per epoch done ([] before the first)."""
+    return read_jsonl(Path(run_dir) / METRICS_JSONL)
 
 
 def write_metrics(run_dir: Path, history: list[dict]):
