@@ -43,6 +43,19 @@ FLUSH_EVERY = 16                        # clips between flushes: a kill re-decod
 SUFFIXES = (".json", ".frames.npy", ".clips.npy", ".failures.jsonl")
 
 
+def normalise(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """Frames [B, 3, T, S, S] as floats in 0..255 -> the backbone's input, (x - 255 mean) / (255 std)
+    per channel (mean, std: the backbone spec's, for frames in [0, 1])."""
+    m = torch.tensor(mean).view(1, 3, 1, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(std).view(1, 3, 1, 1, 1) * 255.0)
+    return (x - m).mul_(inv_std).contiguous()
+
+
+def normalised(frames: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
+    """uint8 frames [B, T, S, S, 3] (`FrameCache.read`'s) -> the backbone's input [B, 3, T, S, S]."""
+    return normalise(torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float(), mean, std)
+
+
 def clip_dtype(frames: int) -> np.dtype:
     """The per-clip record of PREFIX.clips.npy."""
     return np.dtype([("status", "u1"), ("length", "<i4"), ("envelope", "<f4", (frames,))])

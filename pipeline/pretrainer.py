@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from pipeline.data import Annotation, template_key
 from pipeline.distributed import Distributed
-from pipeline.framecache import FrameCache
+from pipeline.framecache import FrameCache, normalise
 from pipeline.stemcache import StemCache
 from pipeline.head import masked_bce
 from pipeline.loader import epoch_batches
@@ -140,8 +140,7 @@ class ClipBatches:
         self.cache, self.rows, self.labels = cache, np.asarray(rows, np.int64), np.asarray(labels, np.int64)
         self.size, self.augment, self.flip, self.seed = size, augment, flip, seed
         self.batch_size, self.dist = batch_size, dist
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std).view(1, 3, 1, 1, 1) * 255.0)
+        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -162,8 +161,7 @@ class ClipBatches:
                              for j, r in enumerate(rows)])               # [B, T, 3, S, S]
         else:
             x = frames.permute(0, 1, 4, 2, 3).float()
-        x = x.permute(0, 2, 1, 3, 4)                                    # [B, 3, T, S, S]
-        x = (x - self.mean).mul_(self.inv_std).contiguous()
+        x = normalise(x.permute(0, 2, 1, 3, 4), self.mean, self.std)    # [B, 3, T, S, S]
         return {"inputs": x, "label": torch.from_numpy(self.labels[positions]),
                 "envelope": torch.from_numpy(clips["envelope"]), "length": torch.from_numpy(clips["length"]),
                 "index": torch.as_tensor(positions, dtype=torch.int64)}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.architectures import Backbone
 from pipeline.fsio import atomic_write_json
-from pipeline.framecache import FrameCache
+from pipeline.framecache import FrameCache, normalised
 
 STEM_CACHE_VERSION = 1
 BATCH = 4                       # clips per forward pass while building
@@ -39,14 +39,6 @@ def stem_fingerprint(frame_fingerprint: str, backbone: str, weights_sha256: str,
     """What a stem map depends on: the decoded frames, the network and its weights, N and the size."""
     key = json.dumps([STEM_CACHE_VERSION, frame_fingerprint, backbone, weights_sha256, int(blocks), int(size)])
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def normalised(frames: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 frames [B, T, S, S, 3] -> the backbone's input [B, 3, T, S, S] (float32, normalised)."""
-    x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float()
-    m = torch.tensor(mean).view(1, 3, 1, 1, 1) * 255.0
-    s = torch.tensor(std).view(1, 3, 1, 1, 1) * 255.0
-    return (x - m) / s
 
 
 class StemCache:
@@ -65,8 +57,7 @@ class StemCache:
         return self.meta["fingerprint"]
 
     def read(self, rows) -> np.ndarray:
-        rows = np.asarray(rows, np.int64)
-        return np.stack([np.asarray(self.maps[r]) for r in rows])
+        return np.asarray(self.maps[np.asarray(rows, np.int64)])
 
 
 def _path(prefix: Path, part: str) -> Path:

@@ -162,7 +162,8 @@ def test_aux_weight_zero_equals_no_aux(data, tmp_path, one_thread):
 
 def test_frozen_stages_stay_imagenet_and_train_from_their_cached_maps(data, tmp_path, one_thread):
     from pipeline.pretrainer import Pretrainer
-    from pipeline.stemcache import StemCache, normalised
+    from pipeline.framecache import normalised
+    from pipeline.stemcache import StemCache
     run = tmp_path / "run"
     small(data, run, epochs=1)                          # defaults: mobilenet_v2, imagenet, 4 stages frozen
     trained = backbones.create_backbone("mobilenet_v2")

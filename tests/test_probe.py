@@ -48,8 +48,8 @@ def test_probe_leaves_out_held_out_classes_it_never_saw(tmp_path):
 
 def test_stem_cache_resumes_a_killed_build_and_rebuilds_for_other_weights(tmp_path):
     from pipeline.backbones import create_backbone
-    from pipeline.framecache import FrameCache
-    from pipeline.stemcache import StemCache, build_stem_cache, normalised
+    from pipeline.framecache import FrameCache, normalised
+    from pipeline.stemcache import StemCache, build_stem_cache
     from pipeline.data import Annotation
     from pipeline.framecache import DECODED, _create
 
