@@ -3,20 +3,20 @@
     python benchmarks/gpu.py [--clips 512] [--batch-sizes 8,16,32] [--peak-tflops X] [--no-compile]
                              [--train-clips 1024] [--json FILE]
 
-On a lent GPU machine (the `device` tool), from the repository root. That machine's python3 has
-torch, h5py, scipy, safetensors, click, tqdm, joblib but not PyAV or zarr: carry them as wheels
-(`.whl/`, git-ignored; downloaded once here with
+On a GPU machine, from the repository root. Where its python3 has torch, h5py, scipy,
+safetensors, click, tqdm, joblib but no network and not PyAV or zarr, bring those as wheels
+(`.whl/`, git-ignored; downloaded beforehand with
 `pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 -d .whl av==18.1.0 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0`)
-and run, with carry [".whl"]:
+and run:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \
         python3 benchmarks/gpu.py
 
-It writes the JSON to --json and, when the environment has OUT (the device tool's output
-folder), to $OUT/gpu.json; a short table is printed last. Sections (each one's failure is
+It writes the JSON to --json and, when the environment has OUT (an output folder), to
+$OUT/gpu.json; a short table is printed last. Sections (each one's failure is
 recorded and the others still run):
   flops      FLOPs per clip from torch.utils.flop_counter.FlopCounterMode (convolutions only:
              BatchNorm/ReLU are not counted), the dense bf16 peak assumed for this GPU and a
