@@ -230,6 +230,9 @@ def train_default(name: str) -> str:
 @click.option("--onset-weight", type=float, help="Weight of the onset term beside the envelope BCE (BCE of 'an onset "
               "within ±1 frame', positives weighted by negatives/positives; 0 = the seed's loss).  "
               + train_default("onset_weight"))
+@click.option("--slope-weight", type=float, help="Weight of the slope term beside the envelope BCE (mean squared "
+              "error of the frame-to-frame changes of the envelope: prices the dip between two impacts a few frames "
+              "apart; 0 = off).  " + train_default("slope_weight"))
 @click.option("--time-shift", type=int, help="Augmentation: each training clip starts up to N frames later, features "
               "and target together (0 = off).  " + train_default("time_shift"))
 @click.option("--ema-decay", type=float, help="Checkpoints hold a moving average of the weights, updated every step "
@@ -239,7 +242,7 @@ def train_default(name: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_decay, warmup, hidden, layers,
                    dropout, input_, seed, device, preload, workers, amp, early_stop, center_clips, temporal,
-                   conv_channels, onset_weight, time_shift, ema_decay, resume, overwrite, quiet):
+                   conv_channels, onset_weight, slope_weight, time_shift, ema_decay, resume, overwrite, quiet):
     """Train the LSTM+FC head from a feature cache (runs under torchrun with DDP too)."""
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared CPU the
     # spinning threads steal the cores the LSTM's many small steps wait for, slowing an epoch
@@ -250,9 +253,9 @@ def train_head_cmd(train_cache, val_cache, out, epochs, batch_size, lr, weight_d
     s = train_head(train_cache=train_cache, val_cache=val_cache, out=out, epochs=epochs, batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, warmup=warmup, hidden=hidden, layers=layers, dropout=dropout,
                    input=input_, seed=seed, amp=amp, early_stop=early_stop, center_clips=center_clips,
-                   temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight, time_shift=time_shift,
-                   ema_decay=ema_decay, device=device, preload=preload,
-                   workers=workers, resume=resume, overwrite=overwrite, progress=not quiet)
+                   temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight,
+                   slope_weight=slope_weight, time_shift=time_shift, ema_decay=ema_decay, device=device,
+                   preload=preload, workers=workers, resume=resume, overwrite=overwrite, progress=not quiet)
     best, last = s["best_metrics"], s["last_metrics"]
     if best is None:
         echo(f"nothing trained; run in {out}", quiet)

@@ -63,7 +63,8 @@ HEADS = {
 # The seed's LSTM on the motion-energy change signal of the same features: a comparison row that
 # costs ~1 more minute on a 2-core AVX2 CPU, so it is left out of the default demo's budget.
 MOTION_ENERGY_HEAD = {"motion-energy": {"input": "motion-energy", "temporal": "lstm", "hidden": 512,
-                                        "center_clips": False, "onset_weight": 0.0, "ema_decay": 0.0,
+                                        "center_clips": False, "onset_weight": 0.0, "slope_weight": 0.0,
+                                        "ema_decay": 0.0,
                                         "epochs": 16}}
 SPLITS = {"val": "", "unseen": "-unseen"}    # held-out set -> suffix of its export folder
 DEMO_JSON = "demo.json"
@@ -134,6 +135,8 @@ def _head_text(run_config: dict) -> str:
             f"features, {o['epochs']} epochs of {o['batch_size']} clips")
     if o.get("onset_weight"):
         text += f", onset term x{o['onset_weight']}"
+    if o.get("slope_weight"):
+        text += f", slope term x{o['slope_weight']}"
     if o.get("time_shift"):
         text += f", time shifts up to {o['time_shift']} frames"
     if o.get("ema_decay"):

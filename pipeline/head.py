@@ -237,16 +237,32 @@ def onset_bce(logits: Tensor, target: Tensor, length: Tensor, tolerance: int = 1
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
-class HeadLoss:
-    """The training loss: masked_bce on the envelope + onset_weight x onset_bce (0: the seed's loss)."""
+def slope_mse(logits: Tensor, target: Tensor, length: Tensor) -> Tensor:
+    """The slope term: mean squared difference between the frame-to-frame changes of the predicted
+    envelope (sigmoid of the logits) and of the target, over pairs of real frames (a gradient
+    difference loss, Mathieu et al. 2016). The BCE scores each frame alone, so a prediction that
+    blurs two impacts 2-3 frames apart into one bump costs it little; the dip between them and the
+    second rise are changes, and this term prices them. float32."""
+    mask = frame_mask(length, logits.shape[1])
+    pairs = (mask[:, 1:] & mask[:, :-1]).float()
+    error = torch.sigmoid(logits.float()).diff(dim=1) - target.float().diff(dim=1)
+    return (error * error * pairs).sum() / pairs.sum().clamp(min=1)
 
-    def __init__(self, onset_weight: float = 0.0):
+
+class HeadLoss:
+    """The training loss: masked_bce on the envelope + onset_weight x onset_bce + slope_weight x
+    slope_mse (both 0: the seed's loss)."""
+
+    def __init__(self, onset_weight: float = 0.0, slope_weight: float = 0.0):
         self.onset_weight = float(onset_weight)
+        self.slope_weight = float(slope_weight)
 
     def __call__(self, logits: Tensor, target: Tensor, length: Tensor) -> Tensor:
         loss = masked_bce(logits, target, length)
         if self.onset_weight:
             loss = loss + self.onset_weight * onset_bce(logits, target, length)
+        if self.slope_weight:
+            loss = loss + self.slope_weight * slope_mse(logits, target, length)
         return loss
 
 

@@ -149,6 +149,7 @@ class TrainOptions(_Options):
     temporal: str = option("conv-bilstm", choices=TEMPORALS, legacy="lstm")
     conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
     onset_weight: float = option(0.3, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
+    slope_weight: float = option(3.0, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
     time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
     # The checkpoints hold an exponential moving average of the weights, updated after every step and
     # started from the initial weights (0 = the trained weights themselves). The head overfits 300

@@ -48,7 +48,8 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
                hidden: int | None = None, layers: int | None = None, dropout: float | None = None,
                input: str | None = None, seed: int | None = None, amp: str | None = None,
                early_stop: int | None = None, center_clips: bool | None = None, temporal: str | None = None,
-               conv_channels: int | None = None, onset_weight: float | None = None, time_shift: int | None = None,
+               conv_channels: int | None = None, onset_weight: float | None = None, slope_weight: float | None = None,
+               time_shift: int | None = None,
                ema_decay: float | None = None, device: str = "auto",
                preload: str | None = None, workers: int | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = True) -> dict:
@@ -63,7 +64,7 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                  hidden=hidden, layers=layers, dropout=dropout, input=input, seed=seed, amp=amp, early_stop=early_stop,
                  center_clips=center_clips, temporal=temporal, conv_channels=conv_channels, onset_weight=onset_weight,
-                 time_shift=time_shift, ema_decay=ema_decay, preload=preload)
+                 slope_weight=slope_weight, time_shift=time_shift, ema_decay=ema_decay, preload=preload)
     TrainOptions.check_given(given)         # before anything touches --out
     if workers is not None and workers < 0:
         raise FoleyError(f"--workers must be >= 0, got {workers}")
@@ -129,7 +130,8 @@ def _train_head(train_path, val_path, out, dist, given, workers, resume, overwri
     summary = fit(head, optimizer, data.train_batches, data.val_batches, run_dir=out, epochs=opts.epochs,
                   warmup_steps=config["warmup_steps"], dist=dist, description=description, config=config,
                   amp=amp, early_stop=opts.early_stop, seed=opts.seed, resume=ckpt, progress=progress,
-                  loss=HeadLoss(opts.onset_weight), augment=TimeShift(opts.time_shift) if opts.time_shift else None,
+                  loss=HeadLoss(opts.onset_weight, opts.slope_weight),
+                  augment=TimeShift(opts.time_shift) if opts.time_shift else None,
                   average=WeightEMA(head, config["ema_decay_per_step"]) if opts.ema_decay else None)
     summary.update(config=config, files={name: str(out / name) for name in RUN_FILES})
     return summary

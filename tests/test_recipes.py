@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.errors import FoleyError
-from pipeline.head import Head, HeadConfig, HeadLoss, masked_bce, onset_bce, onset_frames, rebuild_head
+from pipeline.head import Head, HeadConfig, HeadLoss, masked_bce, onset_bce, onset_frames, rebuild_head, slope_mse
 from pipeline.options import TEMPORALS, TrainOptions
 from pipeline.train import TimeShift
 from tests.cachekit import make_signal_cache
@@ -80,6 +80,27 @@ def test_onset_term_rewards_a_peak_at_the_onset_and_ignores_the_padding():
     padded[0, 10:] = 50.0
     assert torch.equal(onset_bce(padded, target, length), onset_bce(peaked, target, length))
     assert torch.equal(HeadLoss(0.0)(peaked, target, length), masked_bce(peaked, target, length))
+
+
+def test_slope_term_prices_a_blurred_dip_between_two_impacts_and_ignores_the_padding():
+    # two impacts 2 frames apart with a dip between them: a prediction that follows the dip beats
+    # one that blurs both into a single bump, though both are as close frame by frame
+    target, length = torch.zeros(1, 10), torch.tensor([8])
+    target[0, 3], target[0, 4], target[0, 5] = 1.0, 0.3, 0.7
+    follows = torch.logit(target.clamp(0.02, 0.98))
+    blurred = torch.logit(torch.tensor([[0.02, 0.02, 0.02, 0.75, 0.65, 0.6, 0.02, 0.02, 0.02, 0.02]]))
+    assert slope_mse(follows, target, length) < slope_mse(blurred, target, length) / 5
+    # a constant offset changes no slope: the term reads changes, not levels
+    flat, raised = torch.full((1, 10), -3.0), torch.full((1, 10), 1.0)
+    assert slope_mse(flat, torch.zeros(1, 10), length) == pytest.approx(0.0, abs=1e-12)
+    assert slope_mse(raised, torch.zeros(1, 10), length) == pytest.approx(0.0, abs=1e-12)
+    padded = follows.clone()
+    padded[0, 8:] = 30.0                      # the pair (7, 8) reaches into the padding: not read
+    assert torch.equal(slope_mse(padded, target, length), slope_mse(follows, target, length))
+    loss = HeadLoss(0.0, 2.0)(blurred, target, length)
+    assert loss == pytest.approx(float(masked_bce(blurred, target, length) + 2 * slope_mse(blurred, target, length)))
+    assert torch.equal(HeadLoss(0.3, 0.0)(blurred, target, length),
+                       masked_bce(blurred, target, length) + 0.3 * onset_bce(blurred, target, length))
 
 
 def test_time_shift_moves_features_and_target_together_and_keeps_a_second():
