@@ -126,9 +126,9 @@ class TrainOptions(_Options):
     """train-head's options. warmup None = WARMUP_FRACTION of all optimizer steps.
 
     The defaults are the recipe `compare-heads` measured best (pipeline.recipes.DEFAULT_RECIPE:
-    a Conv1d front and a bidirectional LSTM on centred features, with the onset term); `legacy`
-    values rebuild runs recorded before an option existed as they were trained (the seed's causal
-    LSTM, no centring, no onset term)."""
+    a Conv1d front and a bidirectional LSTM on centred features, with the onset and slope terms and
+    averaged weights); `legacy` values rebuild runs recorded before an option existed as they were
+    trained (the seed's causal LSTM, no centring, no onset or slope term, the trained weights)."""
 
     COMMAND = "train-head"
 
@@ -149,6 +149,8 @@ class TrainOptions(_Options):
     temporal: str = option("conv-bilstm", choices=TEMPORALS, legacy="lstm")
     conv_channels: int = option(256, check=lambda v: v >= 1, rule=">= 1", legacy=256)
     onset_weight: float = option(0.3, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
+    # Misses were mostly a second impact 2-3 frames after a first, blurred into one bump; the squared
+    # error of the frame-to-frame changes prices that blur (pipeline.head.slope_mse, docs/learning.md).
     slope_weight: float = option(3.0, check=lambda v: v >= 0, rule=">= 0", legacy=0.0)
     time_shift: int = option(0, check=lambda v: v >= 0, rule=">= 0 frames", legacy=0)
     # The checkpoints hold an exponential moving average of the weights, updated after every step and
