@@ -136,7 +136,7 @@ def _head_text(run_config: dict) -> str:
     if o.get("onset_weight"):
         text += f", onset term x{o['onset_weight']}"
     if o.get("slope_weight"):
-        text += f", slope term x{o['slope_weight']}"
+        text += f", slope term x{o['slope_weight']:g}"
     if o.get("time_shift"):
         text += f", time shifts up to {o['time_shift']} frames"
     if o.get("ema_decay"):
