@@ -64,8 +64,7 @@ HEADS = {
 # costs ~1 more minute on a 2-core AVX2 CPU, so it is left out of the default demo's budget.
 MOTION_ENERGY_HEAD = {"motion-energy": {"input": "motion-energy", "temporal": "lstm", "hidden": 512,
                                         "center_clips": False, "onset_weight": 0.0, "slope_weight": 0.0,
-                                        "ema_decay": 0.0,
-                                        "epochs": 16}}
+                                        "ema_decay": 0.0, "epochs": 16}}
 SPLITS = {"val": "", "unseen": "-unseen"}    # held-out set -> suffix of its export folder
 DEMO_JSON = "demo.json"
 DEMO_MD = "demo.md"

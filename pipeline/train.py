@@ -49,8 +49,7 @@ def train_head(train_cache, val_cache, out, *, epochs: int | None = None, batch_
                input: str | None = None, seed: int | None = None, amp: str | None = None,
                early_stop: int | None = None, center_clips: bool | None = None, temporal: str | None = None,
                conv_channels: int | None = None, onset_weight: float | None = None, slope_weight: float | None = None,
-               time_shift: int | None = None,
-               ema_decay: float | None = None, device: str = "auto",
+               time_shift: int | None = None, ema_decay: float | None = None, device: str = "auto",
                preload: str | None = None, workers: int | None = None, resume: bool = False, overwrite: bool = False,
                progress: bool = True) -> dict:
     """Train the head on `train_cache`, validate on `val_cache`, write the run to `out`.

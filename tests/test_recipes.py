@@ -83,8 +83,8 @@ def test_onset_term_rewards_a_peak_at_the_onset_and_ignores_the_padding():
 
 
 def test_slope_term_prices_a_blurred_dip_between_two_impacts_and_ignores_the_padding():
-    # two impacts 2 frames apart with a dip between them: a prediction that follows the dip beats
-    # one that blurs both into a single bump, though both are as close frame by frame
+    # two impacts 2 frames apart with a dip between them: a prediction that follows the dip costs
+    # far less than one that blurs both impacts into a single bump
     target, length = torch.zeros(1, 10), torch.tensor([8])
     target[0, 3], target[0, 4], target[0, 5] = 1.0, 0.3, 0.7
     follows = torch.logit(target.clamp(0.02, 0.98))
