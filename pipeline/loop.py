@@ -279,7 +279,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
             break
         t0 = time.perf_counter()
         train_loss, samples, train_seconds = _train_epoch(t, train_batches, state, epoch, epochs, progress)
-        val_loss, record = _validate(t, val_batches, state, epoch)
+        kept = t.kept_model()               # validated and saved: with averaging, one copy of the average
+        val_loss, record = _validate(t, kept, val_batches)
         improved = val_loss < state.best_val
         if improved:
             state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
@@ -293,7 +294,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, val_b
         record = dist.broadcast(record)
         state.history.append(record)
         state.epoch = epoch + 1
-        _save_epoch(t, state, run_dir, description, config, val_loss, record, improved)
+        _save_epoch(t, kept, state, run_dir, description, config, val_loss, record, improved)
 
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
     return {"run_dir": str(run_dir), "epochs_run": len(state.history), "best_epoch": state.best_epoch,
@@ -370,20 +371,20 @@ def _train_epoch(t: _Trainer, batches, state: _Progress, epoch: int, epochs: int
     return train_loss, int(t.dist.sum(samples)), time.perf_counter() - t0
 
 
-def _validate(t: _Trainer, batches, state: _Progress, epoch: int) -> tuple[float, dict]:
+def _validate(t: _Trainer, kept: nn.Module, batches) -> tuple[float, dict]:
     """Every rank its share, scored together → (the value the best epoch is chosen on, val record)."""
-    return t.objective.validate(t.kept_model(), batches, t.dist, t.amp)
+    return t.objective.validate(kept, batches, t.dist, t.amp)
 
 
-def _save_epoch(t: _Trainer, state: _Progress, run_dir: Path, description: RunDescription, config: dict,
-                val_loss: float, record: dict, improved: bool):
-    """The epoch's checkpoint (atomic; best renamed in before last, so a kill between re-runs this
-    epoch; best is a hard link to the same bytes: a 25088-d head with AdamW state is ~660 MB),
-    then metrics.jsonl."""
+def _save_epoch(t: _Trainer, kept: nn.Module, state: _Progress, run_dir: Path, description: RunDescription,
+                config: dict, val_loss: float, record: dict, improved: bool):
+    """`kept` (the trained model, or its weight average) in the epoch's checkpoint (atomic; best
+    renamed in before last, so a kill between re-runs this epoch; best is a hard link to the same
+    bytes: a 25088-d head with AdamW state is ~660 MB), then metrics.jsonl."""
     rngs = t.dist.gather(rng_state(t.dist.device))
     if t.dist.is_main:
         ckpt = RunCheckpoint(
-            description=description, model=t.kept_model().state_dict(), optimizer=t.optimizer.state_dict(),
+            description=description, model=kept.state_dict(), optimizer=t.optimizer.state_dict(),
             scaler=t.scaler.state_dict(), epoch=state.epoch, step=state.step, val_loss=val_loss, metrics=record,
             best_val_loss=state.best_val, best_epoch=state.best_epoch, bad_epochs=state.bad_epochs,
             history=state.history, rng=rngs, config=config, world_size=t.dist.world_size,
