@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -162,6 +162,7 @@ class PretrainDescription:
 
 
 _PRETRAIN_KEYS = tuple(f.name for f in fields(PretrainDescription))
+_PRETRAIN_REQUIRED = tuple(f.name for f in fields(PretrainDescription) if f.default is MISSING)
 
 
 @dataclass
@@ -195,7 +196,7 @@ class RunCheckpoint:
     @classmethod
     def from_dict(cls, d: dict, path: str | Path = "checkpoint") -> "RunCheckpoint":
         state_keys = [f.name for f in fields(cls) if f.name != "description"]
-        kind, keys = (PretrainDescription, _PRETRAIN_KEYS[:-2]) if d.get("kind") == "pretrain" else \
+        kind, keys = (PretrainDescription, _PRETRAIN_REQUIRED) if d.get("kind") == "pretrain" else \
             (RunDescription, ("kind", "head_config", "transform", "fingerprint"))
         missing = [k for k in (*keys, *state_keys) if k not in d and k not in _OPTIONAL_STATE]
         if missing:
