@@ -212,12 +212,17 @@ class MobileNetV2(Backbone):
         """[N, 3, H, W] -> [N, 1280, ceil(H/32), ceil(W/32)]."""
         return self.run_blocks(self.blocks(), images)
 
+    def frames_in(self, x: Tensor) -> Tensor:
+        """What the network reads of the normalised frames [B, 3, T, H, W]: the frames themselves."""
+        return x
+
     def stem(self, x: Tensor, n: int) -> Tensor:
         """[B, 3, T, H, W] -> every frame through the first n stages: [B, T, C, h, w]."""
         if x.dim() != 5 or x.shape[1] != 3:
             raise FoleyError(f"mobilenet_v2 expects [B, 3, T, H, W], got {list(x.shape)}")
         b, _, t, h, w = x.shape
-        return self.run_blocks(self.blocks()[:n], x.transpose(1, 2).reshape(b * t, 3, h, w)).unflatten(0, (b, t))
+        images = self.frames_in(x).transpose(1, 2).reshape(b * t, 3, h, w)
+        return self.run_blocks(self.blocks()[:n], images).unflatten(0, (b, t))
 
     def trunk(self, h: Tensor, n: int) -> Tensor:
         """[B, T, C, h, w] -> [B, 1280, T, h', w'] (frames are independent: folded into the batch)."""
@@ -247,7 +252,5 @@ class SpacetimeMobileNetV2(MobileNetV2):
     """MobileNetV2 (the same weights) reading spacetime images instead of colour frames: each frame's
     features see its neighbours, so a per-frame network sees motion (`spacetime_frames`)."""
 
-    def stem(self, x: Tensor, n: int) -> Tensor:
-        if x.dim() != 5 or x.shape[1] != 3:
-            raise FoleyError(f"mobilenet_v2 expects [B, 3, T, H, W], got {list(x.shape)}")
-        return super().stem(spacetime_frames(x, MEAN, STD), n)
+    def frames_in(self, x: Tensor) -> Tensor:
+        return spacetime_frames(x, MEAN, STD)
