@@ -66,6 +66,14 @@ def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+class _Warmup:
+    """Options with a `warmup` field: None = WARMUP_FRACTION of all optimizer steps."""
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """--warmup, else WARMUP_FRACTION of all optimizer steps (at least 1)."""
+        return self.warmup if self.warmup is not None else default_warmup(total_steps)
+
+
 class _Options:
     """What TrainOptions and FinetuneOptions share: checking, resolving, showing (module docstring)."""
 
@@ -122,7 +130,7 @@ class _Options:
 
 
 @dataclass
-class TrainOptions(_Options):
+class TrainOptions(_Warmup, _Options):
     """train-head's options. warmup None = WARMUP_FRACTION of all optimizer steps.
 
     The defaults are the recipe `compare-heads` measured best (pipeline.recipes.DEFAULT_RECIPE:
@@ -163,16 +171,12 @@ class TrainOptions(_Options):
     # where the cache is read from; changes no number (the same batches either way), so a resume may change it
     preload: str = option("auto", choices=PRELOADS, must_match=False)
 
-    def warmup_steps(self, total_steps: int) -> int:
-        """--warmup, else WARMUP_FRACTION of all optimizer steps (at least 1)."""
-        return self.warmup if self.warmup is not None else default_warmup(total_steps)
-
 
 FREEZABLE_BLOCKS = 5            # every backbone's five blocks (pipeline.architectures.NUM_BLOCKS)
 
 
 @dataclass
-class PretrainOptions(_Options):
+class PretrainOptions(_Warmup, _Options):
     """pretrain's options (pipeline.pretrain). The defaults are the recipe a 2-core CPU can train in
     minutes (docs/pretraining.md): ImageNet MobileNetV2 at 64 px with its first 4 stages frozen,
     their output computed once (pipeline.stemcache), the last stage and the heads trained.
@@ -206,9 +210,6 @@ class PretrainOptions(_Options):
         super().validate()
         if self.envelope_only and not self.aux_envelope:
             raise FoleyError("--envelope-only trains on the envelope alone: give it a weight, --aux-envelope W > 0")
-
-    def warmup_steps(self, total_steps: int) -> int:
-        return self.warmup if self.warmup is not None else default_warmup(total_steps)
 
 
 EMA_MEASURED_STEPS = 288       # the demo's optimizer steps (300 clips, batch 8, 8 epochs): where ema_decay was measured
