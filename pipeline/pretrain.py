@@ -44,7 +44,7 @@ from pipeline.options import PretrainOptions
 from pipeline.pretrainer import (COLOUR_JITTER, CROP_MARGIN, FLIP_P, ClipBatches, Prefetched, PretrainObjective,
                                  Pretrainer, StemBatches, class_list)
 from pipeline.runs import (CKPT_LAST, CONFIG_JSON, PretrainDescription, RunCheckpoint, on_main, prepare_run_dir,
-                           read_checkpoint, read_metrics, versions, write_config)
+                           read_checkpoint, read_metrics, read_run_config, versions, write_config)
 from pipeline.runtime import decode_workers, resolve_device, resolve_precision, usable_cores
 from pipeline.stemcache import StemCache, build_stem_cache
 
@@ -135,13 +135,7 @@ def _check_backbone(o: PretrainOptions):
 def _resolve_options(given: dict, out: Path, resume: bool) -> PretrainOptions:
     """Given options over (the resumed run's options or the defaults); a resume that changes one is
     refused. The checkpoint is resolved to a file ("none" stays)."""
-    saved = None
-    if resume:
-        try:
-            saved = json.loads((out / CONFIG_JSON).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None                    # prepare_run_dir says what is wrong
-    opts = PretrainOptions.resolve(given, saved)
+    opts = PretrainOptions.resolve(given, read_run_config(out) if resume else None)
     _check_backbone(opts)
     opts.checkpoint = resolve_weights(opts.backbone, opts.checkpoint)
     return opts
