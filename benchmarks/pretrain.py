@@ -41,13 +41,14 @@ FROZEN = (0, 3, 4)              # stages kept fixed: none, all but the last two,
 
 def _one(data: Path, out: Path, frozen: int, epochs: int, size: int, device: str, precision: str) -> dict:
     from pipeline.pretrain import pretrain
+    from pipeline.runs import read_metrics
     from pipeline.synthetic import LABELS_JSON, TRAIN_JSON, VAL_JSON
 
     summary = pretrain(videos=data / "videos", annotations=data / TRAIN_JSON, val_annotations=data / VAL_JSON,
                        labels=data / LABELS_JSON, out=out / f"run-{frozen}", frame_cache=out / "frames",
                        backbone="mobilenet_v2", checkpoint="imagenet", freeze_blocks=frozen, size=size,
                        epochs=epochs, amp="off" if precision == "fp32" else "bf16", device=device, progress=False)
-    history = [json.loads(line) for line in (out / f"run-{frozen}" / "metrics.jsonl").read_text().splitlines()]
+    history = read_metrics(out / f"run-{frozen}")
     train_clips = summary["config"]["train_clips"]
     stem = [b.get("stem") or {} for b in summary["frame_caches"].values()]
     return {"frozen_stages": frozen, "train_clips": train_clips,

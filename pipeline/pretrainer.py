@@ -161,9 +161,12 @@ class ClipBatches:
                              for j, r in enumerate(rows)])               # [B, T, 3, S, S]
         else:
             x = frames.permute(0, 1, 4, 2, 3).float()
-        x = normalise(x.permute(0, 2, 1, 3, 4), self.mean, self.std)    # [B, 3, T, S, S]
-        return {"inputs": x, "label": torch.from_numpy(self.labels[positions]),
-                "envelope": torch.from_numpy(clips["envelope"]), "length": torch.from_numpy(clips["length"]),
+        return self._batch(normalise(x.permute(0, 2, 1, 3, 4), self.mean, self.std), positions, clips)
+
+    def _batch(self, inputs: Tensor, positions: np.ndarray, targets: dict) -> dict:
+        """One batch as the loop reads it: inputs, class indices, envelopes, lengths, positions."""
+        return {"inputs": inputs, "label": torch.from_numpy(self.labels[positions]),
+                "envelope": torch.from_numpy(targets["envelope"]), "length": torch.from_numpy(targets["length"]),
                 "index": torch.as_tensor(positions, dtype=torch.int64)}
 
 
@@ -185,10 +188,7 @@ class StemBatches(ClipBatches):
         if self.augment and self.flip:
             flips = [np.random.default_rng([self.seed, epoch, int(r)]).random() < FLIP_P for r in rows]
             x[flips] = x[flips].flip(-1)
-        targets = self.cache.targets(rows)
-        return {"inputs": x, "label": torch.from_numpy(self.labels[positions]),
-                "envelope": torch.from_numpy(targets["envelope"]), "length": torch.from_numpy(targets["length"]),
-                "index": torch.as_tensor(positions, dtype=torch.int64)}
+        return self._batch(x, positions, self.cache.targets(rows))
 
 
 class Prefetched:

@@ -30,8 +30,9 @@ SCORED = ("seed_score", "onset_f1", "onset_ap", "onset_count_acc", "pearson")
 REFERENCE = "seed-lstm"
 DEFAULT_RECIPE = "conv-bilstm+onset0.3+ema+slope"  # what train-head's defaults are (pipeline.options.TrainOptions)
 # What every recipe shares: the demo's budget (8 epochs of 8-clip batches) on centred features, and
-# no onset or slope term, time shift, dropout or weight averaging unless the recipe names one. Every option a recipe varies is
-# spelled out here, so a recipe means the same whatever train-head's defaults are.
+# no onset or slope term, time shift, dropout or weight averaging unless the recipe names one. Every
+# option a recipe varies is spelled out here, so a recipe means the same whatever train-head's
+# defaults are.
 COMMON = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "center_clips": True, "onset_weight": 0.0, "slope_weight": 0.0,
           "time_shift": 0, "dropout": 0.0, "ema_decay": 0.0}
 CONV_BILSTM = {"temporal": "conv-bilstm", "hidden": 128, "conv_channels": 256}
