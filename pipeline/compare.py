@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from pipeline.errors import FoleyError
-from pipeline.fsio import atomic_write_json, atomic_write_text, read_jsonl
+from pipeline.fsio import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from pipeline.metrics import BASELINES
 from pipeline.options import COMPARE_DEFAULTS, PretrainOptions
 from pipeline.recipes import mean_se
@@ -172,7 +172,7 @@ def _claim(out: Path, settings: dict):
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "settings.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
+        before = read_json(saved, "comparison settings", hint="choose another --out")
         changed = [k for k in ("recipe", "aux_weight", "evals", "annotations", "val_annotations") if before.get(k) != settings[k]]
         if changed:
             raise FoleyError(f"{out} holds a comparison with other {', '.join(changed)} ({saved}); re-run it as it "
