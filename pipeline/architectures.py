@@ -66,6 +66,10 @@ class Backbone(nn.Module):
         """`stem(x, n)` through the stages after the first n -> the last map [B, C, T', h, w]."""
         raise NotImplementedError
 
+    def unread(self) -> list[nn.Module]:
+        """Stages the map never uses: they stay frozen whatever `freeze_blocks` says."""
+        return []
+
     def feature_map(self, x: Tensor) -> Tensor:
         return self.trunk(self.stem(x, 0), 0)
 
@@ -181,14 +185,17 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(Backbone):
     """ImageNet MobileNetV2 (Sandler et al. 2018) in torchvision's key layout, run on every frame.
 
-    `features` ([N, 3, H, W] -> [N, 1280, H/32, W/32]) is the backbone; `classifier` (dropout +
+    `features` ([N, 3, H, W] -> [N, 1280, H/32, W/32]) is the backbone, read after its last stage or,
+    with `read_stages` < 5, earlier (the stages after it are never run); `classifier` (dropout +
     Linear 1280 -> 1000) is kept so torchvision's file loads strictly and `classify` can check the
     weights against real photographs. Input [B, 3, T, H, W] is folded to [B*T, 3, H, W]: frames are
     independent, so the features of a clip equal the network run frame by frame.
     """
 
-    def __init__(self, checkpointing: bool = False):
+    def __init__(self, checkpointing: bool = False, read_stages: int = NUM_BLOCKS):
         super().__init__()
+        if not 1 <= read_stages <= NUM_BLOCKS:
+            raise FoleyError(f"mobilenet_v2: read_stages must be 1..{NUM_BLOCKS}, got {read_stages}")
         layers, c_in = [_conv_bn_relu6(3, MOBILENET_V2_STEM, 3, 2)], MOBILENET_V2_STEM
         for t, c, n, s in MOBILENET_V2_SETTINGS:
             for i in range(n):
@@ -198,12 +205,15 @@ class MobileNetV2(Backbone):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(MOBILENET_V2_LAST, IMAGENET_CLASSES))
         self.checkpointing = checkpointing
+        self.read_stages = read_stages
         for m in self.modules():        # torchvision's init, so a random init is comparable to theirs
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+        for block in self.unread():
+            block.requires_grad_(False)
 
     def blocks(self) -> list[nn.Sequential]:
         return [self.features[a:b] for a, b in MOBILENET_V2_STAGES]
@@ -224,9 +234,17 @@ class MobileNetV2(Backbone):
         images = self.frames_in(x).transpose(1, 2).reshape(b * t, 3, h, w)
         return self.run_blocks(self.blocks()[:n], images).unflatten(0, (b, t))
 
+    def unread(self) -> list[nn.Sequential]:
+        """The stages after `read_stages`: kept for the checkpoint's keys and `classify`, never run by
+        `trunk`, so they take no gradient (DistributedDataParallel refuses parameters that get none)."""
+        return self.blocks()[self.read_stages:]
+
     def trunk(self, h: Tensor, n: int) -> Tensor:
-        """[B, T, C, h, w] -> [B, 1280, T, h', w'] (frames are independent: folded into the batch)."""
-        fmap = self.run_blocks(self.blocks()[n:], h.flatten(0, 1))         # [B*T, C, h', w']
+        """[B, T, C, h, w] -> the map after `read_stages` stages [B, C', T, h', w']: by default the last,
+        [B, 1280, T, H/32, W/32]. Frames are independent: folded into the batch."""
+        if n > self.read_stages:
+            raise FoleyError(f"mobilenet_v2 is read after stage {self.read_stages}, inside a stem of {n} stages")
+        fmap = self.run_blocks(self.blocks()[n:self.read_stages], h.flatten(0, 1))   # [B*T, C', h', w']
         return fmap.unflatten(0, h.shape[:2]).transpose(1, 2)
 
     def classify(self, images: Tensor) -> Tensor:

@@ -226,6 +226,15 @@ register_backbone(BackboneSpec(
                 "shows as colour); the same weights and pooling"))
 
 
+register_backbone(BackboneSpec(
+    name="mobilenet_v2_spacetime_mid", builder=partial(SpacetimeMobileNetV2, read_stages=4),
+    default_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD, time_stride=1, channels=96, spatial_stride=16,
+    kind="frame2d", default_pool="2x2", weights=(MOBILENET_V2_IMAGENET,),
+    description="mobilenet_v2_spacetime read at mid level, after its fourth stage (features.13: 96 channels "
+                "at /16), before the /32 stage whose 1280 channels serve ImageNet's classes; pooled "
+                "(--pool, default 2x2: [T, 384])"))
+
+
 def freeze_blocks(model: nn.Module, n: int) -> nn.Module:
     """Freeze the first n of the 5 blocks (no grad, eval mode even under model.train()); unfreeze the rest."""
     if not isinstance(model, Backbone):
@@ -235,6 +244,8 @@ def freeze_blocks(model: nn.Module, n: int) -> nn.Module:
     model.frozen_blocks = n
     for i, block in enumerate(model.blocks()):
         block.requires_grad_(i >= n)
+    for block in model.unread():
+        block.requires_grad_(False)
     return model.train(model.training)  # re-apply modes so frozen blocks drop to eval now
 
 

@@ -1,7 +1,7 @@
 """`foleycache demo`: the whole pipeline on pretrained features, on a laptop CPU, in a few minutes.
 
     make-synthetic (look DEFAULT_LOOK: train + validation)  and  (HELDOUT_LOOK: validation only)
-        ─► extract-features --backbone mobilenet_v2_spacetime --checkpoint imagenet   (train, val, unseen look)
+        ─► extract-features --backbone mobilenet_v2_spacetime_mid --checkpoint imagenet   (train, val, unseen look)
         ─► train-head (its defaults: the recipe compare-heads measured best)  and  the seed's causal LSTM head
         ─► (--with-motion-energy) train-head --input motion-energy   (the seed's LSTM on their change signal)
         ─► export-predictions for both heads, on the held-out same-look clips and the unseen-look clips
@@ -15,11 +15,12 @@ headline metrics).
 Why this backbone (docs/learning.md, "Pretrained features"): the seed's head needs pretrained features,
 and the only pretrained video-capable network that can be had on these machines is torchvision's
 ImageNet MobileNetV2, run on every frame, here on spacetime images (grey frames t-1, t, t+1 as its
-three channels: a per-frame network then sees motion). A randomly initialised model3d_1 gives the seed's head
-nothing it can generalise from with a few hundred clips, and on a CPU without AMX it costs
-~3.7 s per clip at 112 px (about 25 minutes for this dataset), so it is not part of the demo; the
-docs/learning.md gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2 kernels in float32
-(decoding included: the demo's train extraction, 312 clips in 121 s).
+three channels: a per-frame network then sees motion), read after its fourth stage (96 channels:
+they carry over to unseen looks better than the last stage's 1280). A randomly initialised model3d_1
+gives the seed's head nothing it can generalise from with a few hundred clips, and on a CPU without
+AMX it costs ~3.7 s per clip at 112 px (about 25 minutes for this dataset), so it is not part of
+the demo; docs/learning.md gives its numbers. MobileNetV2 at 96 px costs ~0.4 s per clip with AVX2
+kernels in float32 (decoding included: the demo's train extraction, 312 clips in 121 s).
 """
 from __future__ import annotations
 
@@ -43,11 +44,11 @@ from pipeline.recipes import REFERENCE, recipe_options
 VIDEO_SIZE = (160, 120)     # the synthetic videos' frame (w, h): 2.6x faster to render and encode than
                             # 320x240 (0.22 vs 0.58 s a clip on 2 cores) and still above DEMO_SIZE
 DEMO_SEED = 0
-BACKBONE = "mobilenet_v2_spacetime"   # MobileNetV2 on spacetime images: frames see their neighbours
-                                      # (docs/learning.md: what made the head find the moment)
+BACKBONE = "mobilenet_v2_spacetime_mid"   # MobileNetV2 on spacetime images (frames see their neighbours),
+                                          # read at mid level (docs/learning.md: what made the head find
+                                          # the moment, and carry over to unseen looks)
 WEIGHTS = "imagenet"        # torchvision's file, found on disk (README's first command installs it)
-POOL = "global"             # features [48, 1280]: a 2x2 grid (5120) learned no better held out and
-                            # costs the head ~2.3x the time (docs/learning.md)
+POOL = "global"             # features [48, 96]: a 2x2 grid learned no better held out (docs/learning.md)
 PLOTS = 24                  # plots per export (a seeded random sample of the clips)
 RENDERS = 4                 # GIFs per export
 CHECKPOINT = "last"         # the last epoch, not the best-on-validation one: no choice is made on the
@@ -161,7 +162,8 @@ def demo_report(results: dict[str, dict[str, dict]], settings: dict, out: Path) 
         f"Synthetic Something-Something-shaped clips with sound, the 12 sound templates: {settings['train']} "
         f"training clips of the `{settings['look']}` look. Features: ImageNet-pretrained MobileNetV2 "
         f"(torchvision's weights, `{settings['backbone']}`: on spacetime images, the grey frames t-1, t, t+1 as "
-        f"its three channels, so each frame's features see motion) on every frame at {settings['size']}x{settings['size']}, last map averaged "
+        f"its three channels, so each frame's features see motion; read after its fourth stage) on every frame "
+        f"at {settings['size']}x{settings['size']}, the map averaged "
         f"({settings['pool']} pooling: features [48, {dim}]), precision {settings['precision']}. Every head is "
         "trained only on the training clips, and every number below is on held-out clips (checkpoint "
         f"`{CHECKPOINT}`: no choice was made on them). Rows: `default head` = `train-head` with no flags "

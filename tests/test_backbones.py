@@ -30,7 +30,7 @@ from pipeline.backbones import (
     save_safetensors,
     sha256_file,
 )
-from pipeline.architectures import NUM_BLOCKS
+from pipeline.architectures import NUM_BLOCKS, MobileNetV2
 from pipeline.errors import FoleyError
 from tests.modelkit import (CONV_LAYERS, LAYOUT_TABLE, P, Evil, published_state, reference_feature_map, rel_l2,
                             toy_clips, write_published)
@@ -426,11 +426,30 @@ def test_cuda_channels_last_bf16_matches_cpu(published, state):
     assert rel_l2(got_bf16.float().cpu(), want) < 0.05
 
 
-@pytest.mark.parametrize("name", ["model3d_1_w025", "mobilenet_v2", "mobilenet_v2_spacetime"])
+@pytest.mark.parametrize("name", ["model3d_1_w025", "mobilenet_v2", "mobilenet_v2_spacetime",
+                                  "mobilenet_v2_spacetime_mid"])
 def test_trunk_of_stem_is_the_feature_map_at_every_split(name):
     net = create_backbone(name, seed=3).eval()
     x = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         whole = net.feature_map(x)
         for n in range(NUM_BLOCKS + 1):
+            if name.endswith("_mid") and n == NUM_BLOCKS:    # read after stage 4: a 5-stage stem runs past it
+                with pytest.raises(FoleyError, match="read after stage 4"):
+                    net.trunk(net.stem(x, n), n)
+                continue
             assert torch.allclose(net.trunk(net.stem(x, n), n), whole, atol=1e-5), n
+
+
+def test_stages_after_the_read_out_take_no_gradient_whatever_is_frozen():
+    net = create_backbone("mobilenet_v2_spacetime_mid", seed=0).train()
+    for n in (0, 2):
+        freeze_blocks(net, n)
+        assert not any(p.requires_grad for p in net.features[14:].parameters()), n
+        assert all(p.requires_grad for p in net.features[7:14].parameters()), n
+    net.zero_grad()
+    net(torch.randn(1, 3, 2, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in net.features[14:].parameters())
+    assert net.features[13].conv[0][0].weight.grad is not None
+    with pytest.raises(FoleyError, match="read_stages must be 1..5"):
+        MobileNetV2(read_stages=6)

@@ -34,7 +34,7 @@ def check_outputs(out: Path, heads):
             metrics = json.loads((export / "metrics.json").read_text())
             assert {"model", "mean_envelope", "shuffled"} <= set(metrics)
             assert metrics["run"]["checkpoint_name"] == "last"
-            assert metrics["run_config"]["train_cache"]["dim"] == 1280       # pretrained MobileNetV2, pooled
+            assert metrics["run_config"]["train_cache"]["dim"] == 96         # pretrained MobileNetV2 after stage 4, pooled
     looks = {json.loads((out / d / "dataset.json").read_text())["look"] for d in ("data", "data-unseen")}
     assert len(looks) == 2, looks
     text = (out / DEMO_MD).read_text()

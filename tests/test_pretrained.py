@@ -292,3 +292,22 @@ def test_spacetime_backbone_is_the_imagenet_network_on_spacetime_images(dataset,
     with torch.inference_mode():
         want = imagenet_net.feature_map(st).mean((3, 4))[0].T.numpy()        # [T, 1280]
     assert np.allclose(item["features"][: item["length"]], want[: item["length"]], atol=1e-4)
+
+
+def test_mid_backbone_is_the_imagenet_network_read_after_its_fourth_stage(dataset, tmp_path, imagenet_net):
+    summary = extract(dataset, tmp_path / "mid", backbone="mobilenet_v2_spacetime_mid", checkpoint="imagenet",
+                      dtype="float32", pool="global", limit=2)
+    cache = FeatureCache(tmp_path / "mid")
+    assert cache.config["backbone"] == "mobilenet_v2_spacetime_mid"
+    assert summary["fingerprint"] != extract(dataset, tmp_path / "st", backbone="mobilenet_v2_spacetime",
+                                             checkpoint="imagenet", dtype="float32", pool="global",
+                                             limit=2)["fingerprint"]
+    item = cache[0]
+    from pipeline.data import find_video
+    from pipeline.media import load_clip
+    clip = load_clip(find_video(dataset / "videos", item["id"]), size=SIZE)
+    st = B.spacetime_frames(clip.frames[None], B.IMAGENET_MEAN, B.IMAGENET_STD)[0].transpose(0, 1)  # [T, 3, S, S]
+    with torch.inference_mode():
+        want = imagenet_net.features[:14](st).mean((2, 3)).numpy()                  # [T, 96]: features.13, /16
+    assert item["features"].shape[1] == 96
+    assert np.allclose(item["features"][: item["length"]], want[: item["length"]], atol=1e-4)
