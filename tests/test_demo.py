@@ -24,7 +24,7 @@ def check_outputs(out: Path, heads):
     assert set(summary["seconds"]) == {
         "make_synthetic", "make_synthetic_unseen", "extract_train", "extract_val", "extract_unseen",
         *(f"train_{k}" for k in keys), *(f"export_{k}" for k in keys), *(f"export_{k}_unseen" for k in keys)}
-    assert summary["settings"]["backbone"] == "mobilenet_v2_spacetime" and summary["settings"]["weights"] == "imagenet"
+    assert summary["settings"]["backbone"] == "mobilenet_v2_spacetime_mid" and summary["settings"]["weights"] == "imagenet"
     for head in heads:
         for suffix in SPLITS.values():
             export = out / "export" / (head + suffix)
