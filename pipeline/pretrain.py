@@ -128,8 +128,15 @@ def _check_backbone(o: PretrainOptions):
     spec = backbones.get_spec(o.backbone)
     if spec.time_stride != 1 and o.aux_envelope is not None:
         raise FoleyError(f"--aux-envelope needs one feature per frame; backbone {o.backbone} pools time")
-    if o.freeze_blocks and not issubclass(spec.builder, backbones.Backbone):
+    if not o.freeze_blocks:
+        return
+    net = backbones.create_backbone(o.backbone)         # builders may be partials: ask the network itself
+    if not isinstance(net, backbones.Backbone):
         raise FoleyError(f"--freeze-blocks: backbone {o.backbone} has no stages to freeze")
+    read = len(net.blocks()) - len(net.unread())
+    if o.freeze_blocks >= read:
+        raise FoleyError(f"--freeze-blocks {o.freeze_blocks} leaves nothing of {o.backbone} to train: its map is "
+                         f"read after stage {read} (freeze {read - 1} or fewer)")
 
 
 def _resolve_options(given: dict, out: Path, resume: bool) -> PretrainOptions:

@@ -220,6 +220,8 @@ def test_bad_options_fail_before_the_run_dir_is_touched(data, tmp_path):
         small(data, tmp_path / "run", backbone="resnet9000")
     with pytest.raises(FoleyError, match="--label-smoothing must be in"):
         small(data, tmp_path / "run", label_smoothing=1.0)
+    with pytest.raises(FoleyError, match="--freeze-blocks 4 leaves nothing of mobilenet_v2_spacetime_mid to train"):
+        small(data, tmp_path / "run", backbone="mobilenet_v2_spacetime_mid", checkpoint="none", freeze_blocks=4)
     assert not (tmp_path / "run").exists()
 
 
