@@ -121,7 +121,8 @@ def checkpoint_arg(value: str):
 @click.option("--labels", type=EXISTING_FILE, default=None, help="SSv2 labels JSON (checks templates, gives class indices).")
 @CLASSES_OPTION
 @WINDOW_STRIDE_OPTION
-@click.option("--backbone", default="model3d_1", help="Registered backbone name (model3d_1, model3d_1_224, mobilenet_v2).")
+@click.option("--backbone", default="model3d_1", help="Registered backbone name (model3d_1, model3d_1_224, mobilenet_v2, "
+              "mobilenet_v2_spacetime, mobilenet_v2_spacetime_mid: the demo's).")
 @click.option("--checkpoint", default="none", help="Backbone weights (.pth.tar, state dict, .safetensors), a named "
               "published file ('imagenet' for mobilenet_v2: torchvision's, found on disk, sha256-checked) or 'none' "
               "(seeded random init with calibrated BatchNorm; loud warning).")
