@@ -249,6 +249,15 @@ def freeze_blocks(model: nn.Module, n: int) -> nn.Module:
     return model.train(model.training)  # re-apply modes so frozen blocks drop to eval now
 
 
+def freeze_unstaged(model: Backbone) -> None:
+    """Freeze the parameters outside the stages (MobileNetV2's ImageNet classifier): they never reach
+    the map, and DistributedDataParallel refuses parameters that get no gradient."""
+    staged = {id(p) for block in model.blocks() for p in block.parameters()}
+    for p in model.parameters():
+        if id(p) not in staged:
+            p.requires_grad_(False)
+
+
 # --------------------------------------------------------------------------- BatchNorm calibration
 
 @torch.no_grad()

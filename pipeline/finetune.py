@@ -390,7 +390,11 @@ def _optimizer(net: nn.Module, head: Head, opts: FinetuneOptions) -> torch.optim
     else:
         for p in backbone_params:
             p.requires_grad_(False)
-    return torch.optim.AdamW(groups, betas=ADAM_BETAS)
+    optimizer = torch.optim.AdamW(groups, betas=ADAM_BETAS)
+    # Frozen only now, so it stays in the backbone's group (the layout checkpoints resume with) and
+    # never gets a step: MobileNetV2's ImageNet classifier, which torchrun's DDP would otherwise refuse.
+    backbones.freeze_unstaged(net)
+    return optimizer
 
 
 def _description(opts: FinetuneOptions, init: dict, init_weights: str, head: Head,

@@ -313,10 +313,7 @@ def _build_model(opts: PretrainOptions, n_classes: int, device: torch.device) ->
     if opts.checkpoint != "none":
         backbones.load_checkpoint(net, opts.checkpoint)
     backbones.freeze_blocks(net, opts.freeze_blocks)
-    staged = {id(p) for block in net.blocks() for p in block.parameters()}
-    for p in net.parameters():          # MobileNetV2's ImageNet classifier has no part in the map (and DDP
-        if id(p) not in staged:         # refuses parameters without a gradient): kept as loaded
-            p.requires_grad_(False)
+    backbones.freeze_unstaged(net)      # MobileNetV2's ImageNet classifier: kept as loaded
     torch.manual_seed(opts.seed)
     channels = int(net.feature_map(torch.zeros(1, 3, 1, opts.size, opts.size)).shape[1])
     model = Pretrainer(net, channels, 0 if opts.envelope_only else n_classes, opts.aux_envelope is not None,

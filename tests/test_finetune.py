@@ -116,3 +116,30 @@ def test_init_head_starts_from_the_heads_validation_loss(data, tmp_path):
     assert abs(first - best) / best < 0.10, (first, best)
     config = json.loads((out / "config.json").read_text())
     assert config["options"]["checkpoint"] == str(ckpt.resolve()) or Path(config["options"]["checkpoint"]).samefile(ckpt)
+
+
+def test_the_imagenet_classifier_keeps_its_optimizer_slot_but_no_gradient():
+    """MobileNetV2's classifier never reaches the map: frozen (DDP refuses parameters without a gradient),
+    yet still in the backbone's group, so runs saved before resume into the same optimizer layout."""
+    from pipeline import backbones
+    from pipeline.finetune import _optimizer
+    from pipeline.head import Head, HeadConfig
+    from pipeline.options import FinetuneOptions
+    net = backbones.freeze_blocks(backbones.create_backbone("mobilenet_v2"), 2)
+    optimizer = _optimizer(net, Head(HeadConfig(input_dim=8, hidden=4)), FinetuneOptions(backbone_lr=1e-6))
+    classifier = {id(p) for p in net.classifier.parameters()}
+    assert not any(p.requires_grad for p in net.classifier.parameters())
+    assert classifier <= {id(p) for p in optimizer.param_groups[1]["params"]}
+    assert all(p.requires_grad for p in net.blocks()[4].parameters())
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_finetune_mobilenet(data, tmp_path):
+    """DDP over a MobileNetV2 whose ImageNet classifier never reaches the loss: each epoch logged once."""
+    out = tmp_path / "ddp"
+    extra = ("--backbone", "mobilenet_v2_spacetime_mid", "--checkpoint", "none", "--epochs", 2, "--device", "cpu")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pipeline",
+                           *[str(a) for a in ft_args(data, out, *extra)]],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [m["epoch"] for m in metrics(out)] == [1, 2]
